@@ -1,0 +1,101 @@
+"""Every exception qrunner raises or understands.
+
+Failures (something went wrong)::
+
+    QrunnerError
+    ├── ConfigError              bad settings, schedules.yaml, unknown QRUNNER_* variable
+    ├── EnqueueError             the caller's job was refused; nothing was enqueued
+    │   ├── UnknownTask          task name not registered (names the known ones)
+    │   ├── InvalidPayload       payload is not JSON-serialisable or fails the task's model
+    │   └── PayloadTooLarge      encoded payload over the size limit
+    ├── BackendUnavailable       Redis or PostgreSQL cannot be reached (host:port, never a password)
+    └── JobNotFound              no status record for a job id (expired or never existed)
+
+Control-flow signals raised by handlers (not failures of qrunner; the worker turns each into an
+outcome). They derive from ``JobSignal`` so ``except Exception`` in a handler can let them through
+with ``except JobSignal: raise``::
+
+    JobSignal
+    ├── Retry(after_s)           run again after the given delay; counts as an attempt
+    ├── RateLimited(retry_after_s, bucket=None)
+    │                            the provider (or a limit) said "not now": wait, do not count an attempt
+    └── Permanent(reason)        never retry; dead-letter at once
+"""
+
+from __future__ import annotations
+
+
+class QrunnerError(Exception):
+    """Base class of qrunner's failures."""
+
+
+class ConfigError(QrunnerError):
+    """Invalid configuration; the message names the offending setting or entry."""
+
+
+class EnqueueError(QrunnerError):
+    """The job was refused at enqueue time and nothing was written."""
+
+
+class UnknownTask(EnqueueError):
+    def __init__(self, task: str, known: list[str]) -> None:
+        self.task = task
+        self.known = sorted(known)
+        listing = ", ".join(self.known) if self.known else "(none registered)"
+        super().__init__(f"unknown task {task!r}; known tasks: {listing}")
+
+
+class InvalidPayload(EnqueueError):
+    """The payload cannot be encoded as JSON or does not match the task's payload model."""
+
+
+class PayloadTooLarge(EnqueueError):
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(f"payload is {size} bytes encoded, over the {limit}-byte limit")
+
+
+class BackendUnavailable(QrunnerError):
+    """Redis or PostgreSQL unreachable. The message carries host and port only."""
+
+
+class JobNotFound(QrunnerError):
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"no record of job {job_id!r} (never enqueued, or its status expired)")
+
+
+class JobSignal(Exception):  # noqa: N818 - these are signals, not errors
+    """Base of the signals a handler raises to steer its job."""
+
+
+class Retry(JobSignal):
+    """Run the job again after ``after_s`` seconds; spends one retry attempt."""
+
+    def __init__(self, after_s: float, reason: str = "retry requested") -> None:
+        self.after_s = max(0.0, float(after_s))
+        self.reason = reason
+        super().__init__(f"{reason} (retry in {self.after_s:g}s)")
+
+
+class RateLimited(JobSignal):
+    """Not now: wait ``retry_after_s`` and run again without spending a retry attempt.
+
+    When ``bucket`` names a rate-limit bucket, the whole bucket is throttled for that long, so
+    every worker backs off, not only this job.
+    """
+
+    def __init__(self, retry_after_s: float, bucket: str | None = None, reason: str = "") -> None:
+        self.retry_after_s = max(0.0, float(retry_after_s))
+        self.bucket = bucket
+        self.reason = reason or "rate limited"
+        super().__init__(f"{self.reason} (retry after {self.retry_after_s:g}s)")
+
+
+class Permanent(JobSignal):
+    """A failure that no retry can fix: the job goes to the dead-letter stream at once."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)

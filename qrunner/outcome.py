@@ -1,0 +1,82 @@
+"""What happens to a job after a run: a pure function of the run's exception and the job.
+
+Kept free of I/O so the retry policy reads as a table: succeeded, retry in N ms (an attempt
+spent), defer N ms (no attempt spent: rate limits, quiet hours), or dead-letter because X.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+
+from .backoff import backoff_delay_s
+from .errors import InvalidPayload, Permanent, RateLimited, Retry
+from .job import ErrorRecord, Job
+from .task import Task
+
+TRACEBACK_TAIL_CHARS = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class Succeeded:
+    result: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RetryLater:
+    delay_ms: int
+    job: Job  # the next attempt's envelope
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    delay_ms: int
+    job: Job
+    reason: str
+    bucket: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLettered:
+    reason: str
+    job: Job | None
+    raw: bytes | None = None  # the entry as found, when it was not a valid envelope
+
+
+Outcome = Succeeded | RetryLater | Deferred | DeadLettered
+
+
+def error_record(exc: BaseException, attempt: int, now_ms: int) -> ErrorRecord:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, TimeoutError) and not str(exc):
+        message = "timed out"
+    return ErrorRecord(
+        type=type(exc).__name__,
+        message=message[:1000],
+        attempt=attempt,
+        at_ms=now_ms,
+        traceback=tb[-TRACEBACK_TAIL_CHARS:],
+    )
+
+
+def classify(
+    exc: BaseException, job: Job, task: Task, now_ms: int, *, draw: float | None = None
+) -> Outcome:
+    """Decide the fate of a job whose handler raised ``exc``."""
+    if isinstance(exc, RateLimited):
+        return Deferred(int(exc.retry_after_s * 1000), job, exc.reason, exc.bucket)
+    record = error_record(exc, job.attempt, now_ms)
+    if isinstance(exc, Permanent | InvalidPayload):
+        return DeadLettered(f"permanent: {record.message}", job.with_error(record))
+    if job.attempt > task.max_retries:
+        reason = f"failed {job.attempt} times (max_retries={task.max_retries}); last: {record.type}: {record.message}"
+        return DeadLettered(reason, job.with_error(record))
+    if isinstance(exc, Retry):
+        delay_s = exc.after_s
+    else:
+        delay_s = backoff_delay_s(
+            job.attempt, task.backoff_base_s, task.backoff_cap_s, jitter=task.jitter, draw=draw
+        )
+    return RetryLater(int(delay_s * 1000), job.failed(record), f"{record.type}: {record.message}")

@@ -1,0 +1,322 @@
+"""The enqueue side: everything a web app needs to put work on qrunner's queues.
+
+Importing this module pulls in redis, orjson and pydantic, never the worker, the scheduler or the
+HTTP server, so an app process stays small.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from . import keys
+from .errors import BackendUnavailable, EnqueueError, InvalidPayload, JobNotFound, PayloadTooLarge
+from .job import Job, new_job_id
+from .scripts import Script
+from .task import Registry
+
+#: Jobs per script call in bulk enqueues; several calls go out in one pipeline.
+BULK_CHUNK = 500
+DEFAULT_DEDUP_TTL_S = 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """One job of a bulk enqueue."""
+
+    task: str
+    payload: Mapping[str, Any] | None = None
+    queue: str | None = None
+    delay_s: float | None = None
+    at: datetime | None = None
+    key: str | None = None
+    key_ttl_s: float | None = None
+    job_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobStatus:
+    id: str
+    queue: str
+    state: str
+    task: str
+    attempt: int
+    enqueued_ms: int | None
+    not_before_ms: int | None
+    finished_ms: int | None
+    result: Any
+    last_error: str | None
+    dlq_id: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "queue": self.queue,
+            "state": self.state,
+            "task": self.task,
+            "attempt": self.attempt,
+            "enqueued_ms": self.enqueued_ms,
+            "not_before_ms": self.not_before_ms,
+            "finished_ms": self.finished_ms,
+            "result": self.result,
+            "last_error": self.last_error,
+            "dlq_id": self.dlq_id,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    queue: str
+    depth: int
+    pending: int
+    delayed: int
+    dead: int
+    consumers: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "queue": self.queue,
+            "depth": self.depth,
+            "pending": self.pending,
+            "delayed": self.delayed,
+            "dead": self.dead,
+            "consumers": self.consumers,
+        }
+
+
+def _redis_down(redis: Redis, exc: Exception) -> BackendUnavailable:
+    kw = redis.connection_pool.connection_kwargs
+    where = kw.get("path") or f"{kw.get('host', '?')}:{kw.get('port', '?')}"
+    return BackendUnavailable(f"Redis at {where} is unreachable: {type(exc).__name__}: {exc}")
+
+
+def _ms(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Client:
+    """Enqueue jobs and read their status.
+
+    With a ``registry`` the client routes each task to its queue, refuses unknown tasks and
+    validates payloads against the task's model before anything reaches Redis.
+    """
+
+    _enqueue = Script("enqueue")
+
+    def __init__(
+        self,
+        redis: Redis,
+        registry: Registry | None = None,
+        *,
+        max_payload_bytes: int = 512 * 1024,
+        status_ttl_s: int = 7 * 24 * 3600,
+    ) -> None:
+        self.redis = redis
+        self.registry = registry
+        self.max_payload_bytes = max_payload_bytes
+        self.status_ttl_ms = status_ttl_s * 1000
+        self._known_queues: set[str] = set()
+
+    async def enqueue(
+        self,
+        task: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        delay_s: float | None = None,
+        at: datetime | None = None,
+        key: str | None = None,
+        key_ttl_s: float | None = None,
+        job_id: str | None = None,
+    ) -> str:
+        """Enqueue one job and return its id (the first job's id when ``key`` deduplicated it)."""
+        spec = JobSpec(task, payload, queue, delay_s, at, key, key_ttl_s, job_id)
+        ids = await self.enqueue_many([spec])
+        return ids[0]
+
+    async def enqueue_many(
+        self, jobs: Iterable[JobSpec | tuple[str, Mapping[str, Any] | None]]
+    ) -> list[str]:
+        """Enqueue many jobs, pipelined in chunks; returns ids in input order.
+
+        Validation happens for every job before the first write, so a bad job in the middle of a
+        batch refuses the whole batch instead of enqueuing half of it.
+        """
+        prepared = [self._prepare(j if isinstance(j, JobSpec) else JobSpec(j[0], j[1])) for j in jobs]
+        if not prepared:
+            return []
+        by_queue: dict[str, list[tuple[int, list[str], list[Any]]]] = {}
+        for index, (queue, job_keys, args) in enumerate(prepared):
+            by_queue.setdefault(queue, []).append((index, job_keys, args))
+        out: list[str] = [""] * len(prepared)
+        try:
+            await self._register_queues(by_queue)
+            if len(prepared) == 1:
+                queue, job_keys, args = prepared[0]
+                res = await self._enqueue(
+                    self.redis,
+                    [keys.stream(queue), keys.delayed(queue), *job_keys],
+                    ["", self.status_ttl_ms, *args],
+                )
+                out[0] = _text(res[0]) or ""
+                return out
+            await self._enqueue.ensure_loaded(self.redis)
+            pipe = self.redis.pipeline(transaction=False)
+            order: list[list[int]] = []
+            for queue, items in by_queue.items():
+                for start in range(0, len(items), BULK_CHUNK):
+                    chunk = items[start : start + BULK_CHUNK]
+                    ks = [keys.stream(queue), keys.delayed(queue)]
+                    argv: list[Any] = ["", self.status_ttl_ms]
+                    for _, job_keys, args in chunk:
+                        ks.extend(job_keys)
+                        argv.extend(args)
+                    self._enqueue.queue_in(pipe, ks, argv)
+                    order.append([i for i, _, _ in chunk])
+            results = await pipe.execute()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise _redis_down(self.redis, exc) from exc
+        for indexes, res in zip(order, results, strict=True):
+            for pos, index in enumerate(indexes):
+                out[index] = _text(res[2 * pos]) or ""
+        return out
+
+    def _prepare(self, spec: JobSpec) -> tuple[str, list[str], list[Any]]:
+        payload = dict(spec.payload or {})
+        queue = spec.queue
+        if self.registry is not None:
+            task = self.registry.get(spec.task)
+            queue = queue or task.queue
+            task.validate(payload)
+        queue = queue or "default"
+        if spec.delay_s is not None and spec.at is not None:
+            raise EnqueueError("give either delay_s or at, not both")
+        if spec.delay_s is not None and spec.delay_s < 0:
+            raise EnqueueError(f"delay_s must not be negative, got {spec.delay_s}")
+        if spec.at is not None and spec.at.tzinfo is None:
+            raise EnqueueError("at must be a timezone-aware datetime")
+        job = Job(
+            id=spec.job_id or new_job_id(),
+            task=spec.task,
+            payload=payload,
+            queue=queue,
+            enqueued_ms=int(time.time() * 1000),
+            key=spec.key,
+        )
+        envelope = job.encode()
+        if len(envelope) > self.max_payload_bytes:
+            raise PayloadTooLarge(len(envelope), self.max_payload_bytes)
+        status_key = keys.job(queue, job.id)
+        uniq_key = keys.uniq(queue, spec.key) if spec.key else status_key
+        dedup_ttl = ""
+        if spec.key:
+            ttl = spec.key_ttl_s if spec.key_ttl_s is not None else DEFAULT_DEDUP_TTL_S
+            if ttl <= 0:
+                raise InvalidPayload("key_ttl_s must be positive")
+            dedup_ttl = str(int(ttl * 1000))
+        delay = "" if spec.delay_s is None else str(int(spec.delay_s * 1000))
+        at = "" if spec.at is None else str(int(spec.at.timestamp() * 1000))
+        return queue, [status_key, uniq_key], [job.id, envelope, delay, at, dedup_ttl, spec.task]
+
+    async def _register_queues(self, queues: Iterable[str]) -> None:
+        new = [q for q in queues if q not in self._known_queues]
+        if new:
+            await self.redis.sadd(keys.queues_set(), *new)  # type: ignore[misc]
+            self._known_queues.update(new)
+
+    async def known_queues(self) -> list[str]:
+        """Every queue ever enqueued to, in priority order."""
+        try:
+            raw = await self.redis.smembers(keys.queues_set())  # type: ignore[misc]
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise _redis_down(self.redis, exc) from exc
+        names = {_text(q) or "" for q in raw}
+        if self.registry is not None:
+            names.update(self.registry.queues())
+        ordered = [q for q in keys.DEFAULT_QUEUES if q in names]
+        return ordered + sorted(names - set(ordered))
+
+    async def status(self, job_id: str, queue: str | None = None) -> JobStatus:
+        """The job's status record; raises :class:`JobNotFound` when there is none."""
+        queues = [queue] if queue else await self.known_queues()
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for q in queues:
+                pipe.hgetall(keys.job(q, job_id))
+            records = await pipe.execute()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise _redis_down(self.redis, exc) from exc
+        for q, rec in zip(queues, records, strict=True):
+            if rec:
+                return self._status_from(job_id, q, {_text(k) or "": v for k, v in rec.items()})
+        raise JobNotFound(job_id)
+
+    @staticmethod
+    def _status_from(job_id: str, queue: str, rec: dict[str, Any]) -> JobStatus:
+        import orjson
+
+        result_raw = rec.get("result")
+        result = orjson.loads(result_raw) if result_raw else None
+        return JobStatus(
+            id=job_id,
+            queue=queue,
+            state=_text(rec.get("state")) or "unknown",
+            task=_text(rec.get("task")) or "",
+            attempt=int(rec.get("attempt") or 1),
+            enqueued_ms=_ms(rec.get("enqueued_ms")),
+            not_before_ms=_ms(rec.get("not_before_ms")),
+            finished_ms=_ms(rec.get("finished_ms")),
+            result=result,
+            last_error=_text(rec.get("last_error")),
+            dlq_id=_text(rec.get("dlq_id")),
+        )
+
+    async def stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
+        """Depth (waiting in the stream), pending (delivered, not acked), delayed and dead per queue."""
+        names = list(queues) if queues else await self.known_queues()
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for q in names:
+                pipe.xlen(keys.stream(q))
+                pipe.zcard(keys.delayed(q))
+                pipe.xlen(keys.dlq(q))
+                pipe.hlen(keys.consumers(q))
+            basic = await pipe.execute()
+            pending: list[int] = []
+            for q in names:
+                try:
+                    info = await self.redis.xpending(keys.stream(q), keys.GROUP)
+                    pending.append(int(info["pending"]))
+                except Exception as exc:  # noqa: BLE001 - no stream or no group yet means nothing pending
+                    if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
+                        raise
+                    pending.append(0)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise _redis_down(self.redis, exc) from exc
+        out = []
+        for i, q in enumerate(names):
+            length, delayed, dead, consumers = basic[4 * i : 4 * i + 4]
+            out.append(
+                QueueStats(
+                    queue=q,
+                    depth=max(0, int(length) - pending[i]),
+                    pending=pending[i],
+                    delayed=int(delayed),
+                    dead=int(dead),
+                    consumers=int(consumers),
+                )
+            )
+        return out

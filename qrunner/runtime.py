@@ -1,0 +1,97 @@
+"""Wiring: build connections, registries and the worker from settings. The only place that
+knows how the parts fit together; everything else receives what it needs."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry as RedisRetry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .errors import BackendUnavailable, ConfigError
+from .settings import Settings
+from .task import Registry
+
+log = logging.getLogger(__name__)
+
+
+def redact_url(url: str) -> str:
+    """host:port of a URL, never its credentials."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
+    return f"{parts.hostname or '?'}:{parts.port or 6379}"
+
+
+def redis_url(settings: Settings) -> str:
+    if settings.redis_url:
+        return settings.redis_url
+    from .embedded import ensure_redis
+
+    return ensure_redis(settings.state_dir)
+
+
+def database_url(settings: Settings) -> str:
+    if settings.database_url:
+        return settings.database_url
+    from .embedded import ensure_postgres
+
+    return ensure_postgres(settings.state_dir)
+
+
+async def connect_redis(url: str, *, check: bool = True) -> Redis:
+    """A client that retries dropped connections with backoff; fails fast (host:port) when the
+    server is not there at start."""
+    client: Redis = aioredis.from_url(
+        url,
+        decode_responses=False,
+        health_check_interval=15,
+        socket_connect_timeout=5,
+        retry=RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+    if check:
+        try:
+            await client.ping()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            await client.aclose()
+            raise BackendUnavailable(f"Redis at {redact_url(url)} is unreachable: {exc}") from exc
+    return client
+
+
+async def warn_on_eviction_policy(client: Redis) -> None:
+    try:
+        cfg = await client.config_get("maxmemory-policy")
+    except Exception:  # noqa: BLE001 - managed Redis may forbid CONFIG; the warning is advisory
+        return
+    policy = cfg.get(b"maxmemory-policy") or cfg.get("maxmemory-policy")
+    if isinstance(policy, bytes):
+        policy = policy.decode()
+    if policy and policy != "noeviction":
+        log.warning(
+            "Redis maxmemory-policy is %r: under memory pressure Redis may evict queued jobs. "
+            "Set it to 'noeviction'.", policy,
+        )
+
+
+def load_registry(modules: str | list[str]) -> Registry:
+    """Import each module and merge the ``registry`` it exposes."""
+    names = [m.strip() for m in (modules.split(",") if isinstance(modules, str) else modules)]
+    merged = Registry()
+    for name in filter(None, names):
+        try:
+            module: Any = importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"cannot import handler module {name!r}: {exc}") from exc
+        reg = getattr(module, "registry", None)
+        if not isinstance(reg, Registry):
+            raise ConfigError(f"handler module {name!r} has no `registry` (a qrunner.Registry)")
+        merged = merged.merge(reg)
+    return merged

@@ -1,0 +1,49 @@
+"""Loading and calling the Lua scripts under ``qrunner/lua/``.
+
+Each ``.lua`` file is one atomic operation. A :class:`Script` is loaded lazily, called by SHA,
+and reloaded transparently when Redis answers NOSCRIPT (after a restart or SCRIPT FLUSH).
+Typed wrappers around each script live next to the code that uses them, so callers never
+build KEYS/ARGV lists by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+_LUA_PACKAGE = "qrunner.lua"
+
+
+def read_source(name: str) -> str:
+    return resources.files(_LUA_PACKAGE).joinpath(f"{name}.lua").read_text(encoding="utf-8")
+
+
+class Script:
+    """One Lua script, called with EVALSHA and reloaded on NOSCRIPT."""
+
+    __slots__ = ("name", "sha", "source")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.source = read_source(name)
+        self.sha = hashlib.sha1(self.source.encode("utf-8")).hexdigest()
+
+    async def __call__(
+        self, redis: Redis, keys: list[str] | tuple[str, ...], args: list[Any] | tuple[Any, ...]
+    ) -> Any:
+        try:
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
+        except NoScriptError:
+            await redis.script_load(self.source)
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
+
+    def queue_in(self, pipe: Any, keys: list[str] | tuple[str, ...], args: list[Any]) -> None:
+        """Add a call to a pipeline; :meth:`ensure_loaded` must have run on that server first."""
+        pipe.evalsha(self.sha, len(keys), *keys, *args)
+
+    async def ensure_loaded(self, redis: Redis) -> None:
+        await redis.script_load(self.source)

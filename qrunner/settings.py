@@ -1,0 +1,130 @@
+"""One frozen settings object, built from an explicit environment mapping.
+
+An unknown ``QRUNNER_*`` variable is an error rather than silence: a typo such as
+``QRUNNER_REDIS_ULR`` would otherwise send a worker to the embedded server unnoticed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+def _int(v: str) -> int:
+    return int(v)
+
+
+def _float(v: str) -> float:
+    return float(v)
+
+
+def _bool(v: str) -> bool:
+    low = v.strip().lower()
+    if low in {"1", "true", "yes", "on"}:
+        return True
+    if low in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected a boolean, got {v!r}")
+
+
+def _str(v: str) -> str:
+    return v
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    redis_url: str | None = None
+    database_url: str | None = None
+    state_dir: Path = Path(".qrunner")
+    concurrency: int = 100
+    lease_ms: int = 30_000
+    reclaim_interval_ms: int = 5_000
+    grace_s: float = 30.0
+    status_ttl_s: int = 7 * 24 * 3600
+    result_ttl_s: int = 24 * 3600
+    max_payload_bytes: int = 512 * 1024
+    block_ms: int = 1_000
+    promote_interval_ms: int = 250
+    log_level: str = "INFO"
+    log_format: str = "text"
+    uvloop: bool = True
+    http_host: str = "127.0.0.1"
+    http_token: str | None = None
+    public_url: str = "http://127.0.0.1:8080"
+    signing_secret: str | None = None
+    twilio_base_url: str | None = None
+    email_base_url: str | None = None
+    email_from: str = "qrunner <no-reply@example.com>"
+    quiet_hours: str = "21:00-08:00"
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = None
+    twilio_from_number: str | None = None
+    resend_api_key: str | None = None
+
+    @property
+    def has_twilio(self) -> bool:
+        return bool(self.twilio_account_sid and self.twilio_auth_token and self.twilio_from_number)
+
+    @property
+    def has_email(self) -> bool:
+        return bool(self.resend_api_key)
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "concurrency": _int,
+    "lease_ms": _int,
+    "reclaim_interval_ms": _int,
+    "grace_s": _float,
+    "status_ttl_s": _int,
+    "result_ttl_s": _int,
+    "max_payload_bytes": _int,
+    "block_ms": _int,
+    "promote_interval_ms": _int,
+    "uvloop": _bool,
+    "state_dir": Path,
+}
+
+#: Provider credentials keep their vendors' conventional names.
+_UNPREFIXED = {
+    "TWILIO_ACCOUNT_SID": "twilio_account_sid",
+    "TWILIO_AUTH_TOKEN": "twilio_auth_token",
+    "TWILIO_FROM_NUMBER": "twilio_from_number",
+    "RESEND_API_KEY": "resend_api_key",
+}
+
+#: Variables read by test tooling, not by the runtime, that share the prefix.
+_IGNORED = {"QRUNNER_TEST_REDIS_URL", "QRUNNER_TEST_DATABASE_URL", "QRUNNER_BENCH"}
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build settings from ``env`` (default: ``os.environ``); keyword overrides win."""
+    env = os.environ if env is None else env
+    names = {f.name for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    for var, raw in env.items():
+        if var in _UNPREFIXED:
+            values[_UNPREFIXED[var]] = raw or None
+            continue
+        if not var.startswith("QRUNNER_") or var in _IGNORED:
+            continue
+        name = var[len("QRUNNER_") :].lower()
+        if name not in names or name in _UNPREFIXED.values():
+            known = ", ".join(sorted(f"QRUNNER_{n.upper()}" for n in names - set(_UNPREFIXED.values())))
+            raise ConfigError(f"unknown setting {var}; known: {known}")
+        parse = _PARSERS.get(name, _str)
+        try:
+            values[name] = parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{var}={raw!r} is invalid: {exc}") from exc
+    values.update(overrides)
+    settings = Settings(**values)
+    if settings.concurrency < 1:
+        raise ConfigError("QRUNNER_CONCURRENCY must be at least 1")
+    if settings.lease_ms < 500:
+        raise ConfigError("QRUNNER_LEASE_MS must be at least 500")
+    return settings

@@ -1,0 +1,213 @@
+"""Task declarations: a handler function plus the options that govern its jobs.
+
+A :class:`Registry` is a plain object: nothing registers itself at import time into a global.
+Handler modules build one registry each and the worker (or the enqueue client) is handed it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from .errors import ConfigError, InvalidPayload, UnknownTask
+from .keys import DEFAULT_QUEUES
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from .job import Job
+    from .queue import Client
+    from .settings import Settings
+
+S = TypeVar("S")
+Handler = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitOptions:
+    """A task's rate limit as declared; parsed into buckets by :mod:`qrunner.ratelimit`."""
+
+    rates: tuple[str, ...]
+    burst: int | None = None
+    key: Callable[[Any], str] | None = None
+    cost: Callable[[Any], int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    name: str
+    fn: Handler
+    queue: str = "default"
+    payload_model: type[BaseModel] | None = None
+    max_retries: int = 3
+    backoff_base_s: float = 1.0
+    backoff_cap_s: float = 3600.0
+    jitter: bool = True
+    timeout_s: float | None = 300.0
+    max_deliveries: int = 5
+    rate_limit: RateLimitOptions | None = None
+
+    def validate(self, payload: Mapping[str, Any]) -> Any:
+        """The handler's argument: the payload model instance, or the dict when there is no model.
+
+        Raises :class:`InvalidPayload` listing every validation error.
+        """
+        if self.payload_model is None:
+            return dict(payload)
+        from pydantic import ValidationError
+
+        try:
+            return self.payload_model.model_validate(payload)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
+                for err in exc.errors(include_url=False)
+            )
+            raise InvalidPayload(f"payload for task {self.name!r} is invalid: {problems}") from exc
+
+
+@dataclass(slots=True)
+class Context(Generic[S]):
+    """What a handler receives besides its payload.
+
+    ``state`` is whatever the registry's lifespan yielded (database pool, provider clients), so
+    handlers get typed dependencies instead of globals.
+    """
+
+    job: Job
+    redis: Redis
+    client: Client
+    state: S
+    settings: Settings
+    deliveries: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def job_id(self) -> str:
+        return self.job.id
+
+    @property
+    def attempt(self) -> int:
+        return self.job.attempt
+
+
+@dataclass(frozen=True, slots=True)
+class LifespanArgs:
+    """What a registry's lifespan gets to build its handlers' state from."""
+
+    settings: Settings
+    redis: Redis
+    client: Client
+    database_url: str | None
+
+
+Lifespan = Callable[[LifespanArgs], AbstractAsyncContextManager[Any]]
+
+
+class Registry:
+    """Named tasks and their options, plus an optional lifespan that builds handler state."""
+
+    def __init__(self, tasks: Iterable[Task] = ()) -> None:
+        self._tasks: dict[str, Task] = {}
+        self._lifespans: list[Lifespan] = []
+        for t in tasks:
+            self.add(t)
+
+    def add(self, task: Task) -> None:
+        if task.name in self._tasks:
+            raise ConfigError(f"task {task.name!r} is registered twice")
+        if not inspect.iscoroutinefunction(task.fn):
+            raise ConfigError(f"task {task.name!r}: handler must be an async function")
+        if task.max_retries < 0 or task.max_deliveries < 1:
+            raise ConfigError(f"task {task.name!r}: max_retries >= 0 and max_deliveries >= 1")
+        self._tasks[task.name] = task
+
+    def task(
+        self,
+        name: str | None = None,
+        *,
+        queue: str = "default",
+        payload: type[BaseModel] | None = None,
+        max_retries: int = 3,
+        backoff_base_s: float = 1.0,
+        backoff_cap_s: float = 3600.0,
+        jitter: bool = True,
+        timeout_s: float | None = 300.0,
+        max_deliveries: int = 5,
+        rate_limit: str | Sequence[str] | None = None,
+        rate_burst: int | None = None,
+        rate_key: Callable[[Any], str] | None = None,
+        rate_cost: Callable[[Any], int] | None = None,
+    ) -> Callable[[Handler], Handler]:
+        """Declare a task. The handler is ``async def fn(ctx: Context[S], payload: Model) -> Any``."""
+
+        def register(fn: Handler) -> Handler:
+            limit = None
+            if rate_limit is not None:
+                rates = (rate_limit,) if isinstance(rate_limit, str) else tuple(rate_limit)
+                limit = RateLimitOptions(rates=rates, burst=rate_burst, key=rate_key, cost=rate_cost)
+            self.add(
+                Task(
+                    name=name or fn.__name__,
+                    fn=fn,
+                    queue=queue,
+                    payload_model=payload,
+                    max_retries=max_retries,
+                    backoff_base_s=backoff_base_s,
+                    backoff_cap_s=backoff_cap_s,
+                    jitter=jitter,
+                    timeout_s=timeout_s,
+                    max_deliveries=max_deliveries,
+                    rate_limit=limit,
+                )
+            )
+            return fn
+
+        return register
+
+    def lifespan(self, fn: Callable[[LifespanArgs], AsyncIterator[Any]]) -> Lifespan:
+        """Register an async generator that yields the handlers' state and cleans up after."""
+        from contextlib import asynccontextmanager
+
+        cm = asynccontextmanager(fn)
+        self._lifespans.append(cm)
+        return cm
+
+    @property
+    def lifespans(self) -> tuple[Lifespan, ...]:
+        return tuple(self._lifespans)
+
+    def get(self, name: str) -> Task:
+        try:
+            return self._tasks[name]
+        except KeyError:
+            raise UnknownTask(name, list(self._tasks)) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tasks
+
+    def __iter__(self) -> Any:
+        return iter(self._tasks.values())
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._tasks)
+
+    def queues(self) -> list[str]:
+        """Queues these tasks use, in priority order (known queues first, others alphabetically)."""
+        used = {t.queue for t in self._tasks.values()}
+        ordered = [q for q in DEFAULT_QUEUES if q in used]
+        return ordered + sorted(used - set(ordered))
+
+    def merge(self, other: Registry) -> Registry:
+        merged = Registry([*self, *other])
+        merged._lifespans = [*self._lifespans, *other._lifespans]
+        return merged

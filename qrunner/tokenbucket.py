@@ -1,0 +1,151 @@
+"""Token-bucket arithmetic, with no I/O, mirrored line for line by ``lua/take_tokens.lua``.
+
+A window refills ``tokens`` tokens every ``period_ms`` milliseconds, continuously, up to
+``capacity`` tokens. The level of a window is kept as an integer *credit* in units of
+``1 / period_ms`` of a token, so one token is ``period_ms`` credit and each millisecond adds
+exactly ``tokens`` credit. Integers keep Python and Lua (whose numbers are doubles, exact below
+2**53) bit-for-bit identical, so a table of cases can be run through both and compared; floats
+would drift apart by rounding and make such a comparison meaningless.
+
+A missing state means a bucket that has been idle long enough for its key to expire, and such a
+bucket is full. Several windows on one bucket are taken all-or-nothing, and a bucket can be
+*blocked* until an absolute time (a provider answered 429).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+#: Largest credit a window may hold. Lua numbers are doubles; past 2**53 integers stop being exact.
+MAX_CREDIT = 2**53
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One window: ``tokens`` per ``period_ms`` milliseconds, holding at most ``capacity``."""
+
+    tokens: int
+    period_ms: int
+    capacity: int
+
+    def __post_init__(self) -> None:
+        if self.tokens < 1 or self.period_ms < 1 or self.capacity < 1:
+            raise ValueError(f"tokens, period_ms and capacity must be >= 1, got {self}")
+        if self.full_credit > MAX_CREDIT:
+            raise ValueError(f"capacity x period_ms exceeds 2**53 for {self}")
+
+    @property
+    def full_credit(self) -> int:
+        return self.capacity * self.period_ms
+
+
+@dataclass(frozen=True, slots=True)
+class WindowState:
+    """What Redis stores per window: ``credit`` (token / period_ms units) at ``last_ms``."""
+
+    credit: int
+    last_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Take:
+    """Outcome of a take on one window.
+
+    ``state`` is the state to store when the take is committed: after the refill, and after the
+    cost is deducted when ``granted``. ``wait_ms`` is 0 when granted, else the time until the
+    window holds ``cost`` tokens, assuming no one else takes any meanwhile.
+    """
+
+    granted: bool
+    state: WindowState
+    wait_ms: int
+
+    def tokens(self, limit: Limit) -> float:
+        """Tokens left, as a float, for display only."""
+        return self.state.credit / limit.period_ms
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Outcome of an all-or-nothing take across the windows of one bucket."""
+
+    granted: bool
+    wait_ms: int
+    #: States to store, one per window, only when ``granted`` (a denial writes nothing).
+    states: tuple[WindowState, ...]
+
+
+def _ceil_div(numerator: int, denominator: int) -> int:
+    return -(-numerator // denominator)
+
+
+def refill(limit: Limit, state: WindowState | None, now_ms: int) -> WindowState:
+    """Return the state at ``now_ms``: the credit earned since ``last_ms``, capped at capacity.
+
+    A clock that goes backwards (an explicit ``now_ms`` in the past, a Redis fail-over) earns
+    nothing and keeps ``last_ms``, so the same interval is never credited twice.
+    """
+    if state is None:
+        return WindowState(limit.full_credit, now_ms)
+    if now_ms <= state.last_ms:
+        return WindowState(min(state.credit, limit.full_credit), state.last_ms)
+    earned = (now_ms - state.last_ms) * limit.tokens
+    return WindowState(min(limit.full_credit, state.credit + earned), now_ms)
+
+
+def wait_ms(limit: Limit, credit: int, cost: int) -> int:
+    """Milliseconds until ``credit`` grows to ``cost`` tokens (0 if it already has)."""
+    missing = cost * limit.period_ms - credit
+    if missing <= 0:
+        return 0
+    return _ceil_div(missing, limit.tokens)
+
+
+def take(limit: Limit, state: WindowState | None, now_ms: int, cost: int) -> Take:
+    """Take ``cost`` tokens from one window if it holds them; otherwise say how long to wait.
+
+    A cost above capacity could never be granted, and waiting for it would wait forever, so it
+    is refused with ``ValueError`` rather than answered with a wait.
+    """
+    if cost < 1:
+        raise ValueError(f"cost must be >= 1, got {cost}")
+    if cost > limit.capacity:
+        raise ValueError(f"cost {cost} exceeds capacity {limit.capacity}; it can never be granted")
+    current = refill(limit, state, now_ms)
+    need = cost * limit.period_ms
+    if current.credit >= need:
+        return Take(True, WindowState(current.credit - need, current.last_ms), 0)
+    return Take(False, current, wait_ms(limit, current.credit, cost))
+
+
+def idle_ttl_ms(limit: Limit, credit: int) -> int:
+    """How long a window's key must live: until it would be full again, plus one millisecond.
+
+    A key that expires when its window is full loses nothing, because a missing window reads
+    as full; so idle buckets vanish from Redis without changing any decision.
+    """
+    return _ceil_div(limit.full_credit - credit, limit.tokens) + 1
+
+
+def take_all(
+    limits: Sequence[Limit],
+    states: Sequence[WindowState | None],
+    now_ms: int,
+    cost: int,
+    blocked_until_ms: int | None = None,
+) -> Decision:
+    """Take ``cost`` tokens from every window, or from none.
+
+    The wait on a denial is the longest of the windows' waits and of the block, because the
+    caller can only succeed once every one of them allows it.
+    """
+    if len(limits) != len(states):
+        raise ValueError("one state (or None) per limit")
+    takes = [take(limit, state, now_ms, cost) for limit, state in zip(limits, states, strict=True)]
+    longest = max((t.wait_ms for t in takes), default=0)
+    if blocked_until_ms is not None and blocked_until_ms > now_ms:
+        longest = max(longest, blocked_until_ms - now_ms)
+    if longest > 0:
+        return Decision(False, longest, ())
+    return Decision(True, 0, tuple(t.state for t in takes))
