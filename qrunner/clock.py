@@ -54,6 +54,7 @@ class ManualClock:
         self._now_ms = start_ms
         self._sleepers: list[tuple[int, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
+        self._slept = asyncio.Event()
 
     async def now_ms(self) -> int:
         return self._now_ms
@@ -70,6 +71,7 @@ class ManualClock:
         deadline = self._now_ms + max(1, round(seconds * 1000))
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (deadline, next(self._order), future))
+        self._slept.set()
         await future
 
     def advance(self, seconds: float) -> None:
@@ -88,6 +90,13 @@ class ManualClock:
     def sleepers(self) -> int:
         """How many sleeps are waiting, so a test can wait for a loop to reach its sleep."""
         return sum(1 for _, _, f in self._sleepers if not f.done())
+
+    async def until_sleeping(self, count: int = 1) -> None:
+        """Wait until ``count`` sleeps are pending: the loop under test has finished its work
+        for the current instant and the test may move time on."""
+        while self.sleepers < count:
+            self._slept.clear()
+            await self._slept.wait()
 
 
 __all__ = ["Clock", "ManualClock", "RedisClock"]

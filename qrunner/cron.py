@@ -37,7 +37,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterBadDateError, croniter
+from croniter import (  # type: ignore[import-untyped, unused-ignore]
+    CroniterBadDateError,
+    croniter,
+)
 
 Catchup = Literal["skip", "latest", "all"]
 CATCHUP_POLICIES: tuple[str, ...] = get_args(Catchup)
@@ -144,7 +147,7 @@ class Cron:
                     heapq.heappush(pending, moment)
 
     def next_after(self, after_ms: int) -> int | None:
-        """The first fire strictly after ``after_ms``, or None if the expression never fires again."""
+        """The first fire strictly after ``after_ms``; None if the expression never fires again."""
         return next(self.iter_after(after_ms), None)
 
     def slots(self, after_ms: int, until_ms: int, limit: int | None = None) -> list[int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import asyncpg  # type: ignore[import-untyped]
 import orjson
@@ -46,12 +46,17 @@ def redact_url(url: str) -> str:
         user = userinfo.split(":", 1)[0]
         netloc = f"{user}@{hosts}" if user else hosts
     query = parts.query
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(key in _SECRET_PARAMS for key, _ in pairs):
+        query = urlencode([(k, v) for k, v in pairs if k not in _SECRET_PARAMS])
+    # Assembled by hand: urlunsplit drops an empty authority ("postgresql:///db" would
+    # come back as "postgresql:/db", a different URL).
+    redacted = f"{parts.scheme}://{netloc}{parts.path}"
     if query:
-        kept = [
-            (k, v) for k, v in parse_qsl(query, keep_blank_values=True) if k not in _SECRET_PARAMS
-        ]
-        query = urlencode(kept)
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+        redacted += f"?{query}"
+    if parts.fragment:
+        redacted += f"#{parts.fragment}"
+    return redacted
 
 
 def endpoint(url: str) -> str:

@@ -96,14 +96,14 @@ class RateLimitSpec:
     def __post_init__(self) -> None:
         if not self.rates:
             raise ConfigError("a rate limit needs at least one rate")
-        windows = [rate.window for rate in self.rates]
-        if len(set(windows)) != len(windows):
-            raise ConfigError(f"rate limit repeats a rate: {windows}")
+        periods = [rate.period_ms for rate in self.rates]
+        if len(set(periods)) != len(periods):
+            # "10/s" with "5/s" means only "5/s"; saying so beats guessing which one had the burst.
+            raise ConfigError(f"rate limit has two rates over the same period: {self.rates}")
         if self.burst is not None and self.burst < 1:
             raise ConfigError(f"burst must be at least 1, got {self.burst}")
         object.__setattr__(self, "rates", tuple(sorted(self.rates, key=lambda r: r.period_ms)))
         self.limits()  # fails now, at configuration time, rather than on first use
-
 
     @classmethod
     def parse(cls, rate: str | Sequence[str], burst: int | None = None) -> RateLimitSpec:

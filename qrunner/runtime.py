@@ -46,17 +46,20 @@ def database_url(settings: Settings) -> str:
     return ensure_postgres(settings.state_dir)
 
 
-async def connect_redis(url: str, *, check: bool = True) -> Redis:
+async def connect_redis(url: str, *, check: bool = True, max_connections: int = 200) -> Redis:
     """A client that retries dropped connections with backoff; fails fast (host:port) when the
-    server is not there at start."""
-    client: Redis = aioredis.from_url(
-        url,
+    server is not there at start. The pool blocks (up to 30 s) rather than failing when every
+    connection is busy, so a burst of handlers using Redis waits instead of erroring."""
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30)
+    client: Redis = aioredis.Redis(
+        connection_pool=pool,
         decode_responses=False,
         health_check_interval=15,
         socket_connect_timeout=5,
         retry=RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=3),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
+    client.auto_close_connection_pool = True
     if check:
         try:
             await client.ping()

@@ -63,7 +63,9 @@ FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Schedule) if f.name != "l
 _REQUIRED = ("name", "task", "cron")
 
 
-def load_schedules(path: str | Path, known_tasks: Collection[str] | None = None) -> tuple[Schedule, ...]:
+def load_schedules(
+    path: str | Path, known_tasks: Collection[str] | None = None
+) -> tuple[Schedule, ...]:
     """Read and validate a schedules file; raises :class:`ConfigError` listing every problem."""
     p = Path(path)
     try:

@@ -107,14 +107,19 @@ class LifespanArgs:
 
 
 Lifespan = Callable[[LifespanArgs], AbstractAsyncContextManager[Any]]
+HttpSetup = Callable[[Any, Any], None]
 
 
 class Registry:
     """Named tasks and their options, plus an optional lifespan that builds handler state."""
 
-    def __init__(self, tasks: Iterable[Task] = ()) -> None:
+    def __init__(self, tasks: Iterable[Task] = (), *, requires_database: bool = False) -> None:
         self._tasks: dict[str, Task] = {}
         self._lifespans: list[Lifespan] = []
+        self._http_setups: list[HttpSetup] = []
+        #: When true the worker resolves a PostgreSQL URL (starting the embedded server if
+        #: none is configured) and migrates it before the lifespans run.
+        self.requires_database = requires_database
         for t in tasks:
             self.add(t)
 
@@ -182,6 +187,16 @@ class Registry:
     def lifespans(self) -> tuple[Lifespan, ...]:
         return tuple(self._lifespans)
 
+    def http_setup(self, fn: HttpSetup) -> HttpSetup:
+        """Register ``fn(app, state)`` to add routes (webhooks, unsubscribe links) to the
+        worker's HTTP endpoint. ``state`` is what the lifespans yielded."""
+        self._http_setups.append(fn)
+        return fn
+
+    @property
+    def http_setups(self) -> tuple[HttpSetup, ...]:
+        return tuple(self._http_setups)
+
     def get(self, name: str) -> Task:
         try:
             return self._tasks[name]
@@ -208,6 +223,9 @@ class Registry:
         return ordered + sorted(used - set(ordered))
 
     def merge(self, other: Registry) -> Registry:
-        merged = Registry([*self, *other])
+        merged = Registry(
+            [*self, *other], requires_database=self.requires_database or other.requires_database
+        )
         merged._lifespans = [*self._lifespans, *other._lifespans]
+        merged._http_setups = [*self._http_setups, *other._http_setups]
         return merged

@@ -1,0 +1,62 @@
+"""What every handler gets through ``ctx.state``: the database pool and the provider clients.
+
+Built once per worker process by :func:`lifespan`; without provider credentials the clients are
+``None`` and messages go to the sandbox outbox table instead (the log says so once).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+from redis.asyncio import Redis
+
+from qrunner import Client, LifespanArgs, Settings
+from qrunner.db import create_pool
+
+from .providers.email import ResendEmail
+from .providers.sms import TwilioSms
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class HandlerState:
+    settings: Settings
+    db: asyncpg.Pool
+    redis: Redis
+    client: Client
+    sms: TwilioSms | None
+    email: ResendEmail | None
+
+
+async def lifespan(args: LifespanArgs) -> AsyncIterator[HandlerState]:
+    if args.database_url is None:
+        raise RuntimeError("handlers need PostgreSQL: the registry must say requires_database=True")
+    s = args.settings
+    pool = await create_pool(args.database_url)
+    sms: TwilioSms | None = None
+    email: ResendEmail | None = None
+    if s.has_twilio:
+        assert s.twilio_account_sid and s.twilio_auth_token
+        sms = TwilioSms(
+            s.twilio_account_sid, s.twilio_auth_token,
+            base_url=s.twilio_base_url or "https://api.twilio.com",
+        )
+    else:
+        log.warning("no Twilio credentials: SMS go to the sandbox outbox table, not to phones")
+    if s.has_email:
+        assert s.resend_api_key
+        email = ResendEmail(s.resend_api_key, base_url=s.email_base_url or "https://api.resend.com")
+    else:
+        log.warning("no RESEND_API_KEY: email goes to the sandbox outbox table, not to inboxes")
+    try:
+        yield HandlerState(s, pool, args.redis, args.client, sms, email)
+    finally:
+        if sms is not None:
+            await sms.close()
+        if email is not None:
+            await email.close()
+        await pool.close()

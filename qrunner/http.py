@@ -1,0 +1,270 @@
+"""The worker's HTTP endpoint: metrics, health, readiness and a small read-only API.
+
+Routes::
+
+    GET /metrics          Prometheus text (queue gauges refreshed from Redis per scrape)
+    GET /healthz          the process is alive; always public, never touches a dependency
+    GET /readyz           Redis answers PING and every readiness check passes, else 503
+    GET /api/queues       depth, pending, delayed, dead and consumers per queue
+    GET /api/jobs/{id}    one job's status record, 404 when unknown
+
+The endpoint exposes job payload results and queue internals, so it binds 127.0.0.1 unless a
+bearer token is configured (:func:`check_bind_address`). With a token, every route needs it
+except ``/healthz`` (liveness probes carry no credentials) and routes whose pattern starts with
+one of ``public_prefixes``: callers that authenticate on their own terms, such as a provider's
+signed webhook or an unsubscribe link in an email. Publicness is judged on the *matched route's
+pattern*, not the raw request path, so no spelling of a URL (``/hooks/../api/queues``, percent
+escapes) can borrow a public prefix to reach a protected route.
+
+The module only serves what :class:`~qrunner.metrics.Metrics` collects; it adds no hooks itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+from redis.asyncio import Redis
+
+from .errors import BackendUnavailable, ConfigError, JobNotFound
+from .metrics import Metrics
+from .queue import Client
+
+log = logging.getLogger(__name__)
+
+ReadinessCheck = Callable[[], Awaitable[None]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: Handed to ``setups`` through the application so added routes can reach the queue and Redis.
+CLIENT_KEY = web.AppKey("qrunner_client", Client)
+REDIS_KEY = web.AppKey("qrunner_redis", Redis)
+#: Whether the app enforces a token; :func:`serve_http` refuses public binds without one.
+TOKEN_REQUIRED_KEY = web.AppKey("qrunner_token_required", bool)
+
+ALWAYS_PUBLIC = ("/healthz",)
+LOOPBACK_NAMES = frozenset({"localhost"})
+
+#: A dependency that hangs is as unready as one that refuses; a probe must answer in time.
+READINESS_TIMEOUT_S = 2.0
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _redis_where(redis: Redis) -> str:
+    """host:port (or socket path) of the client's server; never the password in its URL."""
+    kw = redis.connection_pool.connection_kwargs
+    return str(kw.get("path") or f"{kw.get('host', '?')}:{kw.get('port', '?')}")
+
+
+def check_bind_address(host: str, *, token_required: bool) -> None:
+    """Refuse to listen beyond loopback without a token.
+
+    Job results and queue contents are readable through the API, so an open port on a shared
+    network would leak them. Raises :class:`ConfigError` naming the setting to change.
+    """
+    if token_required:
+        return
+    if host in LOOPBACK_NAMES:
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass
+    raise ConfigError(
+        f"refusing to serve HTTP on {host or '(all interfaces)'!r} without a token; "
+        "set QRUNNER_HTTP_TOKEN or bind 127.0.0.1"
+    )
+
+
+def _auth_middleware(token: bytes, public_prefixes: Sequence[str]) -> Any:
+    prefixes = (*ALWAYS_PUBLIC, *public_prefixes)
+
+    def is_public(request: web.Request) -> bool:
+        resource = request.match_info.route.resource
+        # Unmatched requests (404/405) have no resource: they need the token like any other,
+        # so probing without one reveals nothing about which routes exist.
+        return resource is not None and resource.canonical.startswith(prefixes)
+
+    @web.middleware
+    async def bearer_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if is_public(request):
+            return await handler(request)
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        # compare_digest on bytes: constant time, and safe for non-ASCII input.
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token):
+            response = _json({"error": "missing or invalid bearer token"}, status=401)
+            response.headers["WWW-Authenticate"] = 'Bearer realm="qrunner"'
+            return response
+        return await handler(request)
+
+    return bearer_token
+
+
+@web.middleware
+async def _backend_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Redis down is a 503 with host:port, not a 500 with a traceback."""
+    try:
+        return await handler(request)
+    except BackendUnavailable as exc:
+        return _json({"error": str(exc)}, status=503)
+
+
+class _Routes:
+    """The built-in handlers, sharing the objects :func:`build_app` was given."""
+
+    def __init__(
+        self, client: Client, metrics: Metrics, redis: Redis, readiness: Sequence[ReadinessCheck]
+    ) -> None:
+        self.client = client
+        self.metrics = metrics
+        self.redis = redis
+        self.readiness = list(readiness)
+
+    async def metrics_text(self, request: web.Request) -> web.Response:
+        await self.metrics.refresh(self.client)
+        body = self.metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return _json({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        # The Redis ping bounds its own wait so that a timeout still names host:port.
+        checks: list[tuple[str, ReadinessCheck, float | None]] = [
+            ("redis", self._ping_redis, None)
+        ]
+        for index, check in enumerate(self.readiness):
+            name = getattr(check, "__name__", f"check_{index}")
+            checks.append((name, check, READINESS_TIMEOUT_S))
+        errors = await asyncio.gather(*(_run_check(check, t) for _, check, t in checks))
+        failed = [
+            {"dependency": name, "error": error}
+            for (name, _, _), error in zip(checks, errors, strict=True)
+            if error is not None
+        ]
+        if failed:
+            reasons = "; ".join(f"{f['dependency']}: {f['error']}" for f in failed)
+            log.warning("not ready: %s", reasons)
+            return _json({"status": "unavailable", "failed": failed}, status=503)
+        return _json({"status": "ready", "checked": [name for name, _, _ in checks]})
+
+    async def _ping_redis(self) -> None:
+        where = _redis_where(self.redis)
+        try:
+            async with asyncio.timeout(READINESS_TIMEOUT_S):
+                await self.redis.ping()
+        except TimeoutError as exc:
+            raise BackendUnavailable(
+                f"Redis at {where} did not answer within {READINESS_TIMEOUT_S:g}s"
+            ) from exc
+        except Exception as exc:  # any failure means "not ready"; the reason says where
+            reason = f"Redis at {where} is unreachable: {type(exc).__name__}"
+            raise BackendUnavailable(reason) from exc
+
+    async def queues(self, request: web.Request) -> web.Response:
+        return _json([s.to_dict() for s in await self.client.stats()])
+
+    async def job(self, request: web.Request) -> web.Response:
+        job_id = request.match_info["id"]
+        try:
+            status = await self.client.status(job_id)
+        except JobNotFound as exc:
+            return _json({"error": str(exc)}, status=404)
+        return _json(status.to_dict())
+
+
+async def _run_check(check: ReadinessCheck, timeout_s: float | None) -> str | None:
+    """None when the check passed, else a reason fit to publish.
+
+    Only :class:`BackendUnavailable` messages are shown verbatim (by contract they carry host and
+    port, never credentials); any other exception is reduced to its type, because driver errors
+    may quote connection strings.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            await check()
+    except BackendUnavailable as exc:
+        return str(exc)
+    except TimeoutError:
+        return f"no answer within {timeout_s:g}s"
+    except Exception as exc:  # a failed check is a 503, not a crashed probe
+        return type(exc).__name__
+    return None
+
+
+def build_app(
+    *,
+    client: Client,
+    metrics: Metrics,
+    redis: Redis,
+    token: str | None,
+    readiness: Sequence[ReadinessCheck] = (),
+    setups: Sequence[Callable[[web.Application], None]] = (),
+    public_prefixes: Sequence[str] = (),
+) -> web.Application:
+    """The endpoint's application.
+
+    ``readiness`` checks run on every ``/readyz`` next to a Redis PING; each raises to report
+    its dependency down (raise :class:`BackendUnavailable` with host:port to have the reason
+    shown) and is named in the answer by its ``__name__``. ``setups`` add routes of their own
+    (webhooks, unsubscribe links); routes under ``public_prefixes`` skip the token check and
+    must authenticate requests themselves. An empty ``token`` counts as none: otherwise the
+    header ``Bearer `` alone would pass.
+    """
+    middlewares: list[Any] = []
+    if token:
+        middlewares.append(_auth_middleware(token.encode(), public_prefixes))
+    middlewares.append(_backend_errors)
+    app = web.Application(middlewares=middlewares)
+    app[CLIENT_KEY] = client
+    app[REDIS_KEY] = redis
+    app[TOKEN_REQUIRED_KEY] = bool(token)
+    routes = _Routes(client, metrics, redis, readiness)
+    app.router.add_get("/metrics", routes.metrics_text)
+    app.router.add_get("/healthz", routes.healthz)
+    app.router.add_get("/readyz", routes.readyz)
+    app.router.add_get("/api/queues", routes.queues)
+    app.router.add_get("/api/jobs/{id}", routes.job)
+    for setup in setups:
+        setup(app)
+    return app
+
+
+async def serve_http(
+    app: web.Application,
+    host: str,
+    port: int,
+    stop: asyncio.Event,
+    *,
+    on_bound: Callable[[list[tuple[str, int]]], None] | None = None,
+) -> None:
+    """Serve ``app`` until ``stop`` is set or the task is cancelled: a worker ``extra_loops`` loop.
+
+    ``port`` 0 picks a free port; ``on_bound`` receives the bound (host, port) pairs so a caller
+    (a test, a supervisor) can learn it without racing for a port itself.
+    """
+    check_bind_address(host, token_required=app.get(TOKEN_REQUIRED_KEY, False))
+    # No access log: a scrape every few seconds would drown the job log lines.
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = [(str(a[0]), int(a[1])) for a in runner.addresses]
+        log.info("http endpoint listening on %s", ", ".join(f"{h}:{p}" for h, p in bound))
+        if on_bound is not None:
+            on_bound(bound)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        log.info("http endpoint stopped")

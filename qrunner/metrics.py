@@ -1,0 +1,181 @@
+"""Prometheus metrics: lifecycle hooks turned into counters and histograms, plus queue gauges.
+
+Two kinds of numbers live here, and they behave differently on purpose:
+
+- **Per process** (counters, histograms): what *this* worker did since it started. Prometheus
+  sums them across workers; a restart resets them, which ``rate()`` already handles.
+- **Whole system** (``qrunner_queue_*`` gauges): read from Redis right before each scrape, so any
+  worker's endpoint reports every queue, including queues no worker is consuming. Each worker
+  reports the same values; aggregate them with ``max``, never ``sum``.
+
+Each :class:`Metrics` owns its own :class:`~prometheus_client.CollectorRegistry` rather than the
+library's global default one, so several workers (or tests) in one process never collide on
+"Duplicated timeseries" and nothing is registered at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from .errors import BackendUnavailable
+from .events import Observer
+from .queue import Client, QueueStats
+
+log = logging.getLogger(__name__)
+
+#: Handler run time: from 1 ms (cache hit, no-op) to the 5-minute default task timeout.
+DURATION_BUCKETS_S = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+)
+
+#: Enqueue-to-start: milliseconds when workers keep up; minutes to an hour for a backlog or a
+#: retry's backoff (the envelope keeps its first enqueue time, so retries count their delay).
+WAIT_BUCKETS_S = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+)
+
+_QUEUE_GAUGES: tuple[tuple[str, str], ...] = (
+    ("depth", "Jobs waiting in the queue's stream, not yet delivered to a worker."),
+    ("pending", "Jobs delivered to a worker and not yet acknowledged (running or orphaned)."),
+    ("delayed", "Jobs scheduled for later: delays, retries in backoff, deferrals."),
+    ("dead", "Jobs in the queue's dead-letter stream."),
+    ("consumers", "Workers registered on the queue (heartbeat entries)."),
+)
+
+
+class _QueueCollector(Collector):
+    """Serves the last Redis snapshot at collection time.
+
+    Prometheus collectors are synchronous, so the snapshot is taken beforehand by
+    :meth:`Metrics.refresh`. Building fresh families on every collection (instead of keeping
+    labelled ``Gauge`` children) means a queue that disappears from Redis also disappears from
+    the output rather than reporting its last value forever.
+    """
+
+    def __init__(self) -> None:
+        self.snapshot: list[QueueStats] = []
+        self.redis_up = True
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "qrunner_redis_up", "1 when the last queue snapshot was read from Redis, else 0."
+        )
+        up.add_metric([], 1.0 if self.redis_up else 0.0)
+        yield up
+        for field, doc in _QUEUE_GAUGES:
+            family = GaugeMetricFamily(f"qrunner_queue_{field}", doc, labels=["queue"])
+            for stats in self.snapshot:
+                family.add_metric([stats.queue], float(getattr(stats, field)))
+            yield family
+
+
+class Metrics(Observer):
+    """Counts what happens to jobs (as a worker :class:`Observer`) and renders the exposition."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        reg = self.registry
+        self.jobs = Counter(
+            "qrunner_jobs_total", "Job runs by outcome (succeeded, retried, deferred, dead).",
+            ["task", "queue", "outcome"], registry=reg,
+        )
+        self.duration = Histogram(
+            "qrunner_job_duration_seconds", "Time from a handler's start to its outcome.",
+            ["task", "queue"], buckets=DURATION_BUCKETS_S, registry=reg,
+        )
+        self.wait = Histogram(
+            "qrunner_job_wait_seconds", "Time from enqueue to the start of a run.",
+            ["queue"], buckets=WAIT_BUCKETS_S, registry=reg,
+        )
+        self.redeliveries = Counter(
+            "qrunner_redeliveries_total",
+            "Entries reclaimed from a worker whose lease lapsed; each will run again.",
+            ["queue"], registry=reg,
+        )
+        self.acks_refused = Counter(
+            "qrunner_acks_refused_total",
+            "Outcomes dropped because another worker owns the entry now (fencing).",
+            ["queue"], registry=reg,
+        )
+        self.groups_recreated = Counter(
+            "qrunner_groups_recreated_total",
+            "Streams or consumer groups found missing and recreated; jobs may have been lost.",
+            ["queue"], registry=reg,
+        )
+        self.rate_limit_waits = Counter(
+            "qrunner_rate_limit_waits_total", "Jobs deferred because a rate limit had no token.",
+            ["task"], registry=reg,
+        )
+        self.cron_fires = Counter(
+            "qrunner_cron_fires_total", "Schedule slots enqueued by this process.",
+            ["schedule"], registry=reg,
+        )
+        self.cron_misses = Counter(
+            "qrunner_cron_misses_total", "Schedule slots skipped by the catch-up policy.",
+            ["schedule"], registry=reg,
+        )
+        self._queues = _QueueCollector()
+        reg.register(self._queues)
+
+    # -- lifecycle hooks (sync, on the event loop: counter updates only) -------------------
+
+    def job_started(self, task: str, queue: str, wait_ms: int | None) -> None:
+        if wait_ms is not None:
+            # A producer whose clock runs ahead yields a negative wait; zero is the honest floor.
+            self.wait.labels(queue).observe(max(0, wait_ms) / 1000)
+
+    def job_finished(self, task: str, queue: str, outcome: str, duration_s: float) -> None:
+        self.jobs.labels(task, queue, outcome).inc()
+        self.duration.labels(task, queue).observe(duration_s)
+
+    def job_redelivered(self, queue: str, count: int) -> None:
+        self.redeliveries.labels(queue).inc(count)
+
+    def ack_refused(self, queue: str, count: int) -> None:
+        self.acks_refused.labels(queue).inc(count)
+
+    def group_recreated(self, queue: str) -> None:
+        self.groups_recreated.labels(queue).inc()
+
+    def rate_limit_wait(self, task: str, wait_s: float) -> None:
+        self.rate_limit_waits.labels(task).inc()
+
+    def cron_fired(self, schedule: str, count: int) -> None:
+        self.cron_fires.labels(schedule).inc(count)
+
+    def cron_missed(self, schedule: str, count: int) -> None:
+        self.cron_misses.labels(schedule).inc(count)
+
+    # -- exposition ----------------------------------------------------------------------------
+
+    async def refresh(self, client: Client, *, timeout_s: float = 5.0) -> None:
+        """Read queue sizes from Redis for the next :meth:`exposition`.
+
+        When Redis is unreachable or slower than ``timeout_s`` the queue gauges are dropped (not
+        left stale) and ``qrunner_redis_up`` reads 0, so a scrape still returns this process's
+        counters: an outage must not also blind the dashboards that would show it.
+        """
+        try:
+            async with asyncio.timeout(timeout_s):
+                snapshot = await client.stats()
+        except (BackendUnavailable, TimeoutError) as exc:
+            if self._queues.redis_up:
+                log.warning("metrics: queue gauges unavailable: %s", str(exc) or "timed out")
+            self._queues.snapshot = []
+            self._queues.redis_up = False
+            return
+        self._queues.snapshot = snapshot
+        self._queues.redis_up = True
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of every metric in this instance's registry."""
+        return generate_latest(self.registry)

@@ -1,0 +1,176 @@
+"""The ``worker`` command: one process with the worker, its cron loop and its HTTP endpoint,
+stopping in stages on SIGTERM/SIGINT (a second signal exits at once)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+
+from .errors import ConfigError
+from .events import Observer
+from .queue import Client
+from .settings import Settings
+from .task import LifespanArgs, Registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    handlers: str = "handlers"
+    queues: Sequence[str] | None = None
+    concurrency: int | None = None
+    burst: bool = False
+    metrics_port: int | None = None
+    cron: bool = True
+    schedules: Path = Path("schedules.yaml")
+    weights: dict[str, int] | None = None
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second %s: exiting now", signal.Signals(signum).name)
+            os._exit(130)
+        log.info("%s: finishing in-flight jobs, then stopping (send again to exit now)",
+                 signal.Signals(signum).name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+
+async def prepare_database(registry: Registry, settings: Settings) -> str | None:
+    """The PostgreSQL URL for the handlers (embedded server started and migrated when needed)."""
+    if not registry.requires_database and not settings.database_url:
+        return None
+    from .migrate import migrate
+    from .runtime import database_url
+
+    url = database_url(settings)
+    migrations = Path(__file__).resolve().parent.parent / "migrations"
+    if migrations.is_dir():
+        applied = await migrate(url, migrations)
+        if applied:
+            log.info("applied %d migration(s): %s", len(applied), ", ".join(applied))
+    return url
+
+
+async def enter_lifespans(
+    stack: AsyncExitStack, registry: Registry, args: LifespanArgs
+) -> Any:
+    states = [await stack.enter_async_context(ls(args)) for ls in registry.lifespans]
+    if not states:
+        return None
+    return states[0] if len(states) == 1 else tuple(states)
+
+
+async def serve(opts: WorkerOptions, settings: Settings, stop: asyncio.Event | None = None) -> int:
+    from .runtime import connect_redis, load_registry, redis_url, warn_on_eviction_policy
+    from .worker import Worker
+
+    registry = load_registry(opts.handlers)
+    if not len(registry):
+        raise ConfigError(f"no tasks registered by {opts.handlers!r}")
+    schedules = _load_schedules(opts, registry)
+    if stop is None:
+        stop = asyncio.Event()
+        install_signal_handlers(stop)
+    redis = await connect_redis(redis_url(settings))
+    await warn_on_eviction_policy(redis)
+    try:
+        db_url = await prepare_database(registry, settings)
+        client = Client(redis, registry, max_payload_bytes=settings.max_payload_bytes,
+                        status_ttl_s=settings.status_ttl_s)
+        async with AsyncExitStack() as stack:
+            state = await enter_lifespans(
+                stack, registry, LifespanArgs(settings, redis, client, db_url)
+            )
+            observer, loops = _extras(opts, settings, registry, redis, client, state, schedules)
+            worker = Worker(
+                redis, registry, queues=opts.queues, concurrency=opts.concurrency,
+                burst=opts.burst, settings=settings, state=state, observer=observer,
+                gate=_gate(redis, registry), weights=opts.weights, extra_loops=loops,
+            )
+            await worker.run(stop)
+    finally:
+        await redis.aclose()
+    return 0
+
+
+def _gate(redis: Redis, registry: Registry) -> Any:
+    if not any(t.rate_limit for t in registry):
+        return None
+    from .admission import TokenBucketGate
+
+    return TokenBucketGate(redis, registry)
+
+
+def _load_schedules(opts: WorkerOptions, registry: Registry) -> list[Any]:
+    if not opts.cron or not opts.schedules.exists():
+        return []
+    from .schedules import load_schedules
+
+    entries = load_schedules(opts.schedules, known_tasks=set(registry.names))
+    return [e for e in entries if e.enabled]
+
+
+def _extras(
+    opts: WorkerOptions, settings: Settings, registry: Registry, redis: Redis, client: Client,
+    state: Any, schedules: list[Any],
+) -> tuple[Observer, list[Any]]:
+    from .metrics import Metrics
+
+    metrics = Metrics()
+    loops: list[Any] = []
+    if schedules:
+        from .clock import RedisClock
+        from .scheduler import Scheduler
+
+        scheduler = Scheduler(
+            redis, client, schedules, RedisClock(redis),
+            on_fire=metrics.cron_fired, on_miss=metrics.cron_missed,
+        )
+        loops.append(scheduler.run)
+    if opts.metrics_port is not None:
+        from .http import build_app, serve_http
+
+        setups = [lambda app, fn=fn: fn(app, state) for fn in registry.http_setups]
+        app = build_app(client=client, metrics=metrics, redis=redis, token=settings.http_token,
+                        setups=setups, public_prefixes=("/hooks/", "/unsubscribe"))
+        port = opts.metrics_port
+
+        async def http_loop(stop: asyncio.Event) -> None:
+            await serve_http(app, settings.http_host, port, stop)
+
+        loops.append(http_loop)
+    return metrics, loops
+
+
+async def print_schedules(path: Path, handlers: str, settings: Settings) -> int:
+    from .runtime import connect_redis, load_registry, redis_url
+    from .schedules import load_schedules
+    from .scheduler import describe
+
+    registry = load_registry(handlers)
+    entries = load_schedules(path, known_tasks=set(registry.names))
+    redis = await connect_redis(redis_url(settings))
+    try:
+        rows = await describe(redis, entries)
+    finally:
+        await redis.aclose()
+    print(f"{'name':<28}{'task':<28}{'cron':<18}{'tz':<18}{'last fire':<27}next fire")
+    for r in rows:
+        print(f"{r.name:<28}{r.task:<28}{r.cron:<18}{r.timezone:<18}{r.last or '-':<27}{r.next}")
+    return 0

@@ -1,0 +1,1 @@
+"""Programs and utilities the tests run in separate processes."""

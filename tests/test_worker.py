@@ -1,0 +1,445 @@
+"""The worker against a real redis-server: round trip, priority, retries, dead letters, timeouts,
+leases, shutdown. Given / When / Then in each test's docstring."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import BaseModel
+from redis.asyncio import Redis
+
+from qrunner import Client, Context, Permanent, Registry, Retry
+from qrunner import keys
+from qrunner.consumer import Consumer
+from qrunner.deadletter import DeadLetters
+from qrunner.worker import Worker
+from tests.helpers import core_tasks
+from tests.helpers.waiting import wait_for
+from tests.worker_fixtures import FAST, Recorder, running_worker
+
+
+async def redis_ms(redis: Redis) -> int:
+    sec, usec = await redis.time()
+    return int(sec) * 1000 + int(usec) // 1000
+
+
+async def test_round_trip_runs_job_and_records_result(redis: Redis) -> None:
+    """Given a queued job, when a burst worker runs, then the status holds the handler's result
+    and the stream is empty (acked entries are deleted)."""
+    client = Client(redis, core_tasks.registry)
+    job_id = await client.enqueue("greet", {"name": "ada", "times": 2})
+    assert (await client.status(job_id)).state == "queued"
+    await Worker(redis, core_tasks.registry, burst=True, settings=FAST).run()
+    st = await client.status(job_id)
+    assert st.state == "succeeded"
+    assert st.result == "hello adahello ada"
+    assert await redis.xlen(keys.stream("default")) == 0
+
+
+async def test_bulk_enqueue_runs_every_job_once(redis: Redis) -> None:
+    """Given 3000 jobs enqueued in one bulk call, all run exactly once."""
+    client = Client(redis, core_tasks.registry)
+    ids = await client.enqueue_many([("record", {"i": i}) for i in range(3000)])
+    assert len(set(ids)) == 3000
+    await Worker(redis, core_tasks.registry, burst=True, settings=FAST, concurrency=50).run()
+    logged = await redis.lrange("log:default", 0, -1)
+    assert sorted(x.decode() for x in logged) == sorted(ids)
+
+
+async def test_priority_order_critical_before_default(redis: Redis) -> None:
+    """Given default jobs enqueued before critical ones, a single-slot worker runs every
+    critical job first."""
+    client = Client(redis, core_tasks.registry)
+    await client.enqueue_many([("record_default", {}) for _ in range(10)])
+    await client.enqueue_many([("record_critical", {}) for _ in range(10)])
+    await Worker(redis, core_tasks.registry, burst=True, settings=FAST, concurrency=1,
+                 queues=["sms_critical", "default"]).run()
+    order = [x.decode().split(":")[0] for x in await redis.lrange("log:order", 0, -1)]
+    assert order == ["critical"] * 10 + ["default"] * 10
+
+
+async def test_weighted_reads_let_low_priority_progress(redis: Redis) -> None:
+    """With anti-starvation weights a low queue is read even while the high one has work."""
+    client = Client(redis, core_tasks.registry)
+    await client.enqueue_many([("record_critical", {}) for _ in range(200)])
+    await client.enqueue_many([("record_default", {}) for _ in range(200)])
+    await Worker(redis, core_tasks.registry, burst=True, settings=FAST, concurrency=5,
+                 queues=["sms_critical", "default"], weights={"sms_critical": 1, "default": 1}).run()
+    order = [x.decode().split(":")[0] for x in await redis.lrange("log:order", 0, -1)]
+    assert "default" in order[:200]
+
+
+async def test_backoff_spacing_on_redis_clock(redis: Redis) -> None:
+    """Given a task that always fails with base 0.2 s and no jitter, the gaps between attempts
+    measured on the Redis clock are 0.2, 0.4, 0.8 s (never shorter)."""
+    reg = Registry()
+    starts: list[int] = []
+
+    @reg.task(queue="default", max_retries=3, backoff_base_s=0.2, backoff_cap_s=10, jitter=False)
+    async def flaky(ctx: Context[Any], payload: dict[str, Any]) -> None:
+        starts.append(await redis_ms(ctx.redis))
+        raise RuntimeError("nope")
+
+    client = Client(redis, reg)
+    job_id = await client.enqueue("flaky", {})
+    await Worker(redis, reg, burst=True, settings=FAST).run()
+    assert len(starts) == 4
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    for gap, expected in zip(gaps, [200, 400, 800], strict=True):
+        assert expected <= gap < expected + 500, gaps
+    st = await client.status(job_id)
+    assert st.state == "dead" and st.attempt == 4
+
+
+async def test_dead_letter_after_max_retries_keeps_history(redis: Redis) -> None:
+    """After max_retries the job is in the dead-letter stream with one error per attempt."""
+    client = Client(redis, core_tasks.registry)
+    job_id = await client.enqueue("always_fails", {"x": 1})
+    await Worker(redis, core_tasks.registry, burst=True, settings=FAST).run()
+    dead = await DeadLetters(redis).find(["default"], job_id)
+    assert dead is not None and dead.job is not None
+    assert [e.attempt for e in dead.job.errors] == [1, 2, 3]
+    assert all(e.type == "ValueError" for e in dead.job.errors)
+    assert "boom on attempt 3" in dead.job.errors[-1].message
+    assert "Traceback" in dead.job.errors[-1].traceback
+    assert "max_retries=2" in dead.reason
+
+
+async def test_permanent_error_dead_letters_at_once(redis: Redis) -> None:
+    client = Client(redis, core_tasks.registry)
+    job_id = await client.enqueue("permanent", {})
+    rec = Recorder()
+    await Worker(redis, core_tasks.registry, burst=True, settings=FAST, observer=rec).run()
+    st = await client.status(job_id)
+    assert st.state == "dead" and st.attempt == 1
+    assert rec.finished == [("permanent", "dead")]
+    assert "recipient does not exist" in (st.last_error or "")
+
+
+async def test_retry_signal_uses_its_delay(redis: Redis) -> None:
+    reg = Registry()
+    starts: list[int] = []
+
+    @reg.task(queue="default", max_retries=1)
+    async def later(ctx: Context[Any], payload: dict[str, Any]) -> str:
+        starts.append(await redis_ms(ctx.redis))
+        if ctx.attempt == 1:
+            raise Retry(0.3)
+        return "ok"
+
+    client = Client(redis, reg)
+    job_id = await client.enqueue("later", {})
+    await Worker(redis, reg, burst=True, settings=FAST).run()
+    assert 300 <= starts[1] - starts[0] < 800
+    assert (await client.status(job_id)).result == "ok"
+
+
+async def test_dedup_key_returns_first_id_and_enqueues_once(redis: Redis) -> None:
+    client = Client(redis, core_tasks.registry)
+    a = await client.enqueue("record", {"n": 1}, key="invoice-42")
+    b = await client.enqueue("record", {"n": 2}, key="invoice-42")
+    assert a == b
+    assert await redis.xlen(keys.stream("default")) == 1
+    c = await client.enqueue("record", {"n": 3}, key="invoice-42", key_ttl_s=0.05)
+    assert c == a  # still inside the first window
+
+
+async def test_dedup_window_expires(redis: Redis) -> None:
+    client = Client(redis, core_tasks.registry)
+    a = await client.enqueue("record", {}, key="k", key_ttl_s=0.1)
+    await wait_for(lambda: _missing(redis, keys.uniq("default", "k")), what="dedup key expiry")
+    b = await client.enqueue("record", {}, key="k", key_ttl_s=0.1)
+    assert a != b
+
+
+async def _missing(redis: Redis, key: str) -> bool:
+    return not await redis.exists(key)
+
+
+async def test_delayed_job_waits_until_due_on_redis_clock(redis: Redis) -> None:
+    reg = Registry()
+    ran_at: list[int] = []
+
+    @reg.task(queue="default")
+    async def stamp(ctx: Context[Any], payload: dict[str, Any]) -> None:
+        ran_at.append(await redis_ms(ctx.redis))
+
+    client = Client(redis, reg)
+    before = await redis_ms(redis)
+    job_id = await client.enqueue("stamp", {}, delay_s=0.5)
+    st = await client.status(job_id)
+    assert st.state == "scheduled" and st.not_before_ms is not None
+    assert await redis.zcard(keys.delayed("default")) == 1
+    await Worker(redis, reg, burst=True, settings=FAST).run()
+    assert ran_at and ran_at[0] - before >= 500
+
+
+async def test_timeout_is_a_failure_that_retries(redis: Redis) -> None:
+    reg = Registry()
+    runs: list[int] = []
+
+    @reg.task(queue="default", timeout_s=0.1, max_retries=1, backoff_base_s=0.01)
+    async def hangs(ctx: Context[Any], payload: dict[str, Any]) -> None:
+        runs.append(ctx.attempt)
+        await asyncio.sleep(30)
+
+    client = Client(redis, reg)
+    job_id = await client.enqueue("hangs", {})
+    await Worker(redis, reg, burst=True, settings=FAST).run()
+    assert runs == [1, 2]
+    dead = await DeadLetters(redis).find(["default"], job_id)
+    assert dead is not None and dead.job is not None
+    assert [e.type for e in dead.job.errors] == ["TimeoutError", "TimeoutError"]
+
+
+async def test_invalid_payload_in_worker_dead_letters_with_errors(redis: Redis) -> None:
+    """A payload the model rejects (enqueued by a client without the registry) is dead-lettered
+    at once, naming the fields."""
+    job_id = await Client(redis).enqueue("greet", {"times": "many"})
+    await Worker(redis, core_tasks.registry, burst=True, settings=FAST).run()
+    dead = await DeadLetters(redis).find(["default"], job_id)
+    assert dead is not None
+    assert "name: Field required" in dead.reason and "times:" in dead.reason
+
+
+async def test_unknown_task_in_worker_dead_letters(redis: Redis) -> None:
+    job_id = await Client(redis).enqueue("no_such_task", {})
+    await Worker(redis, core_tasks.registry, burst=True, settings=FAST, queues=["default"]).run()
+    dead = await DeadLetters(redis).find(["default"], job_id)
+    assert dead is not None and "unknown task 'no_such_task'" in dead.reason
+
+
+async def test_malformed_entries_dead_lettered_and_work_continues(redis: Redis) -> None:
+    client = Client(redis, core_tasks.registry)
+    consumer = Consumer(redis, "setup", ["default"])
+    await consumer.ensure_group("default")
+    await redis.xadd(keys.stream("default"), {"j": b"{not json"})
+    await redis.xadd(keys.stream("default"), {"other": b"x"})
+    ok = await client.enqueue("record", {})
+    await Worker(redis, core_tasks.registry, burst=True, settings=FAST).run()
+    rows = await DeadLetters(redis).list(["default"])
+    assert len(rows) == 2 and all(r.reason.startswith("malformed entry") for r in rows)
+    assert rows[0].raw == b"{not json"
+    assert (await client.status(ok)).state == "succeeded"
+
+
+async def test_graceful_shutdown_finishes_in_flight_jobs(redis: Redis) -> None:
+    """Given 5 running jobs and more queued, when stop is set, the running ones finish, the rest
+    stay queued, and the worker returns."""
+    client = Client(redis, core_tasks.registry)
+    ids = await client.enqueue_many([("slow", {"seconds": 0.5}) for _ in range(20)])
+    worker = Worker(redis, core_tasks.registry, settings=FAST, concurrency=5, queues=["crash"])
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    await wait_for(lambda: _llen_at_least(redis, "started", 5), what="5 started")
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    started = {x.decode() for x in await redis.lrange("started", 0, -1)}
+    finished = {x.decode() for x in await redis.lrange("finished", 0, -1)}
+    assert started == finished and len(started) == 5
+    states = [(await client.status(i)).state for i in ids]
+    assert states.count("succeeded") == 5 and states.count("queued") == 15
+    assert await redis.xlen(keys.stream("crash")) == 15
+
+
+async def _llen_at_least(redis: Redis, key: str, n: int) -> bool:
+    return int(await redis.llen(key)) >= n  # type: ignore[misc]
+
+
+async def test_grace_period_over_leaves_entry_pending_for_reclaim(redis: Redis) -> None:
+    """A job still running when the grace period ends is cancelled; its entry stays pending and
+    another worker reclaims and finishes it."""
+    reg = Registry()
+
+    @reg.task(queue="default", max_retries=0)
+    async def stubborn(ctx: Context[Any], payload: dict[str, Any]) -> str:
+        if ctx.deliveries == 1:
+            await asyncio.sleep(60)
+        return f"delivery {ctx.deliveries}"
+
+    client = Client(redis, reg)
+    job_id = await client.enqueue("stubborn", {})
+    settings = dataclasses.replace(FAST, grace_s=0.2)
+    worker = Worker(redis, reg, settings=settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    await wait_for(lambda: _state_is(client, job_id, "running"), what="running")
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    pending = await redis.xpending(keys.stream("default"), keys.GROUP)
+    assert pending["pending"] == 1
+    await Worker(redis, reg, burst=True, settings=FAST).run()
+    st = await client.status(job_id)
+    assert st.state == "succeeded" and st.result == "delivery 2"
+
+
+async def _state_is(client: Client, job_id: str, state: str) -> bool:
+    return (await client.status(job_id)).state == state
+
+
+async def test_zombie_late_ack_is_refused(redis: Redis) -> None:
+    """Given an entry read by A and reclaimed by B after A's lease lapsed, A's ack, retry and
+    dead-letter are all refused and B's claim survives; B's ack succeeds."""
+    client = Client(redis, core_tasks.registry)
+    job_id = await client.enqueue("record", {})
+    a = Consumer(redis, "A", ["default"])
+    b = Consumer(redis, "B", ["default"])
+    await a.ensure_group("default")
+    [entry] = await a.read_available(["default"], 10)
+    [stolen] = await b.reclaim("default", lease_ms=0, count=10)
+    assert stolen.entry_id == entry.entry_id and stolen.deliveries == 2
+    from qrunner.consumer import Completion
+
+    done = [Completion(entry.entry_id, job_id, 1, b"")]
+    assert await a.ack("default", done, 60_000) == [False]
+    assert not await a.reschedule(entry, job_id, b"{}", 0, state="retrying", attempt=2,
+                                  status_ttl_ms=60_000)
+    assert not await a.deadletter(entry, job_id, b"{}", "x", task="record", status_ttl_ms=60_000)
+    assert await redis.xlen(keys.stream("default")) == 1
+    assert await a.extend("default", [entry.entry_id]) == [entry.entry_id]
+    assert await b.ack("default", done, 60_000) == [True]
+    assert await redis.xlen(keys.stream("default")) == 0
+
+
+async def test_long_job_keeps_its_lease(redis: Redis) -> None:
+    """A job running for 3 leases is not stolen by another worker's reclaim loop: it runs once."""
+    reg = Registry()
+    runs: list[int] = []
+
+    @reg.task(queue="default", max_retries=0)
+    async def long(ctx: Context[Any], payload: dict[str, Any]) -> None:
+        runs.append(ctx.deliveries)
+        await asyncio.sleep(3.0)
+
+    client = Client(redis, reg)
+    job_id = await client.enqueue("long", {})
+    async with running_worker(redis, reg, name="thief"):
+        await Worker(redis, reg, burst=True, settings=FAST, name="owner").run()
+    assert runs == [1]
+    assert (await client.status(job_id)).state == "succeeded"
+
+
+async def test_poison_job_dead_lettered_after_max_deliveries(redis: Redis) -> None:
+    """An entry already delivered max_deliveries times (its workers crashed) is dead-lettered
+    when reclaimed, and does not block the queue."""
+    reg = Registry()
+
+    @reg.task(queue="default", max_deliveries=2)
+    async def crashes(ctx: Context[Any], payload: dict[str, Any]) -> None:
+        raise AssertionError("must not run a poison job again")
+
+    @reg.task(queue="default")
+    async def fine(ctx: Context[Any], payload: dict[str, Any]) -> str:
+        return "ok"
+
+    client = Client(redis, reg)
+    poison = await client.enqueue("crashes", {})
+    ghost1 = Consumer(redis, "ghost1", ["default"])
+    await ghost1.ensure_group("default")
+    await ghost1.read_available(["default"], 1)  # delivery 1, then "crash"
+    await Consumer(redis, "ghost2", ["default"]).reclaim("default", 0, 1)  # delivery 2, "crash"
+    other = await client.enqueue("fine", {})
+    rec = Recorder()
+    await Worker(redis, reg, burst=True, settings=FAST, observer=rec).run()
+    dead = await DeadLetters(redis).find(["default"], poison)
+    assert dead is not None and "poison job: delivered 3 times" in dead.reason
+    assert (await client.status(other)).state == "succeeded"
+    assert rec.redelivered == 1
+
+
+async def test_flushall_under_running_worker_recovers_and_alarms(redis: Redis) -> None:
+    client = Client(redis, core_tasks.registry)
+    rec = Recorder()
+    async with running_worker(redis, core_tasks.registry, observer=rec, queues=["default"]):
+        first = await client.enqueue("record", {})
+        await wait_for(lambda: _state_is(client, first, "succeeded"), what="first job")
+        await redis.flushall()
+        client._known_queues.clear()
+        second = await client.enqueue("record", {})
+        await wait_for(lambda: _state_is(client, second, "succeeded"), what="job after FLUSHALL")
+    assert rec.recreated == ["default"]
+    alarms = await redis.xrange(keys.alarms())
+    assert alarms and alarms[0][1][b"kind"] == b"group_recreated"
+
+
+async def test_lost_lease_cancels_the_local_run(redis: Redis) -> None:
+    """When another consumer takes an entry this worker holds, the lease loop notices and
+    cancels the local run instead of letting two copies continue."""
+    reg = Registry()
+    cancelled = asyncio.Event()
+
+    @reg.task(queue="default", max_retries=0)
+    async def waits(ctx: Context[Any], payload: dict[str, Any]) -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    client = Client(redis, reg)
+    job_id = await client.enqueue("waits", {})
+    async with running_worker(redis, reg):
+        await wait_for(lambda: _state_is(client, job_id, "running"), what="running")
+        await Consumer(redis, "intruder", ["default"]).reclaim("default", 0, 1)
+        await asyncio.wait_for(cancelled.wait(), 5)
+    pending = await redis.xpending_range(keys.stream("default"), keys.GROUP, "-", "+", 10)
+    assert [p["consumer"] for p in pending] == [b"intruder"]
+
+
+class Model(BaseModel):
+    n: int
+
+
+async def test_result_that_is_not_json_is_stored_as_repr(redis: Redis) -> None:
+    reg = Registry()
+
+    @reg.task(queue="default")
+    async def odd(ctx: Context[Any], payload: dict[str, Any]) -> object:
+        return {1, 2}
+
+    job_id = await Client(redis, reg).enqueue("odd", {})
+    await Worker(redis, reg, burst=True, settings=FAST).run()
+    st = await Client(redis, reg).status(job_id)
+    assert st.result == "{1, 2}"
+
+
+async def test_replay_from_dlq_runs_again_with_history(redis: Redis) -> None:
+    reg = Registry()
+    calls: list[int] = []
+
+    @reg.task(queue="default", max_retries=0)
+    async def once_bad(ctx: Context[Any], payload: dict[str, Any]) -> str:
+        calls.append(len(ctx.job.errors))
+        if len(calls) == 1:
+            raise Permanent("first time fails")
+        return "fixed"
+
+    client = Client(redis, reg)
+    job_id = await client.enqueue("once_bad", {})
+    await Worker(redis, reg, burst=True, settings=FAST).run()
+    dl = DeadLetters(redis)
+    assert await dl.replay(["default"], ident=job_id) == (1, 0)
+    assert await redis.xlen(keys.dlq("default")) == 0
+    await Worker(redis, reg, burst=True, settings=FAST).run()
+    assert calls == [0, 1]
+    assert (await client.status(job_id)).result == "fixed"
+
+
+async def test_envelope_is_json_never_pickle(redis: Redis) -> None:
+    await Client(redis, core_tasks.registry).enqueue("record", {"x": 1})
+    [(_, fields)] = await redis.xrange(keys.stream("default"))
+    env = orjson.loads(fields[b"j"])
+    assert env["task"] == "record" and env["payload"] == {"x": 1} and env["attempt"] == 1
+
+
+@pytest.mark.parametrize("n", [1, 7])
+async def test_stats_counts(redis: Redis, n: int) -> None:
+    client = Client(redis, core_tasks.registry)
+    await client.enqueue_many([("record", {}) for _ in range(n)])
+    await client.enqueue("record", {}, delay_s=60)
+    [row] = [s for s in await client.stats() if s.queue == "default"]
+    assert (row.depth, row.pending, row.delayed, row.dead) == (n, 0, 1, 0)
