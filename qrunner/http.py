@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.asyncio import Redis
 
@@ -86,7 +87,7 @@ def check_bind_address(host: str, *, token_required: bool) -> None:
     )
 
 
-def _auth_middleware(token: bytes, public_prefixes: Sequence[str]) -> Any:
+def _auth_middleware(token: bytes, public_prefixes: Sequence[str]) -> Middleware:
     prefixes = (*ALWAYS_PUBLIC, *public_prefixes)
 
     def is_public(request: web.Request) -> bool:
@@ -221,7 +222,7 @@ def build_app(
     must authenticate requests themselves. An empty ``token`` counts as none: otherwise the
     header ``Bearer `` alone would pass.
     """
-    middlewares: list[Any] = []
+    middlewares: list[Middleware] = []
     if token:
         middlewares.append(_auth_middleware(token.encode(), public_prefixes))
     middlewares.append(_backend_errors)

@@ -1,7 +1,8 @@
 """Apply ``migrations/NNNN_name.sql`` files to PostgreSQL, once each, in order.
 
-Every process that starts (workers, the HTTP server, ``qrunner migrate``) may call
-:func:`migrate`, so it must be safe to run concurrently and repeatedly:
+Two deploys, or ``qrunner migrate`` next to a starting worker, may call :func:`migrate`
+at the same moment, and operators run it again out of habit, so it must be safe to run
+concurrently and repeatedly:
 
 * A session-level advisory lock serialises migrators across processes and hosts; the
   loser waits, then finds nothing left to do.
@@ -29,6 +30,7 @@ from qrunner import db
 from qrunner.errors import BackendUnavailable, ConfigError, QrunnerError
 
 __all__ = [
+    "DEFAULT_MIGRATIONS_DIR",
     "MIGRATION_LOCK_KEY",
     "AppliedMigration",
     "Migration",
@@ -43,6 +45,10 @@ log = logging.getLogger(__name__)
 # "qrunner" in ASCII: a fixed, recognisable key in pg_locks, unlikely to collide with an
 # application's own advisory locks.
 MIGRATION_LOCK_KEY = 0x7172756E6E6572
+
+# The repository's migrations/, found from the package rather than the working directory
+# so commands work from any folder of a source checkout or editable install.
+DEFAULT_MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 _FILE_NAME = re.compile(r"^(?P<version>\d{4})_(?P<label>[a-z0-9_]+)\.sql$")
 
@@ -188,6 +194,12 @@ async def migrate(
             log.info("applied migration %s", migration.name)
             names.append(migration.name)
         return names
+    except asyncpg.PostgresError as exc:
+        # Outside any file's SQL (those are wrapped by _apply): bookkeeping refused, e.g.
+        # no permission to create schema_migrations.
+        raise QrunnerError(
+            f"migrating {db.endpoint(database_url)} failed: {type(exc).__name__}: {exc}"
+        ) from exc
     except (OSError, asyncpg.InterfaceError) as exc:
         # The connection dropped mid-run; whatever committed stays recorded.
         raise BackendUnavailable(

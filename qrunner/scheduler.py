@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 
 from . import keys
-from .clock import Clock
+from .clock import Clock, RedisClock
 from .cron import Cron, catch_up, jitter_ms, to_datetime
 from .errors import EnqueueError
 from .schedules import Schedule
@@ -40,6 +40,7 @@ MIN_KEY_TTL_S = 2 * 24 * 3600.0
 #: Slots handled per round trip to ``last``; a long outage of a per-second schedule is worked
 #: through in batches rather than enumerated into one list.
 BATCH = 1000
+_NEVER = 2**63
 
 # KEYS[1] qr:cron:{<name>}:last   ARGV[1] slot (epoch ms)
 # Sets the key to ARGV[1] only if that is greater; returns the previous value (false if none).
@@ -51,10 +52,10 @@ end
 return prev
 """
 
-FireHook = Callable[[Schedule, int, int], None]
-"""Called as ``(entry, slot_ms, late_ms)`` once per slot this worker enqueued first."""
-MissHook = Callable[[Schedule, int], None]
-"""Called as ``(entry, count)`` with the slots this worker gave up under the catch-up policy."""
+FireHook = Callable[[str, int], None]
+"""Called as ``(schedule_name, count)`` with the slots this worker enqueued first."""
+MissHook = Callable[[str, int], None]
+"""Called as ``(schedule_name, count)`` with the slots this worker gave up (catch-up policy)."""
 
 
 class Enqueuer(Protocol):
@@ -117,6 +118,9 @@ class Scheduler:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick every ``tick_s`` until ``stop`` is set; a failed tick is logged and retried."""
+        if not self._entries:  # nothing enabled: do not poll the Redis clock every second
+            await stop.wait()
+            return
         while not stop.is_set():
             try:
                 await self.tick()
@@ -146,8 +150,9 @@ class Scheduler:
         lower = last if last is not None else now - round(self.grace_s * 1000)
         fired = 0
         while True:
-            batch, newer_follow = self._due_slots(entry, cron, lower, now)
+            batch, newer_follow, next_due = self._due_slots(entry, cron, lower, now)
             if not batch:
+                self._next_due[entry.name] = next_due
                 return fired
             fire, _ = catch_up(
                 batch,
@@ -158,17 +163,21 @@ class Scheduler:
                 newer_follow=newer_follow,
             )
             fired += await self._handle(entry, batch, fire, now)
+            # Only now, with the batch recorded: after a failed tick the entry stays due, so the
+            # next tick retries it instead of waiting for the following slot.
+            self._next_due[entry.name] = next_due
             lower = batch[-1]
             if not newer_follow:
                 return fired
 
     def _due_slots(
         self, entry: Schedule, cron: Cron, lower: int, now: int
-    ) -> tuple[list[int], bool]:
-        """Slots after ``lower`` whose (jittered) time has come, in order, at most one batch.
+    ) -> tuple[list[int], bool, int]:
+        """Slots after ``lower`` whose (jittered) time has come, in order, at most one batch;
+        whether more follow; and when this entry next has work once the batch is handled.
 
         A slot waits for its jitter, and later slots wait behind it, so ``last`` never jumps
-        over a slot that has not fired yet. Also records when this entry next has work.
+        over a slot that has not fired yet.
         """
         slots = cron.slots(lower, now, limit=BATCH + 1)
         batch: list[int] = []
@@ -176,19 +185,14 @@ class Scheduler:
             if slot + jitter_ms(entry.name, slot, entry.jitter_s) > now:
                 break
             batch.append(slot)
-        newer_follow = len(batch) == BATCH and len(slots) > BATCH
-        if newer_follow:
-            self._next_due[entry.name] = now
-        else:
-            pending = slots[len(batch)] if len(slots) > len(batch) else None
-            if pending is None:
-                pending = cron.next_after(max(now, batch[-1] if batch else lower))
-            self._next_due[entry.name] = (
-                2**63
-                if pending is None
-                else pending + jitter_ms(entry.name, pending, entry.jitter_s)
-            )
-        return batch, newer_follow
+        if len(batch) == BATCH and len(slots) > BATCH:
+            return batch, True, now
+        pending = slots[len(batch)] if len(slots) > len(batch) else None
+        if pending is None:
+            pending = cron.next_after(max(now, batch[-1] if batch else lower))
+        if pending is None:
+            return batch, False, _NEVER
+        return batch, False, pending + jitter_ms(entry.name, pending, entry.jitter_s)
 
     async def _handle(
         self, entry: Schedule, batch: Sequence[int], fire: Sequence[int], now: int
@@ -217,11 +221,13 @@ class Scheduler:
         prev_raw = await self._advance(keys=[keys.cron_last(entry.name)], args=[batch[-1]])
         prev = None if prev_raw is None else int(prev_raw)
         ours = [s for s in batch if prev is None or s > prev]
-        fired = [s for s in ours if s in fire and s not in refused]
+        enqueued = set(fire) - refused
+        fired = [s for s in ours if s in enqueued]
         missed = len(ours) - len(fired)
         for slot in fired:
             log.debug("cron %s: enqueued slot %s (%d ms late)", entry.name, slot, now - slot)
-            _call_hook(self._on_fire, entry, slot, now - slot)
+        if fired:
+            _call_hook(self._on_fire, entry.name, len(fired))
         if missed:
             log.warning(
                 "cron %s: %d slot(s) missed (catchup=%s, window=%gs)",
@@ -230,7 +236,7 @@ class Scheduler:
                 entry.catchup,
                 entry.catchup_window_s,
             )
-            _call_hook(self._on_miss, entry, missed)
+            _call_hook(self._on_miss, entry.name, missed)
         return len(fired)
 
 
@@ -292,6 +298,13 @@ def describe(
     return rows
 
 
+async def describe_live(redis: Redis, entries: Iterable[Schedule]) -> list[ScheduleRow]:
+    """:func:`describe` with ``last`` read from Redis and "now" from the Redis clock."""
+    listed = list(entries)
+    now = await RedisClock(redis).now_ms()
+    return describe(listed, await read_last_fired(redis, listed), now)
+
+
 async def read_last_fired(redis: Redis, entries: Iterable[Schedule]) -> dict[str, int | None]:
     """The ``last`` slot of each entry, as :func:`describe` wants it."""
     names = [e.name for e in entries]
@@ -309,6 +322,7 @@ __all__ = [
     "ScheduleRow",
     "Scheduler",
     "describe",
+    "describe_live",
     "read_last_fired",
     "slot_job_id",
     "slot_key",

@@ -96,6 +96,7 @@ class Worker:
         self._done_event = asyncio.Event()
         self._reading_stopped = asyncio.Event()
         self._stop = asyncio.Event()
+        self._closing = asyncio.Event()
         self.processed = 0
 
     # -- wiring -----------------------------------------------------------------------------
@@ -135,8 +136,9 @@ class Worker:
                 await self._drain()
                 self._done_event.set()
                 await flusher
-                for t in background:
-                    t.cancel()
+                # Loops end on their own at their next pause: cancelling one in the middle of a
+                # Redis command can leave its connection half-read.
+                self._closing.set()
         finally:
             await self._release_self()
         log.info("worker %s stopped after %d job(s)", self.name, self.processed)
@@ -219,6 +221,16 @@ class Worker:
             await asyncio.wait_for(self._stop.wait(), timeout=seconds)
         except TimeoutError:
             pass
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep between rounds of a background loop; True when the loop should end."""
+        if self._closing.is_set():
+            return True
+        try:
+            await asyncio.wait_for(self._closing.wait(), timeout=seconds)
+        except TimeoutError:
+            return False
+        return True
 
     async def _recreate_groups(self) -> None:
         for q in self.queues:
@@ -410,7 +422,8 @@ class Worker:
 
     async def _promote_loop(self) -> None:
         interval = self.settings.promote_interval_ms / 1000
-        while True:
+        soonest = 0.0
+        while not await self._pause(max(soonest, 0.005)):
             try:
                 soonest = interval
                 for q in self.queues:
@@ -422,11 +435,12 @@ class Worker:
             except REDIS_ERRORS as exc:
                 log.warning("promote failed: %s", exc)
                 soonest = 1.0
-            await asyncio.sleep(max(soonest, 0.005))
 
     async def _lease_loop(self) -> None:
         interval = self.settings.lease_ms / 3000
-        while True:
+        first = True
+        while not await self._pause(0 if first else interval):
+            first = False
             try:
                 by_queue: dict[str, list[str]] = {q: [] for q in self.queues}
                 for q, entry_id in list(self._held):
@@ -440,13 +454,11 @@ class Worker:
                             task.cancel()
             except REDIS_ERRORS as exc:
                 log.warning("lease renewal failed: %s", exc)
-            await asyncio.sleep(interval)
 
     async def _reclaim_loop(self) -> None:
         interval = self.settings.reclaim_interval_ms / 1000
         ticks = 0
-        while True:
-            await asyncio.sleep(interval * (0.5 + random.random()))
+        while not await self._pause(interval * (0.5 + random.random())):
             if self._reading_stopped.is_set() or self._stop.is_set():
                 continue
             try:

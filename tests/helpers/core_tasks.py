@@ -35,7 +35,7 @@ async def record_default(ctx: Context[Any], payload: dict[str, Any]) -> None:
     await ctx.redis.rpush("log:order", f"default:{ctx.job.id}")  # type: ignore[misc]
 
 
-@registry.task(queue="crash", payload=Sleep, max_retries=0, timeout_s=60)
+@registry.task(queue="crash", payload=Sleep, max_retries=10, backoff_base_s=0.1, timeout_s=60)
 async def slow(ctx: Context[Any], payload: Sleep) -> None:
     """Counts every run per job id (``runs`` hash), then sleeps."""
     await ctx.redis.hincrby("runs", ctx.job.id, 1)  # type: ignore[misc]
