@@ -32,6 +32,7 @@ from .clock import Clock, RedisClock
 from .cron import Cron, catch_up, jitter_ms, to_datetime
 from .errors import EnqueueError
 from .schedules import Schedule
+from .scripts import Script
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +43,8 @@ MIN_KEY_TTL_S = 2 * 24 * 3600.0
 BATCH = 1000
 _NEVER = 2**63
 
-# KEYS[1] qr:cron:{<name>}:last   ARGV[1] slot (epoch ms)
-# Sets the key to ARGV[1] only if that is greater; returns the previous value (false if none).
-_ADVANCE_LUA = """
-local prev = redis.call('GET', KEYS[1])
-if (not prev) or tonumber(prev) < tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-return prev
-"""
+
+_ADVANCE = Script("cron_advance")
 
 FireHook = Callable[[str, int], None]
 """Called as ``(schedule_name, count)`` with the slots this worker enqueued first."""
@@ -111,7 +105,7 @@ class Scheduler:
         self.key_ttl_s = key_ttl_s
         self._on_fire = on_fire
         self._on_miss = on_miss
-        self._advance = redis.register_script(_ADVANCE_LUA)
+        self._redis = redis
         # Earliest time each entry can have work: a lower bound (other workers only ever move
         # ``last`` forward), so skipping Redis until then loses nothing.
         self._next_due: dict[str, int] = {}
@@ -218,7 +212,7 @@ class Scheduler:
                 # the schedule forever, so the slot counts as missed and the error is loud.
                 log.error("cron %s: slot %s refused by the queue: %s", entry.name, slot, exc)
                 refused.add(slot)
-        prev_raw = await self._advance(keys=[keys.cron_last(entry.name)], args=[batch[-1]])
+        prev_raw = await _ADVANCE(self._redis, [keys.cron_last(entry.name)], [batch[-1]])
         prev = None if prev_raw is None else int(prev_raw)
         ours = [s for s in batch if prev is None or s > prev]
         enqueued = set(fire) - refused

@@ -161,16 +161,20 @@ def _extras(
 async def print_schedules(path: Path, handlers: str, settings: Settings) -> int:
     from .runtime import connect_redis, load_registry, redis_url
     from .schedules import load_schedules
-    from .scheduler import describe
+    from .scheduler import describe_live
 
     registry = load_registry(handlers)
     entries = load_schedules(path, known_tasks=set(registry.names))
     redis = await connect_redis(redis_url(settings))
     try:
-        rows = await describe(redis, entries)
+        rows = await describe_live(redis, entries)
     finally:
         await redis.aclose()
     print(f"{'name':<28}{'task':<28}{'cron':<18}{'tz':<18}{'last fire':<27}next fire")
     for r in rows:
-        print(f"{r.name:<28}{r.task:<28}{r.cron:<18}{r.timezone:<18}{r.last or '-':<27}{r.next}")
+        print(f"{r.name:<28}{r.task:<28}{r.cron:<18}{r.timezone:<18}{_when(r.last_fire):<27}{_when(r.next_fire)}")
     return 0
+
+
+def _when(value: Any) -> str:
+    return "-" if value is None else value.isoformat(timespec="seconds")

@@ -1,0 +1,149 @@
+"""Pure parts of the runtime: backoff, envelope, outcome classification, settings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qrunner import Context, Registry
+from qrunner.backoff import backoff_ceiling_s, backoff_delay_s
+from qrunner.errors import ConfigError, InvalidPayload, Permanent, RateLimited, Retry
+from qrunner.job import ErrorRecord, Job, MalformedJob, new_job_id
+from qrunner.outcome import DeadLettered, Deferred, RetryLater, classify
+from qrunner.settings import load_settings
+from qrunner.task import Task
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize(
+    ("attempt", "base", "cap", "ceiling"),
+    [(1, 1.0, 60, 1.0), (2, 1.0, 60, 2.0), (3, 1.0, 60, 4.0), (7, 1.0, 60, 60.0),
+     (1, 60, 3600, 60), (4, 60, 3600, 480), (200, 1.0, 30, 30.0)],
+)
+def test_backoff_ceiling(attempt: int, base: float, cap: float, ceiling: float) -> None:
+    assert backoff_ceiling_s(attempt, base, cap) == ceiling
+
+
+@pytest.mark.parametrize(("draw", "expected"), [(0.0, 0.0), (0.5, 2.0), (0.999, 3.996)])
+def test_full_jitter_scales_ceiling(draw: float, expected: float) -> None:
+    assert backoff_delay_s(3, 1.0, 60, draw=draw) == pytest.approx(expected)
+
+
+def test_no_jitter_is_the_ceiling() -> None:
+    assert backoff_delay_s(3, 1.0, 60, jitter=False) == 4.0
+
+
+def test_backoff_rejects_attempt_zero() -> None:
+    with pytest.raises(ValueError, match="1-based"):
+        backoff_ceiling_s(0, 1, 2)
+
+
+def test_envelope_round_trip_and_history() -> None:
+    job = Job(id="a", task="t", payload={"x": [1, "é"]}, queue="q", key="k")
+    nxt = job.failed(ErrorRecord("ValueError", "bad", 1, 123, "tb"))
+    back = Job.decode(nxt.encode())
+    assert back == nxt and back.attempt == 2 and back.errors[0].message == "bad"
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [(b"{nope", "not JSON"), (b"[1]", "not a JSON object"), (b'{"id": "x"}', "lacks"),
+     (b'{"id":"x","task":"t","queue":"q","payload":[1]}', "payload is not")],
+)
+def test_malformed_envelopes(raw: bytes, reason: str) -> None:
+    with pytest.raises(MalformedJob, match=reason):
+        Job.decode(raw)
+
+
+def test_unserialisable_payload_is_invalid() -> None:
+    with pytest.raises(InvalidPayload, match="not JSON-serialisable"):
+        Job(id="a", task="t", payload={"x": object()}, queue="q").encode()
+
+
+def test_job_ids_are_safe_cli_arguments() -> None:
+    ids = {new_job_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    assert all(len(i) == 16 and i[0] != "-" and i.isalnum() for i in ids)
+
+
+async def _noop(ctx: Context[Any], payload: Any) -> None:
+    return None
+
+
+TASK = Task(name="t", fn=_noop, max_retries=2, backoff_base_s=1, backoff_cap_s=10, jitter=False)
+JOB = Job(id="j", task="t", payload={}, queue="q")
+
+
+@pytest.mark.parametrize(
+    ("exc", "attempt", "kind", "delay_ms"),
+    [
+        (ValueError("x"), 1, RetryLater, 1000),
+        (ValueError("x"), 2, RetryLater, 2000),
+        (ValueError("x"), 3, DeadLettered, None),
+        (TimeoutError(), 1, RetryLater, 1000),
+        (Retry(7), 1, RetryLater, 7000),
+        (Retry(7), 3, DeadLettered, None),
+        (Permanent("no"), 1, DeadLettered, None),
+        (RateLimited(5), 3, Deferred, 5000),
+    ],
+)
+def test_classify_table(exc: BaseException, attempt: int, kind: type, delay_ms: int | None) -> None:
+    job = Job(id="j", task="t", payload={}, queue="q", attempt=attempt)
+    out = classify(exc, job, TASK, 1000)
+    assert isinstance(out, kind)
+    if delay_ms is not None:
+        assert getattr(out, "delay_ms") == delay_ms
+
+
+def test_deferral_does_not_spend_an_attempt() -> None:
+    out = classify(RateLimited(2), JOB, TASK, 0)
+    assert isinstance(out, Deferred) and out.job.attempt == 1
+
+
+def test_retry_appends_history_and_bumps_attempt() -> None:
+    out = classify(ValueError("boom"), JOB, TASK, 5)
+    assert isinstance(out, RetryLater)
+    assert out.job.attempt == 2 and out.job.errors[-1].message == "boom"
+
+
+def test_unknown_qrunner_variable_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="QRUNNER_REDIS_ULR"):
+        load_settings({"QRUNNER_REDIS_ULR": "redis://x"})
+
+
+def test_settings_parse_types_and_reject_bad_values() -> None:
+    s = load_settings({"QRUNNER_CONCURRENCY": "7", "QRUNNER_UVLOOP": "no", "TWILIO_AUTH_TOKEN": "t"})
+    assert s.concurrency == 7 and s.uvloop is False and s.twilio_auth_token == "t"
+    with pytest.raises(ConfigError, match="QRUNNER_CONCURRENCY='many'"):
+        load_settings({"QRUNNER_CONCURRENCY": "many"})
+
+
+def test_registry_refuses_duplicates_and_sync_handlers() -> None:
+    reg = Registry()
+    reg.task(name="a")(_noop)
+    with pytest.raises(ConfigError, match="twice"):
+        reg.task(name="a")(_noop)
+
+    def sync(ctx: Any, p: Any) -> None:
+        return None
+
+    with pytest.raises(ConfigError, match="async"):
+        reg.task(name="b")(sync)  # type: ignore[arg-type]
+
+
+def test_client_import_pulls_in_no_worker_code() -> None:
+    """Importing the enqueue side must not load the worker, scheduler or HTTP server."""
+    code = (
+        "import sys, qrunner; from qrunner import Client, JobSpec;"
+        "heavy = [m for m in sys.modules if m.startswith(('qrunner.worker', 'qrunner.scheduler',"
+        " 'qrunner.http', 'qrunner.metrics', 'qrunner.runner', 'aiohttp', 'prometheus_client'))];"
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == ""

@@ -1,0 +1,243 @@
+"""Daily outlooks through a real worker, PostgreSQL and Redis.
+
+Given seeded users in several zones, when the cron tasks run (with ``now`` injected in the
+payload instead of waiting for mornings), then each active user gets exactly one outlook and
+is notified only once their local morning has come.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import pytest
+from redis.asyncio import Redis
+
+import handlers.outlook
+from handlers.outlook.content import Bill, build_outlook
+from handlers.outlook.timing import is_due, outlook_date_for, resolve_zone
+from handlers.state import HandlerState
+from qrunner import Client, Context, Registry, Settings, Worker
+from qrunner.db import create_pool
+from qrunner.migrate import migrate
+
+pytestmark = pytest.mark.timeout(60)
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+NOW = datetime(2024, 3, 5, 5, 0, tzinfo=UTC)  # a Tuesday, 05:00 UTC: the generation slot
+
+
+@dataclass
+class Env:
+    db: asyncpg.Pool
+    redis: Redis
+    registry: Registry
+    client: Client
+    state: HandlerState
+    sent: list[tuple[str, dict[str, Any], str | None]] = field(default_factory=list)
+
+    async def run(self, task: str, payload: dict[str, Any]) -> Any:
+        """Enqueue ``task`` and run a burst worker until every queue is empty; its result."""
+        job_id = await self.client.enqueue(task, payload)
+        worker = Worker(self.redis, self.registry, burst=True, concurrency=4,
+                        settings=self.state.settings, state=self.state)
+        await asyncio.wait_for(worker.run(), 30)
+        status = await self.client.status(job_id)
+        assert status.state == "succeeded", status
+        return status.result
+
+
+@pytest.fixture
+async def env(database_url: str, redis: Redis, tmp_path: Path) -> AsyncIterator[Env]:
+    await migrate(database_url, MIGRATIONS)
+    pool = await create_pool(database_url, max_size=4)
+    standins = Registry()
+    e: Env
+    for name in ("send_email", "send_sms"):
+
+        async def record(ctx: Context[Any], payload: dict[str, Any], name: str = name) -> None:
+            e.sent.append((name, payload, ctx.job.key))
+
+        standins.task(name, queue="email_education")(record)
+    registry = handlers.outlook.registry.merge(standins)
+    settings = Settings(state_dir=tmp_path, block_ms=100, promote_interval_ms=20)
+    client = Client(redis, registry)
+    e = Env(pool, redis, registry, client, HandlerState(settings, pool, redis, client, None, None))
+    try:
+        yield e
+    finally:
+        await pool.close()
+
+
+async def add_user(db: asyncpg.Pool, name: str, zone: str, active_days_ago: float | None,
+                   *, phone: str | None = None, consents: tuple[str, ...] = ("email",)) -> int:
+    active = None if active_days_ago is None else NOW - timedelta(days=active_days_ago)
+    uid: int = await db.fetchval(
+        "INSERT INTO users (name, email, phone, time_zone, last_active_at)"
+        " VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        name, f"{name.lower()}@example.com", phone, zone, active,
+    )
+    for channel in consents:
+        await db.execute(
+            "INSERT INTO consents (user_id, channel, opted_in_at, opt_in_source)"
+            " VALUES ($1, $2, $3, 'signup')", uid, channel, NOW - timedelta(days=60),
+        )
+    return uid
+
+
+# -- pure rules --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("zone", "ref", "expected"),
+    [
+        ("America/New_York", NOW, date(2024, 3, 5)),  # 00:00 local: morning still ahead
+        ("Asia/Tokyo", NOW, date(2024, 3, 6)),  # 14:00 local: next morning is tomorrow's
+        ("America/Los_Angeles", NOW, date(2024, 3, 5)),  # 21:00 on the 4th: next day's morning
+        ("Mars/Olympus", NOW, date(2024, 3, 5)),  # unknown zone: read as UTC, 05:00
+    ],
+)
+def test_outlook_date_is_the_users_next_local_morning(zone: str, ref: datetime, expected: date) -> None:
+    assert outlook_date_for(ref, resolve_zone(zone)) == expected
+
+
+@pytest.mark.parametrize(
+    ("utc", "weekday_at", "due"),
+    [
+        (datetime(2024, 3, 5, 11, 59, tzinfo=UTC), None, False),  # 06:59 in New York
+        (datetime(2024, 3, 5, 12, 0, tzinfo=UTC), None, True),  # 07:00 in New York
+        (datetime(2024, 3, 5, 10, 30, tzinfo=UTC), time(5, 30), True),  # own earlier time
+        (datetime(2024, 3, 6, 12, 0, tzinfo=UTC), None, False),  # the day is over: stale
+    ],
+)
+def test_due_once_local_delivery_time_has_passed(utc: datetime, weekday_at: time | None, due: bool) -> None:
+    zone = resolve_zone("America/New_York")
+    assert is_due(utc, zone, date(2024, 3, 5), weekday_at) is due
+
+
+def test_urgent_bill_leads_the_outlook() -> None:
+    content = build_outlook("Ava Johnson", date(2024, 3, 5),
+                            [Bill("Rent", __import__("decimal").Decimal("1200.00"), "USD",
+                                  date(2024, 3, 6))], [], [])
+    assert content["type"] == "bills"
+    assert content["greeting"] == "Good morning, Ava"
+    assert "Rent (1200.00 USD) is due Mar 06" in content["headline"]
+
+
+# -- through the worker ------------------------------------------------------------------------
+
+
+async def test_fan_out_creates_one_outlook_per_active_user_and_a_rerun_creates_none(env: Env) -> None:
+    # Given three active users (one in an unknown zone), one lapsed and one never active
+    ny = await add_user(env.db, "Ava", "America/New_York", 1)
+    tokyo = await add_user(env.db, "Haruto", "Asia/Tokyo", 3)
+    odd = await add_user(env.db, "Zed", "Mars/Olympus", 10)
+    await add_user(env.db, "Lapsed", "UTC", 40)
+    await add_user(env.db, "Never", "UTC", None)
+    await env.db.execute(
+        "INSERT INTO bills (user_id, payee, amount, currency, due_date)"
+        " VALUES ($1, 'Rent', 1200, 'USD', '2024-03-07')", ny,
+    )
+    await env.db.execute(
+        "INSERT INTO goals (user_id, title, target_amount, current_amount, currency)"
+        " VALUES ($1, 'Holiday', 1000, 250, 'JPY')", tokyo,
+    )
+
+    # When the 05:00 UTC slot fires
+    first = await env.run("generate_daily_outlooks", {"scheduled_for": NOW.isoformat()})
+
+    # Then each active user has one outlook, dated by their own next local morning
+    rows = await env.db.fetch("SELECT user_id, outlook_date, content FROM daily_outlooks ORDER BY user_id")
+    assert [(r["user_id"], r["outlook_date"]) for r in rows] == [
+        (ny, date(2024, 3, 5)), (tokyo, date(2024, 3, 6)), (odd, date(2024, 3, 5)),
+    ]
+    assert first == {"reference": NOW.isoformat(), "total_users": 3, "enqueued": 3,
+                     "skipped_existing": 0}
+    types = {r["user_id"]: r["content"]["type"] for r in rows}
+    assert types == {ny: "bills", tokyo: "goals", odd: "encouragement"}
+
+    # When it runs again (a catch-up or a manual re-run)
+    again = await env.run("generate_daily_outlooks", {"now": NOW.isoformat()})
+
+    # Then nothing new is enqueued or stored
+    assert again["enqueued"] == 0 and again["skipped_existing"] == 3
+    assert await env.db.fetchval("SELECT count(*) FROM daily_outlooks") == 3
+
+
+async def test_delivery_waits_for_each_users_local_morning(env: Env) -> None:
+    # Given today's outlooks for users in four zones, one reachable by SMS only
+    london = await add_user(env.db, "Oliver", "Europe/London", 1)
+    tokyo = await add_user(env.db, "Haruto", "Asia/Tokyo", 1, phone="+15555550103",
+                           consents=("sms",))
+    ny = await add_user(env.db, "Ava", "America/New_York", 1)
+    odd = await add_user(env.db, "Zed", "Nowhere/Land", 1)
+    for uid in (london, tokyo, ny, odd):
+        content = build_outlook("Someone", date(2024, 3, 5), [], [], [])
+        await env.db.execute(
+            "INSERT INTO daily_outlooks (user_id, outlook_date, content) VALUES ($1, $2, $3)",
+            uid, date(2024, 3, 5), content,
+        )
+
+    # When the delivery task runs at 11:30 UTC (06:30 in New York)
+    at_1130 = datetime(2024, 3, 5, 11, 30, tzinfo=UTC)
+    result = await env.run("deliver_due_outlooks", {"now": at_1130.isoformat()})
+
+    # Then London, Tokyo (by SMS) and the unknown zone (read as UTC) are notified; New York is not
+    assert result == {"now": at_1130.isoformat(), "due": 3, "email": 2, "sms": 1, "no_channel": 0}
+    by_user = {p["user_id"]: (task, key) for task, p, key in env.sent}
+    assert by_user == {
+        london: ("send_email", f"outlook-notify:{await _outlook_id(env, london)}"),
+        tokyo: ("send_sms", f"outlook-notify:{await _outlook_id(env, tokyo)}"),
+        odd: ("send_email", f"outlook-notify:{await _outlook_id(env, odd)}"),
+    }
+    assert next(p for t, p, _ in env.sent if t == "send_email")["template"] == "daily_outlook"
+    undelivered = await env.db.fetch("SELECT user_id FROM daily_outlooks WHERE delivered_at IS NULL")
+    assert [r["user_id"] for r in undelivered] == [ny]
+
+    # When it runs again five minutes later, and again once New York's 07:00 has come
+    await env.run("deliver_due_outlooks", {"now": (at_1130 + timedelta(minutes=5)).isoformat()})
+    assert len(env.sent) == 3
+    await env.run("deliver_due_outlooks", {"now": "2024-03-05T12:01:00+00:00"})
+
+    # Then only New York's outlook goes out, once
+    assert len(env.sent) == 4 and env.sent[-1][1]["user_id"] == ny
+
+
+async def _outlook_id(env: Env, user_id: int) -> int:
+    oid: int = await env.db.fetchval("SELECT id FROM daily_outlooks WHERE user_id = $1", user_id)
+    return oid
+
+
+async def test_content_stats_flag_low_view_rates(env: Env) -> None:
+    # Given a week of delivered outlooks: bills are viewed and rated, goals mostly ignored
+    uids = [await add_user(env.db, f"User{i}", "UTC", 1) for i in range(4)]
+    day = date(2024, 3, 1)
+    for i, uid in enumerate(uids):
+        for d in range(3):
+            kind = "bills" if i < 2 else "goals"
+            viewed = kind == "bills" or (i == 2 and d == 0)
+            await env.db.execute(
+                "INSERT INTO daily_outlooks (user_id, outlook_date, content, delivered_at,"
+                " viewed_at, rating) VALUES ($1, $2, $3, now(), $4, $5)",
+                uid, day + timedelta(days=d), {"type": kind},
+                NOW if viewed else None, 5 if viewed else None,
+            )
+
+    # When the weekly analysis runs with a small sample threshold
+    result = await env.run("optimize_outlook_content",
+                           {"now": NOW.isoformat(), "min_sample": 3})
+
+    # Then goals (1 of 6 viewed) are flagged and the numbers are stored per content type
+    assert result["low_performing"] == ["goals"]
+    stats = await env.db.fetch(
+        "SELECT content_type, delivered, viewed, view_rate FROM outlook_content_stats"
+        " ORDER BY content_type"
+    )
+    assert [(r["content_type"], r["delivered"], r["viewed"]) for r in stats] == [
+        ("bills", 6, 6), ("goals", 6, 1),
+    ]
