@@ -315,10 +315,10 @@ async def cmd_schedules(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from .migrate import migrate
+    from .migrate import DEFAULT_MIGRATIONS_DIR, migrate
     from .runtime import database_url
 
-    applied = await migrate(database_url(settings), Path("migrations"))
+    applied = await migrate(database_url(settings), DEFAULT_MIGRATIONS_DIR)
     print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
     return 0
 
@@ -343,7 +343,7 @@ async def cmd_servers(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-_COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Awaitable[int]]] = {
+_COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]] = {
     "enqueue": cmd_enqueue,
     "status": cmd_status,
     "stats": cmd_stats,

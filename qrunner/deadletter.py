@@ -7,7 +7,8 @@ shows every earlier failure.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import builtins
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -79,7 +80,7 @@ class DeadLetters:
         self.status_ttl_ms = status_ttl_s * 1000
 
     async def iterate(
-        self, queues: list[str], *, task: str | None = None, batch: int = 500
+        self, queues: Sequence[str], *, task: str | None = None, batch: int = 500
     ) -> AsyncIterator[DeadJob]:
         for q in queues:
             start = "-"
@@ -88,7 +89,7 @@ class DeadLetters:
                 if not rows:
                     break
                 for entry_id, fields in rows:
-                    dead = _dead(q, entry_id, fields)
+                    dead = _dead(q, entry_id, fields or {})
                     if task is None or dead.task == task:
                         yield dead
                 last = _s(rows[-1][0])
@@ -97,15 +98,17 @@ class DeadLetters:
                 if len(rows) < batch:
                     break
 
-    async def list(self, queues: list[str], *, task: str | None = None, limit: int = 100) -> list[DeadJob]:
-        out: list[DeadJob] = []
+    async def list(
+        self, queues: Sequence[str], *, task: str | None = None, limit: int = 100
+    ) -> builtins.list[DeadJob]:
+        out: builtins.list[DeadJob] = []
         async for d in self.iterate(queues, task=task):
             out.append(d)
             if len(out) >= limit:
                 break
         return out
 
-    async def find(self, queues: list[str], ident: str) -> DeadJob | None:
+    async def find(self, queues: Sequence[str], ident: str) -> DeadJob | None:
         """By dead-letter entry id or by job id."""
         async for d in self.iterate(queues):
             if d.dlq_id == ident or (d.job is not None and d.job.id == ident):
@@ -124,7 +127,7 @@ class DeadLetters:
         return res is not None and res is not False
 
     async def replay(
-        self, queues: list[str], *, task: str | None = None, ident: str | None = None,
+        self, queues: Sequence[str], *, task: str | None = None, ident: str | None = None,
         per_second: float | None = None,
     ) -> tuple[int, int]:
         """Replay matching entries (all, by task, or one id); returns (replayed, skipped malformed)."""
@@ -144,14 +147,14 @@ class DeadLetters:
                 skipped += 1
         return replayed, skipped
 
-    async def purge(self, queues: list[str], *, task: str | None = None) -> int:
+    async def purge(self, queues: Sequence[str], *, task: str | None = None) -> int:
         if task is None:
             total = 0
             for q in queues:
                 total += int(await self.redis.xlen(keys.dlq(q)))
                 await self.redis.delete(keys.dlq(q))
             return total
-        ids: dict[str, list[str]] = {}
+        ids: dict[str, builtins.list[str]] = {}
         async for d in self.iterate(queues, task=task):
             ids.setdefault(d.queue, []).append(d.dlq_id)
         for q, chunk in ids.items():

@@ -142,6 +142,7 @@ async def _take_lock(conn: asyncpg.Connection, lock_timeout_s: float) -> None:
 
     lock_timeout bounds the wait so a migrator stuck elsewhere cannot hang every process
     that starts; it is reset at once so it never applies to the migrations themselves.
+    0 waits forever (PostgreSQL's meaning of ``lock_timeout = 0``).
     """
     await conn.execute(f"SET lock_timeout = {int(lock_timeout_s * 1000)}")
     try:

@@ -234,13 +234,13 @@ class Client:
     async def _register_queues(self, queues: Iterable[str]) -> None:
         new = [q for q in queues if q not in self._known_queues]
         if new:
-            await self.redis.sadd(keys.queues_set(), *new)  # type: ignore[misc]
+            await self.redis.sadd(keys.queues_set(), *new)
             self._known_queues.update(new)
 
     async def known_queues(self) -> list[str]:
         """Every queue ever enqueued to, in priority order."""
         try:
-            raw = await self.redis.smembers(keys.queues_set())  # type: ignore[misc]
+            raw = await self.redis.smembers(keys.queues_set())
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise _redis_down(self.redis, exc) from exc
         names = {_text(q) or "" for q in raw}

@@ -74,7 +74,8 @@ async def warn_on_eviction_policy(client: Redis) -> None:
         cfg = await client.config_get("maxmemory-policy")
     except Exception:  # noqa: BLE001 - managed Redis may forbid CONFIG; the warning is advisory
         return
-    policy = cfg.get(b"maxmemory-policy") or cfg.get("maxmemory-policy")
+    raw: dict[Any, Any] = dict(cfg)
+    policy = raw.get(b"maxmemory-policy") or raw.get("maxmemory-policy")
     if isinstance(policy, bytes):
         policy = policy.decode()
     if policy and policy != "noeviction":

@@ -36,10 +36,10 @@ class Script:
         self, redis: Redis, keys: list[str] | tuple[str, ...], args: list[Any] | tuple[Any, ...]
     ) -> Any:
         try:
-            return await redis.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             await redis.script_load(self.source)
-            return await redis.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
+            return await redis.evalsha(self.sha, len(keys), *keys, *args)
 
     def queue_in(self, pipe: Any, keys: list[str] | tuple[str, ...], args: list[Any]) -> None:
         """Add a call to a pipeline; :meth:`ensure_loaded` must have run on that server first."""

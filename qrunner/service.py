@@ -55,15 +55,13 @@ async def prepare_database(registry: Registry, settings: Settings) -> str | None
     """The PostgreSQL URL for the handlers (embedded server started and migrated when needed)."""
     if not registry.requires_database and not settings.database_url:
         return None
-    from .migrate import migrate
+    from .migrate import DEFAULT_MIGRATIONS_DIR, migrate
     from .runtime import database_url
 
     url = database_url(settings)
-    migrations = Path(__file__).resolve().parent.parent / "migrations"
-    if migrations.is_dir():
-        applied = await migrate(url, migrations)
-        if applied:
-            log.info("applied %d migration(s): %s", len(applied), ", ".join(applied))
+    applied = await migrate(url, DEFAULT_MIGRATIONS_DIR)
+    if applied:
+        log.info("applied %d migration(s): %s", len(applied), ", ".join(applied))
     return url
 
 

@@ -15,12 +15,13 @@ entries stay pending and another worker reclaims them), flush, close.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import random
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import orjson
@@ -42,7 +43,7 @@ from .task import Context, Registry
 log = logging.getLogger(__name__)
 
 REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
-ExtraLoop = Callable[[asyncio.Event], Awaitable[None]]
+ExtraLoop = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 
 def consumer_name() -> str:
@@ -116,8 +117,8 @@ class Worker:
         if stop is not None:
             self._stop = stop
         for q in self.queues:
-            await self._retrying("create group", lambda q=q: self.consumer.ensure_group(q))  # type: ignore[misc]
-        await self.redis.sadd(keys.queues_set(), *self.queues)  # type: ignore[misc]
+            await self._retrying("create group", functools.partial(self.consumer.ensure_group, q))
+        await self.redis.sadd(keys.queues_set(), *self.queues)
         log.info(
             "worker %s started: queues=%s concurrency=%d%s",
             self.name, ",".join(self.queues), self.concurrency, " burst" if self.burst else "",
@@ -488,7 +489,7 @@ class Worker:
         t = await self.redis.time()
         now = int(t[0]) * 1000 + int(t[1]) // 1000
         for q in self.queues:
-            beats = await self.redis.hgetall(keys.consumers(q))  # type: ignore[misc]
+            beats = await self.redis.hgetall(keys.consumers(q))
             for raw_name, raw_ms in beats.items():
                 name = raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name)
                 if name != self.name and now - int(raw_ms) > 10 * self.settings.lease_ms:

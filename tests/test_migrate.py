@@ -263,6 +263,18 @@ async def test_concurrent_migrate_processes_apply_each_file_once(
     assert await _applied_rows(conn) == ALL_NAMES
 
 
+async def test_migrate_gives_up_when_the_lock_is_held_too_long(
+    database_url: str, conn: asyncpg.Connection
+) -> None:
+    # Given another session holding the migration lock
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+    # When migrating with a short lock timeout, then it gives up with a clear reason
+    with pytest.raises(QrunnerError, match="waiting for the migration lock"):
+        await migrate(database_url, MIGRATIONS, lock_timeout_s=0.2)
+    # And applied nothing
+    assert await conn.fetchval("SELECT to_regclass('schema_migrations') IS NULL")
+
+
 async def test_changed_checksum_is_refused(database_url: str, tmp_path: Path) -> None:
     # Given a copy of the migrations, applied
     directory = tmp_path / "migrations"
