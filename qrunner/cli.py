@@ -324,9 +324,11 @@ async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from .demo import run_demo
+    import importlib
 
-    return await run_demo(settings, seconds=args.seconds)
+    showcase = importlib.import_module("handlers.showcase")
+    result: int = await showcase.run_demo(settings, seconds=args.seconds)
+    return result
 
 
 async def cmd_servers(args: argparse.Namespace, settings: Settings) -> int:
