@@ -29,6 +29,9 @@ class Entry:
     entry_id: str
     body: bytes | None
     deliveries: int = 1
+    #: The decoded envelope (a Job) or the reason it could not be decoded, filled in once by
+    #: the worker so the body is parsed a single time.
+    decoded: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,7 @@ class Consumer:
     _reclaim = Script("reclaim")
     _release = Script("release_consumer")
     _promote = Script("promote")
+    _mark_running = Script("mark_running")
 
     def __init__(self, redis: Redis, name: str, queues: Sequence[str]) -> None:
         self.redis = redis
@@ -188,6 +192,10 @@ class Consumer:
             self.redis, [keys.delayed(queue), keys.stream(queue)], ["", limit]
         )
         return int(moved), int(next_due)
+
+    async def mark_running(self, status_keys: Sequence[str], now_ms: int, ttl_ms: int) -> None:
+        if status_keys:
+            await self._mark_running(self.redis, list(status_keys), [now_ms, ttl_ms])
 
     async def release(self, queue: str, consumer: str) -> bool:
         """Delete a consumer that owns nothing; a consumer with pending entries is kept."""

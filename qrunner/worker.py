@@ -24,7 +24,6 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
-import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -265,25 +264,20 @@ class Worker:
         return not self._held and not any(counts)
 
     async def _dispatch(self, entries: list[Entry]) -> None:
-        if self.settings.status_ttl_s > 0:
-            await self._mark_running(entries)
+        status_keys = []
+        for e in entries:
+            e.decoded = self.runner.decode(e)
+            if isinstance(e.decoded, Job):
+                status_keys.append(keys.job(e.queue, e.decoded.id))
+        if status_keys and self.settings.status_ttl_s > 0:
+            try:
+                await self.consumer.mark_running(
+                    status_keys, int(time.time() * 1000), self.status_ttl_ms
+                )
+            except REDIS_ERRORS as exc:
+                log.warning("worker %s: could not record running state: %s", self.name, exc)
         for entry in entries:
             self._start(entry)
-
-    async def _mark_running(self, entries: list[Entry]) -> None:
-        """Record 'running' for each job before it starts (best effort: status is advisory)."""
-        pipe = self.redis.pipeline(transaction=False)
-        now = int(time.time() * 1000)
-        for e in entries:
-            job_id = _peek_id(e.body)
-            if job_id:
-                k = keys.job(e.queue, job_id)
-                pipe.hset(k, mapping={"state": "running", "started_ms": now})
-                pipe.pexpire(k, self.status_ttl_ms)
-        try:
-            await pipe.execute()
-        except REDIS_ERRORS as exc:
-            log.warning("worker %s: could not record running state: %s", self.name, exc)
 
     def _start(self, entry: Entry) -> None:
         key = (entry.queue, entry.entry_id)
@@ -301,7 +295,7 @@ class Worker:
         task_name = "?"
         t0 = time.perf_counter()
         try:
-            decoded = self.runner.decode(entry)
+            decoded = entry.decoded if entry.decoded is not None else self.runner.decode(entry)
             if isinstance(decoded, DeadLettered):
                 outcome = decoded
             else:
@@ -317,23 +311,24 @@ class Worker:
             if outcome is None:
                 self._held.pop(key, None)
         duration = time.perf_counter() - t0
+        if isinstance(outcome, Succeeded) and job is not None:
+            self._done.setdefault(entry.queue, []).append(
+                Completion(entry.entry_id, job.id, job.attempt, outcome.result)
+            )
+            self._done_event.set()
+            self.observer.job_finished(task_name, entry.queue, "succeeded", duration)
+            self.processed += 1
+            log.debug("succeeded %s %s in %.3fs", task_name, job.id, duration)
+            return
         await asyncio.shield(self._apply(entry, job, task_name, outcome, duration))
 
     async def _apply(
         self, entry: Entry, job: Job | None, task: str, outcome: Outcome, duration: float
     ) -> None:
+        """Write a non-success outcome (retry, deferral, dead letter); shielded by the caller so
+        shutdown cannot interrupt it half-way."""
         key = (entry.queue, entry.entry_id)
         try:
-            if isinstance(outcome, Succeeded):
-                assert job is not None
-                self._done.setdefault(entry.queue, []).append(
-                    Completion(entry.entry_id, job.id, job.attempt, outcome.result)
-                )
-                self._done_event.set()
-                self.observer.job_finished(task, entry.queue, "succeeded", duration)
-                self.processed += 1
-                log.debug("succeeded %s %s in %.3fs", task, job.id, duration)
-                return
             self._held.pop(key, None)
             ok = await self._retrying("finish job", lambda: self._write_outcome(entry, outcome))
             if ok is False:
@@ -343,8 +338,7 @@ class Worker:
             self.processed += 1
             self._log_outcome(task, job, outcome, entry, duration)
         finally:
-            if not isinstance(outcome, Succeeded):
-                self._held.pop(key, None)
+            self._held.pop(key, None)
 
     async def _write_outcome(self, entry: Entry, outcome: Outcome) -> bool:
         if isinstance(outcome, RetryLater):
@@ -494,13 +488,3 @@ class Worker:
                 name = raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name)
                 if name != self.name and now - int(raw_ms) > 10 * self.settings.lease_ms:
                     await self.consumer.release(q, name)
-
-
-def _peek_id(body: bytes | None) -> str | None:
-    if not body:
-        return None
-    try:
-        value = orjson.loads(body).get("id")
-    except (orjson.JSONDecodeError, AttributeError):
-        return None
-    return str(value) if value is not None else None
