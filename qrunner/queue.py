@@ -144,8 +144,18 @@ class Client:
     ) -> str:
         """Enqueue one job and return its id (the first job's id when ``key`` deduplicated it)."""
         spec = JobSpec(task, payload, queue, delay_s, at, key, key_ttl_s, job_id)
-        ids = await self.enqueue_many([spec])
-        return ids[0]
+        queue_name, job_keys, args = self._prepare(spec)
+        try:
+            if queue_name not in self._known_queues:
+                await self._register_queues([queue_name])
+            res = await self._enqueue(
+                self.redis,
+                [keys.stream(queue_name), keys.delayed(queue_name), *job_keys],
+                ["", self.status_ttl_ms, *args],
+            )
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise _redis_down(self.redis, exc) from exc
+        return _text(res[0]) or ""
 
     async def enqueue_many(
         self, jobs: Iterable[JobSpec | tuple[str, Mapping[str, Any] | None]]
@@ -164,15 +174,6 @@ class Client:
         out: list[str] = [""] * len(prepared)
         try:
             await self._register_queues(by_queue)
-            if len(prepared) == 1:
-                queue, job_keys, args = prepared[0]
-                res = await self._enqueue(
-                    self.redis,
-                    [keys.stream(queue), keys.delayed(queue), *job_keys],
-                    ["", self.status_ttl_ms, *args],
-                )
-                out[0] = _text(res[0]) or ""
-                return out
             await self._enqueue.ensure_loaded(self.redis)
             pipe = self.redis.pipeline(transaction=False)
             order: list[list[int]] = []
