@@ -16,9 +16,10 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
+from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
 
-import handlers.outlook
+from handlers.outlook import registry as outlook_registry
 from handlers.outlook.content import Bill, build_outlook
 from handlers.outlook.timing import is_due, outlook_date_for, resolve_zone
 from handlers.state import HandlerState
@@ -44,12 +45,37 @@ class Env:
     async def run(self, task: str, payload: dict[str, Any]) -> Any:
         """Enqueue ``task`` and run a burst worker until every queue is empty; its result."""
         job_id = await self.client.enqueue(task, payload)
-        worker = Worker(self.redis, self.registry, burst=True, concurrency=4,
-                        settings=self.state.settings, state=self.state)
+        worker = Worker(
+            self.redis,
+            self.registry,
+            burst=True,
+            concurrency=4,
+            settings=self.state.settings,
+            state=self.state,
+        )
         await asyncio.wait_for(worker.run(), 30)
         status = await self.client.status(job_id)
         assert status.state == "succeeded", status
         return status.result
+
+
+class EmailIn(BaseModel):
+    """The agreed payload of messaging's ``send_email``; like it, refuses unknown fields."""
+
+    model_config = ConfigDict(extra="forbid")
+    user_id: int
+    subject: str
+    body: str
+    template: str = "message"
+
+
+class SmsIn(BaseModel):
+    """The agreed payload of messaging's ``send_sms``."""
+
+    model_config = ConfigDict(extra="forbid")
+    user_id: int
+    body: str
+    template: str = "message"
 
 
 @pytest.fixture
@@ -58,13 +84,13 @@ async def env(database_url: str, redis: Redis, tmp_path: Path) -> AsyncIterator[
     pool = await create_pool(database_url, max_size=4)
     standins = Registry()
     e: Env
-    for name in ("send_email", "send_sms"):
+    for name, model in (("send_email", EmailIn), ("send_sms", SmsIn)):
 
-        async def record(ctx: Context[Any], payload: dict[str, Any], name: str = name) -> None:
-            e.sent.append((name, payload, ctx.job.key))
+        async def record(ctx: Context[Any], payload: BaseModel, name: str = name) -> None:
+            e.sent.append((name, payload.model_dump(), ctx.job.key))
 
-        standins.task(name, queue="email_education")(record)
-    registry = handlers.outlook.registry.merge(standins)
+        standins.task(name, queue="email_education", payload=model)(record)
+    registry = outlook_registry.merge(standins)
     settings = Settings(state_dir=tmp_path, block_ms=100, promote_interval_ms=20)
     client = Client(redis, registry)
     e = Env(pool, redis, registry, client, HandlerState(settings, pool, redis, client, None, None))
@@ -74,18 +100,32 @@ async def env(database_url: str, redis: Redis, tmp_path: Path) -> AsyncIterator[
         await pool.close()
 
 
-async def add_user(db: asyncpg.Pool, name: str, zone: str, active_days_ago: float | None,
-                   *, phone: str | None = None, consents: tuple[str, ...] = ("email",)) -> int:
+async def add_user(
+    db: asyncpg.Pool,
+    name: str,
+    zone: str,
+    active_days_ago: float | None,
+    *,
+    phone: str | None = None,
+    consents: tuple[str, ...] = ("email",),
+) -> int:
     active = None if active_days_ago is None else NOW - timedelta(days=active_days_ago)
     uid: int = await db.fetchval(
         "INSERT INTO users (name, email, phone, time_zone, last_active_at)"
         " VALUES ($1, $2, $3, $4, $5) RETURNING id",
-        name, f"{name.lower()}@example.com", phone, zone, active,
+        name,
+        f"{name.lower()}@example.com",
+        phone,
+        zone,
+        active,
     )
     for channel in consents:
         await db.execute(
             "INSERT INTO consents (user_id, channel, opted_in_at, opt_in_source)"
-            " VALUES ($1, $2, $3, 'signup')", uid, channel, NOW - timedelta(days=60),
+            " VALUES ($1, $2, $3, 'signup')",
+            uid,
+            channel,
+            NOW - timedelta(days=60),
         )
     return uid
 
@@ -102,7 +142,9 @@ async def add_user(db: asyncpg.Pool, name: str, zone: str, active_days_ago: floa
         ("Mars/Olympus", NOW, date(2024, 3, 5)),  # unknown zone: read as UTC, 05:00
     ],
 )
-def test_outlook_date_is_the_users_next_local_morning(zone: str, ref: datetime, expected: date) -> None:
+def test_outlook_date_is_the_users_next_local_morning(
+    zone: str, ref: datetime, expected: date
+) -> None:
     assert outlook_date_for(ref, resolve_zone(zone)) == expected
 
 
@@ -115,15 +157,21 @@ def test_outlook_date_is_the_users_next_local_morning(zone: str, ref: datetime, 
         (datetime(2024, 3, 6, 12, 0, tzinfo=UTC), None, False),  # the day is over: stale
     ],
 )
-def test_due_once_local_delivery_time_has_passed(utc: datetime, weekday_at: time | None, due: bool) -> None:
+def test_due_once_local_delivery_time_has_passed(
+    utc: datetime, weekday_at: time | None, due: bool
+) -> None:
     zone = resolve_zone("America/New_York")
     assert is_due(utc, zone, date(2024, 3, 5), weekday_at) is due
 
 
 def test_urgent_bill_leads_the_outlook() -> None:
-    content = build_outlook("Ava Johnson", date(2024, 3, 5),
-                            [Bill("Rent", __import__("decimal").Decimal("1200.00"), "USD",
-                                  date(2024, 3, 6))], [], [])
+    content = build_outlook(
+        "Ava Johnson",
+        date(2024, 3, 5),
+        [Bill("Rent", __import__("decimal").Decimal("1200.00"), "USD", date(2024, 3, 6))],
+        [],
+        [],
+    )
     assert content["type"] == "bills"
     assert content["greeting"] == "Good morning, Ava"
     assert "Rent (1200.00 USD) is due Mar 06" in content["headline"]
@@ -132,7 +180,9 @@ def test_urgent_bill_leads_the_outlook() -> None:
 # -- through the worker ------------------------------------------------------------------------
 
 
-async def test_fan_out_creates_one_outlook_per_active_user_and_a_rerun_creates_none(env: Env) -> None:
+async def test_fan_out_creates_one_outlook_per_active_user_and_a_rerun_creates_none(
+    env: Env,
+) -> None:
     # Given three active users (one in an unknown zone), one lapsed and one never active
     ny = await add_user(env.db, "Ava", "America/New_York", 1)
     tokyo = await add_user(env.db, "Haruto", "Asia/Tokyo", 3)
@@ -141,23 +191,33 @@ async def test_fan_out_creates_one_outlook_per_active_user_and_a_rerun_creates_n
     await add_user(env.db, "Never", "UTC", None)
     await env.db.execute(
         "INSERT INTO bills (user_id, payee, amount, currency, due_date)"
-        " VALUES ($1, 'Rent', 1200, 'USD', '2024-03-07')", ny,
+        " VALUES ($1, 'Rent', 1200, 'USD', '2024-03-07')",
+        ny,
     )
     await env.db.execute(
         "INSERT INTO goals (user_id, title, target_amount, current_amount, currency)"
-        " VALUES ($1, 'Holiday', 1000, 250, 'JPY')", tokyo,
+        " VALUES ($1, 'Holiday', 1000, 250, 'JPY')",
+        tokyo,
     )
 
     # When the 05:00 UTC slot fires
     first = await env.run("generate_daily_outlooks", {"scheduled_for": NOW.isoformat()})
 
     # Then each active user has one outlook, dated by their own next local morning
-    rows = await env.db.fetch("SELECT user_id, outlook_date, content FROM daily_outlooks ORDER BY user_id")
+    rows = await env.db.fetch(
+        "SELECT user_id, outlook_date, content FROM daily_outlooks ORDER BY user_id"
+    )
     assert [(r["user_id"], r["outlook_date"]) for r in rows] == [
-        (ny, date(2024, 3, 5)), (tokyo, date(2024, 3, 6)), (odd, date(2024, 3, 5)),
+        (ny, date(2024, 3, 5)),
+        (tokyo, date(2024, 3, 6)),
+        (odd, date(2024, 3, 5)),
     ]
-    assert first == {"reference": NOW.isoformat(), "total_users": 3, "enqueued": 3,
-                     "skipped_existing": 0}
+    assert first == {
+        "reference": NOW.isoformat(),
+        "total_users": 3,
+        "enqueued": 3,
+        "skipped_existing": 0,
+    }
     types = {r["user_id"]: r["content"]["type"] for r in rows}
     assert types == {ny: "bills", tokyo: "goals", odd: "encouragement"}
 
@@ -172,15 +232,18 @@ async def test_fan_out_creates_one_outlook_per_active_user_and_a_rerun_creates_n
 async def test_delivery_waits_for_each_users_local_morning(env: Env) -> None:
     # Given today's outlooks for users in four zones, one reachable by SMS only
     london = await add_user(env.db, "Oliver", "Europe/London", 1)
-    tokyo = await add_user(env.db, "Haruto", "Asia/Tokyo", 1, phone="+15555550103",
-                           consents=("sms",))
+    tokyo = await add_user(
+        env.db, "Haruto", "Asia/Tokyo", 1, phone="+15555550103", consents=("sms",)
+    )
     ny = await add_user(env.db, "Ava", "America/New_York", 1)
     odd = await add_user(env.db, "Zed", "Nowhere/Land", 1)
     for uid in (london, tokyo, ny, odd):
         content = build_outlook("Someone", date(2024, 3, 5), [], [], [])
         await env.db.execute(
             "INSERT INTO daily_outlooks (user_id, outlook_date, content) VALUES ($1, $2, $3)",
-            uid, date(2024, 3, 5), content,
+            uid,
+            date(2024, 3, 5),
+            content,
         )
 
     # When the delivery task runs at 11:30 UTC (06:30 in New York)
@@ -196,7 +259,9 @@ async def test_delivery_waits_for_each_users_local_morning(env: Env) -> None:
         odd: ("send_email", f"outlook-notify:{await _outlook_id(env, odd)}"),
     }
     assert next(p for t, p, _ in env.sent if t == "send_email")["template"] == "daily_outlook"
-    undelivered = await env.db.fetch("SELECT user_id FROM daily_outlooks WHERE delivered_at IS NULL")
+    undelivered = await env.db.fetch(
+        "SELECT user_id FROM daily_outlooks WHERE delivered_at IS NULL"
+    )
     assert [r["user_id"] for r in undelivered] == [ny]
 
     # When it runs again five minutes later, and again once New York's 07:00 has come
@@ -224,13 +289,15 @@ async def test_content_stats_flag_low_view_rates(env: Env) -> None:
             await env.db.execute(
                 "INSERT INTO daily_outlooks (user_id, outlook_date, content, delivered_at,"
                 " viewed_at, rating) VALUES ($1, $2, $3, now(), $4, $5)",
-                uid, day + timedelta(days=d), {"type": kind},
-                NOW if viewed else None, 5 if viewed else None,
+                uid,
+                day + timedelta(days=d),
+                {"type": kind},
+                NOW if viewed else None,
+                5 if viewed else None,
             )
 
     # When the weekly analysis runs with a small sample threshold
-    result = await env.run("optimize_outlook_content",
-                           {"now": NOW.isoformat(), "min_sample": 3})
+    result = await env.run("optimize_outlook_content", {"now": NOW.isoformat(), "min_sample": 3})
 
     # Then goals (1 of 6 viewed) are flagged and the numbers are stored per content type
     assert result["low_performing"] == ["goals"]
@@ -239,5 +306,6 @@ async def test_content_stats_flag_low_view_rates(env: Env) -> None:
         " ORDER BY content_type"
     )
     assert [(r["content_type"], r["delivered"], r["viewed"]) for r in stats] == [
-        ("bills", 6, 6), ("goals", 6, 1),
+        ("bills", 6, 6),
+        ("goals", 6, 1),
     ]
