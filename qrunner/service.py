@@ -7,7 +7,7 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +81,10 @@ async def serve(opts: WorkerOptions, settings: Settings, stop: asyncio.Event | N
     registry = load_registry(opts.handlers)
     if not len(registry):
         raise ConfigError(f"no tasks registered by {opts.handlers!r}")
+    if opts.metrics_port is not None:
+        from .http import check_bind_address
+
+        check_bind_address(settings.http_host, token_required=bool(settings.http_token))
     schedules = _load_schedules(opts, registry)
     if stop is None:
         stop = asyncio.Event()
@@ -95,7 +99,9 @@ async def serve(opts: WorkerOptions, settings: Settings, stop: asyncio.Event | N
             state = await enter_lifespans(
                 stack, registry, LifespanArgs(settings, redis, client, db_url)
             )
-            observer, loops = _extras(opts, settings, registry, redis, client, state, schedules)
+            observer, loops = _extras(
+                opts, settings, registry, redis, client, state, schedules, db_url
+            )
             worker = Worker(
                 redis, registry, queues=opts.queues, concurrency=opts.concurrency,
                 burst=opts.burst, settings=settings, state=state, observer=observer,
@@ -105,6 +111,26 @@ async def serve(opts: WorkerOptions, settings: Settings, stop: asyncio.Event | N
     finally:
         await redis.aclose()
     return 0
+
+
+def _bind_state(fn: Callable[[Any, Any], None], state: Any) -> Callable[[Any], None]:
+    def setup(app: Any) -> None:
+        fn(app, state)
+
+    return setup
+
+
+def _postgres_check(db_url: str) -> Callable[[], Awaitable[None]]:
+    async def postgres() -> None:
+        from .db import connect
+
+        conn = await connect(db_url, timeout_s=2.0)
+        try:
+            await conn.fetchval("SELECT 1")
+        finally:
+            await conn.close()
+
+    return postgres
 
 
 def _gate(redis: Redis, registry: Registry) -> Any:
@@ -126,7 +152,7 @@ def _load_schedules(opts: WorkerOptions, registry: Registry) -> list[Any]:
 
 def _extras(
     opts: WorkerOptions, settings: Settings, registry: Registry, redis: Redis, client: Client,
-    state: Any, schedules: list[Any],
+    state: Any, schedules: list[Any], db_url: str | None,
 ) -> tuple[Observer, list[Any]]:
     from .metrics import Metrics
 
@@ -144,9 +170,11 @@ def _extras(
     if opts.metrics_port is not None:
         from .http import build_app, serve_http
 
-        setups = [lambda app, fn=fn: fn(app, state) for fn in registry.http_setups]
+        setups = [_bind_state(fn, state) for fn in registry.http_setups]
+        readiness = [] if db_url is None else [_postgres_check(db_url)]
         app = build_app(client=client, metrics=metrics, redis=redis, token=settings.http_token,
-                        setups=setups, public_prefixes=("/hooks/", "/unsubscribe"))
+                        setups=setups, readiness=readiness,
+                        public_prefixes=("/hooks/", "/unsubscribe"))
         port = opts.metrics_port
 
         async def http_loop(stop: asyncio.Event) -> None:
