@@ -14,8 +14,12 @@ from .upkeep import registry as upkeep
 from .webhooks import registry as webhooks
 
 registry: Registry = (
-    Registry(requires_database=True).merge(messaging).merge(outlook).merge(reports)
-    .merge(webhooks).merge(upkeep)
+    Registry(requires_database=True)
+    .merge(messaging)
+    .merge(outlook)
+    .merge(reports)
+    .merge(webhooks)
+    .merge(upkeep)
 )
 registry.lifespan(lifespan)
 

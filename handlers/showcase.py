@@ -34,9 +34,12 @@ async def run_demo(settings: Settings, seconds: float = 0) -> int:
     async with FakeTwilio() as twilio, FakeResend() as resend:
         settings = dataclasses.replace(
             settings,
-            twilio_account_sid=twilio.account_sid, twilio_auth_token=twilio.auth_token,
-            twilio_from_number="+15005550006", twilio_base_url=twilio.base_url,
-            resend_api_key=resend.api_key, email_base_url=resend.base_url,
+            twilio_account_sid=twilio.account_sid,
+            twilio_auth_token=twilio.auth_token,
+            twilio_from_number="+15005550006",
+            twilio_base_url=twilio.base_url,
+            resend_api_key=resend.api_key,
+            email_base_url=resend.base_url,
         )
         port = _free_port()
         settings = dataclasses.replace(settings, public_url=f"http://127.0.0.1:{port}")
@@ -52,8 +55,11 @@ async def run_demo(settings: Settings, seconds: float = 0) -> int:
         try:
             await seed_demo_data(pool)
             print("seeded demo users, orders, meetings and bills in PostgreSQL")
-            worker = asyncio.create_task(serve(
-                WorkerOptions(handlers=HANDLERS, metrics_port=port, cron=False), settings, stop))
+            worker = asyncio.create_task(
+                serve(
+                    WorkerOptions(handlers=HANDLERS, metrics_port=port, cron=False), settings, stop
+                )
+            )
             print(f"worker started; metrics at http://127.0.0.1:{port}/metrics")
             client = Client(redis, registry)
             jobs = await _enqueue_mix(client, pool)
@@ -76,8 +82,7 @@ async def _enqueue_mix(client: Client, pool: Any) -> dict[str, str]:
         for i, job_id in enumerate(await enqueue_demo_messages(client, pool)):
             jobs[f"message {i + 1}"] = job_id
     jobs["generate daily outlooks"] = await client.enqueue("generate_daily_outlooks", {})
-    jobs["sales report (csv)"] = await client.enqueue(
-        "generate_sales_report", {"format": "csv"})
+    jobs["sales report (csv)"] = await client.enqueue("generate_sales_report", {"format": "csv"})
     jobs["health check"] = await client.enqueue("health_check", {})
     jobs["flaky job (retries)"] = await client.enqueue("demo_flaky", {})
     jobs["broken job (dead letter)"] = await client.enqueue("demo_broken", {})
@@ -86,7 +91,10 @@ async def _enqueue_mix(client: Client, pool: Any) -> dict[str, str]:
 
 
 async def _watch(
-    client: Client, jobs: dict[str, str], stop: asyncio.Event, limit_s: float,
+    client: Client,
+    jobs: dict[str, str],
+    stop: asyncio.Event,
+    limit_s: float,
     worker: asyncio.Task[int],
 ) -> None:
     """Print queue counters once a second until every job is finished or parked for later."""
@@ -136,6 +144,8 @@ async def _report(
     print("\n== queues")
     for s in stats:
         if s.depth or s.pending or s.delayed or s.dead:
-            print(f"  {s.queue:<16} depth={s.depth} pending={s.pending} delayed={s.delayed} "
-                  f"dead={s.dead}")
+            print(
+                f"  {s.queue:<16} depth={s.depth} pending={s.pending} delayed={s.delayed} "
+                f"dead={s.dead}"
+            )
     print("\nInspect with: bin/qrunner stats | bin/qrunner dlq list | bin/qrunner status JOB_ID")

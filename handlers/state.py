@@ -42,7 +42,8 @@ async def lifespan(args: LifespanArgs) -> AsyncIterator[HandlerState]:
     if s.has_twilio:
         assert s.twilio_account_sid and s.twilio_auth_token
         sms = TwilioSms(
-            s.twilio_account_sid, s.twilio_auth_token,
+            s.twilio_account_sid,
+            s.twilio_auth_token,
             base_url=s.twilio_base_url or "https://api.twilio.com",
         )
     else:

@@ -9,7 +9,8 @@ import random
 
 
 def backoff_ceiling_s(attempt: int, base_s: float, cap_s: float) -> float:
-    """The upper bound of the delay after failed attempt ``attempt`` (1-based): base * 2^(attempt-1), capped."""
+    """Upper bound of the delay after failed attempt ``attempt`` (1-based):
+    base * 2^(attempt-1), capped."""
     if attempt < 1:
         raise ValueError("attempt is 1-based")
     exponent = min(attempt - 1, 63)

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -33,19 +33,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     w = sub.add_parser("worker", help="run a worker")
-    w.add_argument("--handlers", default="handlers", help="modules with a `registry`, comma-separated")
+    w.add_argument(
+        "--handlers", default="handlers", help="modules with a `registry`, comma-separated"
+    )
     w.add_argument("--queues", help="queues to read, comma-separated, highest priority first")
     w.add_argument("--concurrency", type=int, help="jobs run at once (default 100)")
     w.add_argument("--burst", action="store_true", help="exit 0 once the queues are empty")
     w.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz, /api on this port")
     w.add_argument("--no-cron", action="store_true", help="do not run the schedules.yaml loop")
-    w.add_argument("--schedules", default="schedules.yaml", help="cron file (default schedules.yaml)")
+    w.add_argument(
+        "--schedules", default="schedules.yaml", help="cron file (default schedules.yaml)"
+    )
     w.add_argument("--weights", help="anti-starvation read weights, e.g. sms_critical=8,default=1")
 
     e = sub.add_parser("enqueue", help="enqueue jobs; prints one job id per line")
     e.add_argument("task", nargs="?", help="task name (omit with --file)")
     e.add_argument("--payload", help="JSON object")
-    e.add_argument("--file", help="JSONL file: one {\"task\":..,\"payload\":..} per line")
+    e.add_argument("--file", help='JSONL file: one {"task":..,"payload":..} per line')
     e.add_argument("--delay", type=float, help="seconds to wait before the job may run")
     e.add_argument("--key", help="idempotency key: a second enqueue with it returns the first id")
     e.add_argument("--queue", help="override the task's queue")
@@ -170,8 +174,12 @@ async def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
         specs = [JobSpec(args.task, payload, args.queue, args.delay, None, args.key)]
     redis = await _redis(settings)
     try:
-        client = Client(redis, registry, max_payload_bytes=settings.max_payload_bytes,
-                        status_ttl_s=settings.status_ttl_s)
+        client = Client(
+            redis,
+            registry,
+            max_payload_bytes=settings.max_payload_bytes,
+            status_ttl_s=settings.status_ttl_s,
+        )
         for s in specs:  # validate everything before writing anything
             client._prepare(s)
         chunk = 2000
@@ -183,7 +191,12 @@ async def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
             if show:
                 done = min(start + chunk, len(specs))
                 bar = "#" * (30 * done // len(specs))
-                print(f"\r[{bar:<30}] {done}/{len(specs)} enqueued", end="", file=sys.stderr, flush=True)
+                print(
+                    f"\r[{bar:<30}] {done}/{len(specs)} enqueued",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
         if show:
             print(file=sys.stderr)
     finally:
@@ -204,12 +217,20 @@ def _read_jobs_file(path: Path, args: argparse.Namespace) -> list[Any]:
             obj = _parse_json_object(line.decode("utf-8", "replace"), f"{path}:{n}")
             task = obj.get("task")
             if not isinstance(task, str):
-                raise UsageError(f"{path}:{n}: needs a \"task\" string")
+                raise UsageError(f'{path}:{n}: needs a "task" string')
             payload = obj.get("payload") or {}
             if not isinstance(payload, dict):
-                raise UsageError(f"{path}:{n}: \"payload\" must be a JSON object")
-            specs.append(JobSpec(task, payload, obj.get("queue") or args.queue,
-                                 obj.get("delay", args.delay), None, obj.get("key")))
+                raise UsageError(f'{path}:{n}: "payload" must be a JSON object')
+            specs.append(
+                JobSpec(
+                    task,
+                    payload,
+                    obj.get("queue") or args.queue,
+                    obj.get("delay", args.delay),
+                    None,
+                    obj.get("key"),
+                )
+            )
     return specs
 
 
@@ -248,7 +269,9 @@ async def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
 
     redis = await _redis(settings)
     try:
-        queues = [args.queue] if getattr(args, "queue", None) else await Client(redis).known_queues()
+        queues = (
+            [args.queue] if getattr(args, "queue", None) else await Client(redis).known_queues()
+        )
         dl = DeadLetters(redis, settings.status_ttl_s)
         action = args.dlq_command
         if action == "list":
@@ -271,9 +294,13 @@ async def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
         if action == "replay":
             if not (args.id or args.all or args.task):
                 raise UsageError("dlq replay needs an ID, --task TASK or --all")
-            replayed, skipped = await dl.replay(queues, task=args.task, ident=args.id,
-                                                per_second=args.rate)
-            print(f"replayed {replayed} job(s)" + (f"; {skipped} malformed entr(y/ies) left" if skipped else ""))
+            replayed, skipped = await dl.replay(
+                queues, task=args.task, ident=args.id, per_second=args.rate
+            )
+            print(
+                f"replayed {replayed} job(s)"
+                + (f"; {skipped} malformed entr(y/ies) left" if skipped else "")
+            )
             return 0 if replayed or not args.id else 1
         if not args.yes:
             raise UsageError("dlq purge deletes dead-lettered jobs for good; add --yes")

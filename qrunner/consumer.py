@@ -145,8 +145,18 @@ class Consumer:
         due = await self._reschedule(
             self.redis,
             [keys.stream(q), keys.delayed(q), keys.job(q, job_id)],
-            [keys.GROUP, self.name, entry.entry_id, envelope, max(0, delay_ms), "", status_ttl_ms,
-             state, attempt, last_error],
+            [
+                keys.GROUP,
+                self.name,
+                entry.entry_id,
+                envelope,
+                max(0, delay_ms),
+                "",
+                status_ttl_ms,
+                state,
+                attempt,
+                last_error,
+            ],
         )
         return int(due) >= 0
 

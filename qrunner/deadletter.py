@@ -127,10 +127,16 @@ class DeadLetters:
         return res is not None and res is not False
 
     async def replay(
-        self, queues: Sequence[str], *, task: str | None = None, ident: str | None = None,
+        self,
+        queues: Sequence[str],
+        *,
+        task: str | None = None,
+        ident: str | None = None,
         per_second: float | None = None,
     ) -> tuple[int, int]:
-        """Replay matching entries (all, by task, or one id); returns (replayed, skipped malformed)."""
+        """Replay matching entries (all, by task, or one id).
+
+        Returns (replayed, skipped malformed)."""
         if ident is not None:
             dead = await self.find(queues, ident)
             if dead is None:

@@ -18,7 +18,7 @@ with ``except JobSignal: raise``::
     JobSignal
     ├── Retry(after_s)           run again after the given delay; counts as an attempt
     ├── RateLimited(retry_after_s, bucket=None)
-    │                            the provider (or a limit) said "not now": wait, do not count an attempt
+    │                            "not now" (provider or limit): wait, no attempt spent
     └── Permanent(reason)        never retry; dead-letter at once
 """
 
@@ -66,7 +66,7 @@ class JobNotFound(QrunnerError):
         super().__init__(f"no record of job {job_id!r} (never enqueued, or its status expired)")
 
 
-class JobSignal(Exception):  # noqa: N818 - these are signals, not errors
+class JobSignal(Exception):
     """Base of the signals a handler raises to steer its job."""
 
 

@@ -23,7 +23,7 @@ class Observer:
         """Finishing writes refused because another consumer owns the entry now."""
 
     def group_recreated(self, queue: str) -> None:
-        """A stream or consumer group vanished (FLUSHALL, restart without data) and was recreated."""
+        """A stream or group vanished (FLUSHALL, restart without data) and was recreated."""
 
     def rate_limit_wait(self, task: str, wait_s: float) -> None:
         """A job found no token and was deferred."""

@@ -86,7 +86,9 @@ class Job:
         try:
             return orjson.dumps(data)
         except TypeError as exc:
-            raise InvalidPayload(f"payload of task {self.task!r} is not JSON-serialisable: {exc}") from exc
+            raise InvalidPayload(
+                f"payload of task {self.task!r} is not JSON-serialisable: {exc}"
+            ) from exc
 
     @classmethod
     def decode(cls, raw: bytes | str) -> Job:
@@ -121,7 +123,7 @@ class Job:
         return replace(self, attempt=self.attempt + 1, errors=history)
 
     def with_error(self, record: ErrorRecord) -> Job:
-        """The envelope with the error recorded but the attempt unchanged (dead-letter, deferral)."""
+        """The envelope with the error recorded, attempt unchanged (dead letter, deferral)."""
         history = (*self.errors, record)[-MAX_ERROR_HISTORY:]
         return replace(self, errors=history)
 

@@ -71,7 +71,10 @@ def classify(
     if isinstance(exc, Permanent | InvalidPayload):
         return DeadLettered(f"permanent: {record.message}", job.with_error(record))
     if job.attempt > task.max_retries:
-        reason = f"failed {job.attempt} times (max_retries={task.max_retries}); last: {record.type}: {record.message}"
+        reason = (
+            f"failed {job.attempt} times (max_retries={task.max_retries}); "
+            f"last: {record.type}: {record.message}"
+        )
         return DeadLettered(reason, job.with_error(record))
     if isinstance(exc, Retry):
         delay_s = exc.after_s

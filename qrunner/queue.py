@@ -165,7 +165,9 @@ class Client:
         Validation happens for every job before the first write, so a bad job in the middle of a
         batch refuses the whole batch instead of enqueuing half of it.
         """
-        prepared = [self._prepare(j if isinstance(j, JobSpec) else JobSpec(j[0], j[1])) for j in jobs]
+        prepared = [
+            self._prepare(j if isinstance(j, JobSpec) else JobSpec(j[0], j[1])) for j in jobs
+        ]
         if not prepared:
             return []
         by_queue: dict[str, list[tuple[int, list[str], list[Any]]]] = {}
@@ -286,7 +288,7 @@ class Client:
         )
 
     async def stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
-        """Depth (waiting in the stream), pending (delivered, not acked), delayed and dead per queue."""
+        """Per queue: depth (waiting), pending (delivered, not acked), delayed and dead."""
         names = list(queues) if queues else await self.known_queues()
         try:
             pipe = self.redis.pipeline(transaction=False)
@@ -301,7 +303,7 @@ class Client:
                 try:
                     info = await self.redis.xpending(keys.stream(q), keys.GROUP)
                     pending.append(int(info["pending"]))
-                except Exception as exc:  # noqa: BLE001 - no stream or no group yet means nothing pending
+                except Exception as exc:
                     if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
                         raise
                     pending.append(0)

@@ -94,9 +94,16 @@ class Runner:
                 value = await task.fn(ctx, arg)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - every handler failure becomes an outcome
+        except Exception as exc:
             outcome = classify(exc, job, task, now_ms())
-            if isinstance(exc, RateLimited) and self.gate is not None and task.rate_limit:
-                await self.gate.throttle(task, arg, exc.bucket, exc.retry_after_s)
+            if (
+                isinstance(exc, RateLimited)
+                and exc.bucket is not None
+                and self.gate is not None
+                and task.rate_limit is not None
+            ):
+                # A provider said "slow down": every worker backs off this task's bucket. A
+                # RateLimited without a bucket (quiet hours for one user) defers only this job.
+                await self.gate.throttle(task, arg, None, exc.retry_after_s)
             return outcome
         return Succeeded(_encode_result(value))

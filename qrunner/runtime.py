@@ -50,7 +50,9 @@ async def connect_redis(url: str, *, check: bool = True, max_connections: int = 
     """A client that retries dropped connections with backoff; fails fast (host:port) when the
     server is not there at start. The pool blocks (up to 30 s) rather than failing when every
     connection is busy, so a burst of handlers using Redis waits instead of erroring."""
-    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=30
+    )
     client: Redis = aioredis.Redis(
         connection_pool=pool,
         decode_responses=False,
@@ -72,7 +74,7 @@ async def connect_redis(url: str, *, check: bool = True, max_connections: int = 
 async def warn_on_eviction_policy(client: Redis) -> None:
     try:
         cfg = await client.config_get("maxmemory-policy")
-    except Exception:  # noqa: BLE001 - managed Redis may forbid CONFIG; the warning is advisory
+    except Exception:
         return
     raw: dict[Any, Any] = dict(cfg)
     policy = raw.get(b"maxmemory-policy") or raw.get("maxmemory-policy")
@@ -81,7 +83,8 @@ async def warn_on_eviction_policy(client: Redis) -> None:
     if policy and policy != "noeviction":
         log.warning(
             "Redis maxmemory-policy is %r: under memory pressure Redis may evict queued jobs. "
-            "Set it to 'noeviction'.", policy,
+            "Set it to 'noeviction'.",
+            policy,
         )
 
 

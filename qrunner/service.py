@@ -43,8 +43,10 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
         if stop.is_set():
             log.warning("second %s: exiting now", signal.Signals(signum).name)
             os._exit(130)
-        log.info("%s: finishing in-flight jobs, then stopping (send again to exit now)",
-                 signal.Signals(signum).name)
+        log.info(
+            "%s: finishing in-flight jobs, then stopping (send again to exit now)",
+            signal.Signals(signum).name,
+        )
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -65,9 +67,7 @@ async def prepare_database(registry: Registry, settings: Settings) -> str | None
     return url
 
 
-async def enter_lifespans(
-    stack: AsyncExitStack, registry: Registry, args: LifespanArgs
-) -> Any:
+async def enter_lifespans(stack: AsyncExitStack, registry: Registry, args: LifespanArgs) -> Any:
     states = [await stack.enter_async_context(ls(args)) for ls in registry.lifespans]
     if not states:
         return None
@@ -93,8 +93,12 @@ async def serve(opts: WorkerOptions, settings: Settings, stop: asyncio.Event | N
     await warn_on_eviction_policy(redis)
     try:
         db_url = await prepare_database(registry, settings)
-        client = Client(redis, registry, max_payload_bytes=settings.max_payload_bytes,
-                        status_ttl_s=settings.status_ttl_s)
+        client = Client(
+            redis,
+            registry,
+            max_payload_bytes=settings.max_payload_bytes,
+            status_ttl_s=settings.status_ttl_s,
+        )
         async with AsyncExitStack() as stack:
             state = await enter_lifespans(
                 stack, registry, LifespanArgs(settings, redis, client, db_url)
@@ -103,9 +107,17 @@ async def serve(opts: WorkerOptions, settings: Settings, stop: asyncio.Event | N
                 opts, settings, registry, redis, client, state, schedules, db_url
             )
             worker = Worker(
-                redis, registry, queues=opts.queues, concurrency=opts.concurrency,
-                burst=opts.burst, settings=settings, state=state, observer=observer,
-                gate=_gate(redis, registry), weights=opts.weights, extra_loops=loops,
+                redis,
+                registry,
+                queues=opts.queues,
+                concurrency=opts.concurrency,
+                burst=opts.burst,
+                settings=settings,
+                state=state,
+                observer=observer,
+                gate=_gate(redis, registry),
+                weights=opts.weights,
+                extra_loops=loops,
             )
             await worker.run(stop)
     finally:
@@ -151,8 +163,14 @@ def _load_schedules(opts: WorkerOptions, registry: Registry) -> list[Any]:
 
 
 def _extras(
-    opts: WorkerOptions, settings: Settings, registry: Registry, redis: Redis, client: Client,
-    state: Any, schedules: list[Any], db_url: str | None,
+    opts: WorkerOptions,
+    settings: Settings,
+    registry: Registry,
+    redis: Redis,
+    client: Client,
+    state: Any,
+    schedules: list[Any],
+    db_url: str | None,
 ) -> tuple[Observer, list[Any]]:
     from .metrics import Metrics
 
@@ -163,8 +181,12 @@ def _extras(
         from .scheduler import Scheduler
 
         scheduler = Scheduler(
-            redis, client, schedules, RedisClock(redis),
-            on_fire=metrics.cron_fired, on_miss=metrics.cron_missed,
+            redis,
+            client,
+            schedules,
+            RedisClock(redis),
+            on_fire=metrics.cron_fired,
+            on_miss=metrics.cron_missed,
         )
         loops.append(scheduler.run)
     if opts.metrics_port is not None:
@@ -172,9 +194,15 @@ def _extras(
 
         setups = [_bind_state(fn, state) for fn in registry.http_setups]
         readiness = [] if db_url is None else [_postgres_check(db_url)]
-        app = build_app(client=client, metrics=metrics, redis=redis, token=settings.http_token,
-                        setups=setups, readiness=readiness,
-                        public_prefixes=("/hooks/", "/unsubscribe"))
+        app = build_app(
+            client=client,
+            metrics=metrics,
+            redis=redis,
+            token=settings.http_token,
+            setups=setups,
+            readiness=readiness,
+            public_prefixes=("/hooks/", "/unsubscribe"),
+        )
         port = opts.metrics_port
 
         async def http_loop(stop: asyncio.Event) -> None:
@@ -186,8 +214,8 @@ def _extras(
 
 async def print_schedules(path: Path, handlers: str, settings: Settings) -> int:
     from .runtime import connect_redis, load_registry, redis_url
-    from .schedules import load_schedules
     from .scheduler import describe_live
+    from .schedules import load_schedules
 
     registry = load_registry(handlers)
     entries = load_schedules(path, known_tasks=set(registry.names))
@@ -198,7 +226,9 @@ async def print_schedules(path: Path, handlers: str, settings: Settings) -> int:
         await redis.aclose()
     print(f"{'name':<28}{'task':<28}{'cron':<18}{'tz':<18}{'last fire':<27}next fire")
     for r in rows:
-        print(f"{r.name:<28}{r.task:<28}{r.cron:<18}{r.timezone:<18}{_when(r.last_fire):<27}{_when(r.next_fire)}")
+        print(
+            f"{r.name:<28}{r.task:<28}{r.cron:<18}{r.timezone:<18}{_when(r.last_fire):<27}{_when(r.next_fire)}"
+        )
     return 0
 
 

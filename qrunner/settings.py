@@ -114,7 +114,9 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
             continue
         name = var[len("QRUNNER_") :].lower()
         if name not in names or name in _UNPREFIXED.values():
-            known = ", ".join(sorted(f"QRUNNER_{n.upper()}" for n in names - set(_UNPREFIXED.values())))
+            known = ", ".join(
+                sorted(f"QRUNNER_{n.upper()}" for n in names - set(_UNPREFIXED.values()))
+            )
             raise ConfigError(f"unknown setting {var}; known: {known}")
         parse = _PARSERS.get(name, _str)
         try:

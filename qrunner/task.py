@@ -149,13 +149,15 @@ class Registry:
         rate_key: Callable[[Any], str] | None = None,
         rate_cost: Callable[[Any], int] | None = None,
     ) -> Callable[[Handler], Handler]:
-        """Declare a task. The handler is ``async def fn(ctx: Context[S], payload: Model) -> Any``."""
+        """Declare a task: ``async def fn(ctx: Context[S], payload: Model) -> Any``."""
 
         def register(fn: Handler) -> Handler:
             limit = None
             if rate_limit is not None:
                 rates = (rate_limit,) if isinstance(rate_limit, str) else tuple(rate_limit)
-                limit = RateLimitOptions(rates=rates, burst=rate_burst, key=rate_key, cost=rate_cost)
+                limit = RateLimitOptions(
+                    rates=rates, burst=rate_burst, key=rate_key, cost=rate_cost
+                )
             self.add(
                 Task(
                     name=name or fn.__name__,

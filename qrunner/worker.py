@@ -50,7 +50,7 @@ def consumer_name() -> str:
 
 
 class Worker:
-    """Runs the jobs of ``registry`` from ``queues`` until ``stop`` is set (or drained in burst mode)."""
+    """Runs ``registry``'s jobs from ``queues`` until ``stop`` is set (or drained, if burst)."""
 
     def __init__(
         self,
@@ -120,7 +120,10 @@ class Worker:
         await self.redis.sadd(keys.queues_set(), *self.queues)
         log.info(
             "worker %s started: queues=%s concurrency=%d%s",
-            self.name, ",".join(self.queues), self.concurrency, " burst" if self.burst else "",
+            self.name,
+            ",".join(self.queues),
+            self.concurrency,
+            " burst" if self.burst else "",
         )
         background: list[asyncio.Task[None]] = []
         try:
@@ -132,7 +135,9 @@ class Worker:
                 flusher = tg.create_task(self._flush_loop())
                 await self._fetch_loop()
                 self._reading_stopped.set()
-                log.info("worker %s: stopped reading; %d job(s) in flight", self.name, len(self._held))
+                log.info(
+                    "worker %s: stopped reading; %d job(s) in flight", self.name, len(self._held)
+                )
                 await self._drain()
                 self._done_event.set()
                 await flusher
@@ -151,7 +156,10 @@ class Worker:
         if pending:
             log.warning(
                 "worker %s: grace period of %gs over; cancelling %d job(s) (they stay pending and "
-                "will be reclaimed)", self.name, self.settings.grace_s, len(pending),
+                "will be reclaimed)",
+                self.name,
+                self.settings.grace_s,
+                len(pending),
             )
             for t in pending:
                 t.cancel()
@@ -161,7 +169,7 @@ class Worker:
         for q in self.queues:
             try:
                 await self.consumer.release(q, self.name)
-            except REDIS_ERRORS + (ResponseError,):
+            except (*REDIS_ERRORS, ResponseError):
                 pass
 
     # -- reading ----------------------------------------------------------------------------
@@ -192,7 +200,9 @@ class Worker:
                         log.info("worker %s: burst mode and nothing left; stopping", self.name)
                         self._stop.set()
                         break
-                    block = min(self.settings.block_ms, 200 if self.burst else self.settings.block_ms)
+                    block = min(
+                        self.settings.block_ms, 200 if self.burst else self.settings.block_ms
+                    )
                     entries = await self.consumer.read_blocking(self.queues, free, block)
                 delay = 0.05
             except ResponseError as exc:
@@ -201,7 +211,9 @@ class Worker:
                     continue
                 raise
             except REDIS_ERRORS as exc:
-                log.warning("worker %s: reading failed (%s); retrying in %.2fs", self.name, exc, delay)
+                log.warning(
+                    "worker %s: reading failed (%s); retrying in %.2fs", self.name, exc, delay
+                )
                 await self._sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
@@ -240,9 +252,10 @@ class Worker:
                 return
             if created:
                 log.error(
-                    "ALARM: stream or consumer group of queue %r vanished (FLUSHALL or Redis restarted "
-                    "without its data); recreated it. Jobs that were in it are lost unless Redis "
-                    "persistence kept them.", q,
+                    "ALARM: stream or consumer group of queue %r vanished (FLUSHALL, or Redis "
+                    "restarted without its data); recreated it. Jobs that were in it are lost "
+                    "unless Redis persistence kept them.",
+                    q,
                 )
                 self.observer.group_recreated(q)
                 try:
@@ -333,7 +346,11 @@ class Worker:
             ok = await self._retrying("finish job", lambda: self._write_outcome(entry, outcome))
             if ok is False:
                 self.observer.ack_refused(entry.queue, 1)
-                log.warning("%s: entry %s is owned by another worker now; outcome dropped", task, entry.entry_id)
+                log.warning(
+                    "%s: entry %s is owned by another worker now; outcome dropped",
+                    task,
+                    entry.entry_id,
+                )
                 return
             self.processed += 1
             self._log_outcome(task, job, outcome, entry, duration)
@@ -343,21 +360,35 @@ class Worker:
     async def _write_outcome(self, entry: Entry, outcome: Outcome) -> bool:
         if isinstance(outcome, RetryLater):
             return await self.consumer.reschedule(
-                entry, outcome.job.id, outcome.job.encode(), outcome.delay_ms,
-                state="retrying", attempt=outcome.job.attempt, status_ttl_ms=self.status_ttl_ms,
+                entry,
+                outcome.job.id,
+                outcome.job.encode(),
+                outcome.delay_ms,
+                state="retrying",
+                attempt=outcome.job.attempt,
+                status_ttl_ms=self.status_ttl_ms,
                 last_error=outcome.error,
             )
         if isinstance(outcome, Deferred):
             return await self.consumer.reschedule(
-                entry, outcome.job.id, outcome.job.encode(), outcome.delay_ms,
-                state="scheduled", attempt=outcome.job.attempt, status_ttl_ms=self.status_ttl_ms,
+                entry,
+                outcome.job.id,
+                outcome.job.encode(),
+                outcome.delay_ms,
+                state="scheduled",
+                attempt=outcome.job.attempt,
+                status_ttl_ms=self.status_ttl_ms,
             )
         assert isinstance(outcome, DeadLettered)
         job = outcome.job
         body = job.encode() if job is not None else (outcome.raw or b"")
         return await self.consumer.deadletter(
-            entry, job.id if job else "", body, outcome.reason,
-            task=job.task if job else "", status_ttl_ms=self.status_ttl_ms,
+            entry,
+            job.id if job else "",
+            body,
+            outcome.reason,
+            task=job.task if job else "",
+            status_ttl_ms=self.status_ttl_ms,
         )
 
     def _log_outcome(
@@ -366,13 +397,21 @@ class Worker:
         job_id = job.id if job else f"entry {entry.entry_id}"
         if isinstance(outcome, RetryLater):
             self.observer.job_finished(task, entry.queue, "retried", duration)
-            log.info("retrying %s %s: attempt %d in %.1fs after %s", task, job_id,
-                     outcome.job.attempt, outcome.delay_ms / 1000, outcome.error)
+            log.info(
+                "retrying %s %s: attempt %d in %.1fs after %s",
+                task,
+                job_id,
+                outcome.job.attempt,
+                outcome.delay_ms / 1000,
+                outcome.error,
+            )
         elif isinstance(outcome, Deferred):
             self.observer.job_finished(task, entry.queue, "deferred", duration)
             if outcome.reason == "rate limited":
                 self.observer.rate_limit_wait(task, outcome.delay_ms / 1000)
-            log.info("deferred %s %s by %.1fs: %s", task, job_id, outcome.delay_ms / 1000, outcome.reason)
+            log.info(
+                "deferred %s %s by %.1fs: %s", task, job_id, outcome.delay_ms / 1000, outcome.reason
+            )
         elif isinstance(outcome, DeadLettered):
             self.observer.job_finished(task, entry.queue, "dead", duration)
             log.warning("dead-lettered %s %s: %s", task, job_id, outcome.reason)
@@ -386,7 +425,11 @@ class Worker:
                 return await op()
             except REDIS_ERRORS as exc:
                 if self._reading_stopped.is_set() and delay >= 2.0:
-                    log.error("%s: Redis still unreachable at shutdown (%s); leaving it pending", what, exc)
+                    log.error(
+                        "%s: Redis still unreachable at shutdown (%s); leaving it pending",
+                        what,
+                        exc,
+                    )
                     return None
                 log.warning("%s failed (%s); retrying in %.2fs", what, exc, delay)
                 await asyncio.sleep(delay)
@@ -411,7 +454,9 @@ class Worker:
         refused = 0 if res is None else res.count(False)
         if refused:
             self.observer.ack_refused(queue, refused)
-            log.warning("%d ack(s) on %s refused: the entries belong to another worker now", refused, queue)
+            log.warning(
+                "%d ack(s) on %s refused: the entries belong to another worker now", refused, queue
+            )
         for c in done:
             self._held.pop((queue, c.entry_id), None)
 
@@ -445,7 +490,9 @@ class Worker:
                     for entry_id in lost:
                         task = self._held.pop((q, entry_id), None)
                         if task is not None and not task.done():
-                            log.warning("lost the lease of %s on %s; cancelling its run", entry_id, q)
+                            log.warning(
+                                "lost the lease of %s on %s; cancelling its run", entry_id, q
+                            )
                             task.cancel()
             except REDIS_ERRORS as exc:
                 log.warning("lease renewal failed: %s", exc)
@@ -463,8 +510,12 @@ class Worker:
                         break
                     entries = await self.consumer.reclaim(q, self.settings.lease_ms, free)
                     if entries:
-                        log.warning("reclaimed %d entr%s on %s from a worker whose lease lapsed",
-                                    len(entries), "y" if len(entries) == 1 else "ies", q)
+                        log.warning(
+                            "reclaimed %d entr%s on %s from a worker whose lease lapsed",
+                            len(entries),
+                            "y" if len(entries) == 1 else "ies",
+                            q,
+                        )
                         self.observer.job_redelivered(q, len(entries))
                         await self._dispatch(entries)
                 ticks += 1
@@ -479,7 +530,7 @@ class Worker:
                 log.warning("reclaim failed: %s", exc)
 
     async def _forget_dead_consumers(self) -> None:
-        """Delete consumers silent for 10 leases that own nothing (never one with pending entries)."""
+        """Delete consumers silent for 10 leases that own nothing (never one with pending)."""
         t = await self.redis.time()
         now = int(t[0]) * 1000 + int(t[1]) // 1000
         for q in self.queues:

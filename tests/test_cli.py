@@ -20,22 +20,37 @@ ROOT = Path(__file__).resolve().parent.parent
 HANDLERS = "tests.helpers.core_tasks"
 
 
-def qrunner(*args: str, redis_url: str | None = None, stdin: bytes | None = None,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def qrunner(
+    *args: str,
+    redis_url: str | None = None,
+    stdin: bytes | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("QRUNNER_")}
     if redis_url:
         base["QRUNNER_REDIS_URL"] = redis_url
     base["QRUNNER_LOG_LEVEL"] = "WARNING"
     base.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "qrunner.cli", *args], cwd=ROOT, env=base, capture_output=True,
-        text=True, timeout=60,
+        [sys.executable, "-m", "qrunner.cli", *args],
+        cwd=ROOT,
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
 def test_enqueue_prints_id_and_status_shows_it(redis_url: str) -> None:
-    out = qrunner("enqueue", "greet", "--payload", '{"name": "ada"}', "--handlers", HANDLERS,
-                  redis_url=redis_url)
+    out = qrunner(
+        "enqueue",
+        "greet",
+        "--payload",
+        '{"name": "ada"}',
+        "--handlers",
+        HANDLERS,
+        redis_url=redis_url,
+    )
     assert out.returncode == 0, out.stderr
     job_id = out.stdout.strip()
     st = qrunner("status", job_id, redis_url=redis_url)
@@ -50,22 +65,38 @@ def test_unknown_task_exits_2_naming_known_tasks(redis_url: str) -> None:
 
 
 def test_invalid_json_exits_2_with_position(redis_url: str) -> None:
-    out = qrunner("enqueue", "greet", "--payload", '{"name": ada}', "--handlers", HANDLERS,
-                  redis_url=redis_url)
+    out = qrunner(
+        "enqueue",
+        "greet",
+        "--payload",
+        '{"name": ada}',
+        "--handlers",
+        HANDLERS,
+        redis_url=redis_url,
+    )
     assert out.returncode == 2
     assert "not valid JSON" in out.stderr and "column" in out.stderr
 
 
 def test_invalid_payload_exits_2_naming_field(redis_url: str) -> None:
-    out = qrunner("enqueue", "greet", "--payload", '{"times": 2}', "--handlers", HANDLERS,
-                  redis_url=redis_url)
+    out = qrunner(
+        "enqueue", "greet", "--payload", '{"times": 2}', "--handlers", HANDLERS, redis_url=redis_url
+    )
     assert out.returncode == 2 and "name: Field required" in out.stderr
 
 
 def test_payload_over_limit_refused(redis_url: str) -> None:
     big = orjson.dumps({"name": "x" * 2000}).decode()
-    out = qrunner("enqueue", "greet", "--payload", big, "--handlers", HANDLERS,
-                  redis_url=redis_url, env={"QRUNNER_MAX_PAYLOAD_BYTES": "1024"})
+    out = qrunner(
+        "enqueue",
+        "greet",
+        "--payload",
+        big,
+        "--handlers",
+        HANDLERS,
+        redis_url=redis_url,
+        env={"QRUNNER_MAX_PAYLOAD_BYTES": "1024"},
+    )
     assert out.returncode == 2 and "over the 1024-byte limit" in out.stderr
 
 
@@ -96,8 +127,9 @@ def test_file_enqueue_with_progress(redis_url: str, tmp_path: Path) -> None:
     assert len(set(out.stdout.split())) == 5000
     assert "5000/5000 enqueued" in out.stderr
     stats = orjson.loads(qrunner("stats", "--json", redis_url=redis_url).stdout)
-    assert {"queue": "default", "depth": 5000} .items() <= {
-        k: v for k, v in stats[0].items() if k in ("queue", "depth")}.items()
+    assert {"queue": "default", "depth": 5000}.items() <= {
+        k: v for k, v in stats[0].items() if k in ("queue", "depth")
+    }.items()
 
 
 def test_status_of_unknown_job_exits_1(redis_url: str) -> None:

@@ -22,8 +22,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.parametrize(
     ("attempt", "base", "cap", "ceiling"),
-    [(1, 1.0, 60, 1.0), (2, 1.0, 60, 2.0), (3, 1.0, 60, 4.0), (7, 1.0, 60, 60.0),
-     (1, 60, 3600, 60), (4, 60, 3600, 480), (200, 1.0, 30, 30.0)],
+    [
+        (1, 1.0, 60, 1.0),
+        (2, 1.0, 60, 2.0),
+        (3, 1.0, 60, 4.0),
+        (7, 1.0, 60, 60.0),
+        (1, 60, 3600, 60),
+        (4, 60, 3600, 480),
+        (200, 1.0, 30, 30.0),
+    ],
 )
 def test_backoff_ceiling(attempt: int, base: float, cap: float, ceiling: float) -> None:
     assert backoff_ceiling_s(attempt, base, cap) == ceiling
@@ -52,8 +59,12 @@ def test_envelope_round_trip_and_history() -> None:
 
 @pytest.mark.parametrize(
     ("raw", "reason"),
-    [(b"{nope", "not JSON"), (b"[1]", "not a JSON object"), (b'{"id": "x"}', "lacks"),
-     (b'{"id":"x","task":"t","queue":"q","payload":[1]}', "payload is not")],
+    [
+        (b"{nope", "not JSON"),
+        (b"[1]", "not a JSON object"),
+        (b'{"id": "x"}', "lacks"),
+        (b'{"id":"x","task":"t","queue":"q","payload":[1]}', "payload is not"),
+    ],
 )
 def test_malformed_envelopes(raw: bytes, reason: str) -> None:
     with pytest.raises(MalformedJob, match=reason):
@@ -97,7 +108,7 @@ def test_classify_table(exc: BaseException, attempt: int, kind: type, delay_ms: 
     out = classify(exc, job, TASK, 1000)
     assert isinstance(out, kind)
     if delay_ms is not None:
-        assert getattr(out, "delay_ms") == delay_ms
+        assert out.delay_ms == delay_ms
 
 
 def test_deferral_does_not_spend_an_attempt() -> None:
@@ -117,7 +128,9 @@ def test_unknown_qrunner_variable_is_an_error() -> None:
 
 
 def test_settings_parse_types_and_reject_bad_values() -> None:
-    s = load_settings({"QRUNNER_CONCURRENCY": "7", "QRUNNER_UVLOOP": "no", "TWILIO_AUTH_TOKEN": "t"})
+    s = load_settings(
+        {"QRUNNER_CONCURRENCY": "7", "QRUNNER_UVLOOP": "no", "TWILIO_AUTH_TOKEN": "t"}
+    )
     assert s.concurrency == 7 and s.uvloop is False and s.twilio_auth_token == "t"
     with pytest.raises(ConfigError, match="QRUNNER_CONCURRENCY='many'"):
         load_settings({"QRUNNER_CONCURRENCY": "many"})
@@ -144,6 +157,7 @@ def test_client_import_pulls_in_no_worker_code() -> None:
         " 'qrunner.http', 'qrunner.metrics', 'qrunner.runner', 'aiohttp', 'prometheus_client'))];"
         "print(','.join(heavy))"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == ""

@@ -34,9 +34,20 @@ def start_worker(redis_url: str, *args: str, lease_ms: int = 1000) -> subprocess
     fd, path = tempfile.mkstemp(prefix="qrunner-worker-", suffix=".log")
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "qrunner.cli", "worker", "--handlers",
-             "tests.helpers.core_tasks", "--no-cron", *args],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=fd,
+            [
+                sys.executable,
+                "-m",
+                "qrunner.cli",
+                "worker",
+                "--handlers",
+                "tests.helpers.core_tasks",
+                "--no-cron",
+                *args,
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=fd,
         )
     finally:
         os.close(fd)
@@ -55,7 +66,9 @@ async def llen(redis: Redis, key: str) -> int:
     return int(await redis.llen(key))  # type: ignore[misc]
 
 
-async def test_kill_9_mid_batch_second_worker_finishes_everything(redis: Redis, redis_url: str) -> None:
+async def test_kill_9_mid_batch_second_worker_finishes_everything(
+    redis: Redis, redis_url: str
+) -> None:
     """Given 60 slow jobs and a worker killed with SIGKILL while it holds a batch, when a second
     worker runs, then every job has run and succeeded, and the re-runs are no more than the
     entries the killed worker had in flight."""
@@ -123,8 +136,12 @@ async def test_redis_restart_under_running_worker_loses_nothing(fresh_redis: Red
             await asyncio.to_thread(fresh_redis.start)
             redis = Redis.from_url(fresh_redis.url)
             client = Client(redis, core_tasks.registry)
-            await wait_for(lambda: _all_done(client, ids), timeout_s=60, interval_s=0.2,
-                           what="every job succeeded after the restart")
+            await wait_for(
+                lambda: _all_done(client, ids),
+                timeout_s=60,
+                interval_s=0.2,
+                what="every job succeeded after the restart",
+            )
             assert proc.poll() is None, "worker must survive a Redis restart"
         finally:
             proc.send_signal(signal.SIGTERM)

@@ -25,8 +25,18 @@ async def test_three_workers_share_a_20_per_second_limit(redis: Redis, redis_url
     deferred job spent a retry attempt."""
     client = Client(redis, limited_tasks.registry)
     ids = await client.enqueue_many([("limited", {}) for _ in range(600)])
-    procs = [start_worker(redis_url, "--handlers", "tests.helpers.limited_tasks", "--queues",
-                          "limited", "--concurrency", "10") for _ in range(3)]
+    procs = [
+        start_worker(
+            redis_url,
+            "--handlers",
+            "tests.helpers.limited_tasks",
+            "--queues",
+            "limited",
+            "--concurrency",
+            "10",
+        )
+        for _ in range(3)
+    ]
     try:
         await wait_for(lambda: redis.llen("grants"), timeout_s=30, what="first grant")  # type: ignore[arg-type]
         t0 = int((await redis.lrange("grants", 0, 0))[0])

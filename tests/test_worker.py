@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 from typing import Any
 
 import orjson
@@ -12,8 +13,7 @@ import pytest
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from qrunner import Client, Context, Permanent, Registry, Retry
-from qrunner import keys
+from qrunner import Client, Context, Permanent, Registry, Retry, keys
 from qrunner.consumer import Consumer
 from qrunner.deadletter import DeadLetters
 from qrunner.worker import Worker
@@ -56,8 +56,14 @@ async def test_priority_order_critical_before_default(redis: Redis) -> None:
     client = Client(redis, core_tasks.registry)
     await client.enqueue_many([("record_default", {}) for _ in range(10)])
     await client.enqueue_many([("record_critical", {}) for _ in range(10)])
-    await Worker(redis, core_tasks.registry, burst=True, settings=FAST, concurrency=1,
-                 queues=["sms_critical", "default"]).run()
+    await Worker(
+        redis,
+        core_tasks.registry,
+        burst=True,
+        settings=FAST,
+        concurrency=1,
+        queues=["sms_critical", "default"],
+    ).run()
     order = [x.decode().split(":")[0] for x in await redis.lrange("log:order", 0, -1)]
     assert order == ["critical"] * 10 + ["default"] * 10
 
@@ -67,8 +73,15 @@ async def test_weighted_reads_let_low_priority_progress(redis: Redis) -> None:
     client = Client(redis, core_tasks.registry)
     await client.enqueue_many([("record_critical", {}) for _ in range(200)])
     await client.enqueue_many([("record_default", {}) for _ in range(200)])
-    await Worker(redis, core_tasks.registry, burst=True, settings=FAST, concurrency=5,
-                 queues=["sms_critical", "default"], weights={"sms_critical": 1, "default": 1}).run()
+    await Worker(
+        redis,
+        core_tasks.registry,
+        burst=True,
+        settings=FAST,
+        concurrency=5,
+        queues=["sms_critical", "default"],
+        weights={"sms_critical": 1, "default": 1},
+    ).run()
     order = [x.decode().split(":")[0] for x in await redis.lrange("log:order", 0, -1)]
     assert "default" in order[:200]
 
@@ -88,7 +101,7 @@ async def test_backoff_spacing_on_redis_clock(redis: Redis) -> None:
     job_id = await client.enqueue("flaky", {})
     await Worker(redis, reg, burst=True, settings=FAST).run()
     assert len(starts) == 4
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     for gap, expected in zip(gaps, [200, 400, 800], strict=True):
         assert expected <= gap < expected + 500, gaps
     st = await client.status(job_id)
@@ -296,8 +309,9 @@ async def test_zombie_late_ack_is_refused(redis: Redis) -> None:
 
     done = [Completion(entry.entry_id, job_id, 1, b"")]
     assert await a.ack("default", done, 60_000) == [False]
-    assert not await a.reschedule(entry, job_id, b"{}", 0, state="retrying", attempt=2,
-                                  status_ttl_ms=60_000)
+    assert not await a.reschedule(
+        entry, job_id, b"{}", 0, state="retrying", attempt=2, status_ttl_ms=60_000
+    )
     assert not await a.deadletter(entry, job_id, b"{}", "x", task="record", status_ttl_ms=60_000)
     assert await redis.xlen(keys.stream("default")) == 1
     assert await a.extend("default", [entry.entry_id]) == [entry.entry_id]

@@ -14,7 +14,9 @@ from qrunner.settings import Settings
 from qrunner.task import Registry
 from qrunner.worker import Worker
 
-FAST = Settings(lease_ms=1000, reclaim_interval_ms=200, promote_interval_ms=20, block_ms=100, grace_s=5)
+FAST = Settings(
+    lease_ms=1000, reclaim_interval_ms=200, promote_interval_ms=20, block_ms=100, grace_s=5
+)
 
 
 class Recorder(Observer):
@@ -40,9 +42,7 @@ class Recorder(Observer):
 
 
 @asynccontextmanager
-async def running_worker(
-    redis: Redis, registry: Registry, **kwargs: Any
-) -> AsyncIterator[Worker]:
+async def running_worker(redis: Redis, registry: Registry, **kwargs: Any) -> AsyncIterator[Worker]:
     """A worker running in the background of the test; stopped (gracefully) on exit."""
     kwargs.setdefault("settings", FAST)
     worker = Worker(redis, registry, **kwargs)

@@ -11,7 +11,10 @@ T = TypeVar("T")
 
 
 async def wait_for(
-    check: Callable[[], Awaitable[T]], *, timeout_s: float = 10.0, interval_s: float = 0.02,
+    check: Callable[[], Awaitable[T]],
+    *,
+    timeout_s: float = 10.0,
+    interval_s: float = 0.02,
     what: str = "condition",
 ) -> T:
     """Poll ``check`` until it returns a truthy value; fail the test after ``timeout_s``."""
