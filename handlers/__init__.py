@@ -6,20 +6,20 @@ from __future__ import annotations
 
 from qrunner import Registry
 
-from .messaging import registry as messaging
-from .outlook import registry as outlook
-from .reports import registry as reports
+from .messaging import registry as _messaging
+from .outlook import registry as _outlook
+from .reports import registry as _reports
 from .state import lifespan
-from .upkeep import registry as upkeep
-from .webhooks import registry as webhooks
+from .upkeep import registry as _upkeep
+from .webhooks import registry as _webhooks
 
 registry: Registry = (
     Registry(requires_database=True)
-    .merge(messaging)
-    .merge(outlook)
-    .merge(reports)
-    .merge(webhooks)
-    .merge(upkeep)
+    .merge(_messaging)
+    .merge(_outlook)
+    .merge(_reports)
+    .merge(_webhooks)
+    .merge(_upkeep)
 )
 registry.lifespan(lifespan)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime
 import socket
 import time
 from typing import Any
@@ -82,7 +83,13 @@ async def _enqueue_mix(client: Client, pool: Any) -> dict[str, str]:
         for i, job_id in enumerate(await enqueue_demo_messages(client, pool)):
             jobs[f"message {i + 1}"] = job_id
     jobs["generate daily outlooks"] = await client.enqueue("generate_daily_outlooks", {})
-    jobs["sales report (csv)"] = await client.enqueue("generate_sales_report", {"format": "csv"})
+    business_id = await pool.fetchval("SELECT id FROM businesses ORDER BY id LIMIT 1")
+    today = datetime.date.today()
+    jobs["sales report (xlsx)"] = await client.enqueue(
+        "generate_sales_report",
+        {"business_id": business_id, "format": "xlsx",
+         "start_date": str(today - datetime.timedelta(days=30)), "end_date": str(today)},
+    )
     jobs["health check"] = await client.enqueue("health_check", {})
     jobs["flaky job (retries)"] = await client.enqueue("demo_flaky", {})
     jobs["broken job (dead letter)"] = await client.enqueue("demo_broken", {})
@@ -131,7 +138,7 @@ async def _report(
         elif st.state == "scheduled":
             extra = "  (deferred: quiet hours or rate limit; it will run later)"
         elif isinstance(st.result, str | dict):
-            extra = f"  -> {redact_text(str(st.result))[:90]}"
+            extra = f"  -> {str(st.result)[:90]}"
         print(f"  {label:<34} {st.task:<34} {st.state:<10} attempts={st.attempt}{extra}")
     print(f"\n== SMS received by the fake Twilio ({len(twilio.messages)})")
     for m in twilio.messages:

@@ -100,6 +100,8 @@ def _setup_logging(settings: Settings) -> None:
     else:
         fmt = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
+    # The twilio SDK logs every request at INFO, headers and account path included.
+    logging.getLogger("twilio").setLevel(max(level, logging.WARNING))
 
 
 def _run(coro: Coroutine[Any, Any, int], settings: Settings) -> int:
