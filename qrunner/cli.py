@@ -284,6 +284,7 @@ async def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
                 for r in rows:
                     jid = r.job.id if r.job else "-"
                     print(f"{r.dlq_id}  {r.queue:<16} {r.task:<32} {jid}  {r.reason}")
+                sys.stdout.flush()
                 print(f"{len(rows)} dead-lettered job(s) shown", file=sys.stderr)
             return 0
         if action == "show":
