@@ -21,6 +21,7 @@ from .errors import (
     Retry,
     UnknownTask,
 )
+from .deadletter import DeadJob, DeadLetters
 from .job import Job
 from .queue import Client, JobSpec, JobStatus, QueueStats
 from .settings import Settings, load_settings
@@ -34,6 +35,8 @@ __all__ = [
     "Client",
     "ConfigError",
     "Context",
+    "DeadJob",
+    "DeadLetters",
     "EnqueueError",
     "InvalidPayload",
     "Job",

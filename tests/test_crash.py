@@ -29,7 +29,7 @@ def start_worker(redis_url: str, *args: str, lease_ms: int = 1000) -> subprocess
         "QRUNNER_RECLAIM_INTERVAL_MS": "200",
         "QRUNNER_PROMOTE_INTERVAL_MS": "20",
         "QRUNNER_BLOCK_MS": "100",
-        "QRUNNER_LOG_LEVEL": "WARNING",
+        "QRUNNER_LOG_LEVEL": "INFO",
     }
     fd, path = tempfile.mkstemp(prefix="qrunner-worker-", suffix=".log")
     try:
@@ -158,3 +158,26 @@ async def _all_done(client: Client, ids: list[str]) -> bool:
         if (await client.status(i)).state != "succeeded":
             return False
     return True
+
+
+async def test_second_signal_exits_at_once(redis: Redis, redis_url: str) -> None:
+    """A second SIGTERM during the grace period exits immediately (130) instead of waiting for a
+    30-second job; the job's entry stays pending for another worker."""
+    client = Client(redis, core_tasks.registry)
+    await client.enqueue("slow", {"seconds": 30})
+    proc = start_worker(redis_url, "--queues", "crash")
+    try:
+        await wait_for(lambda: _at_least(redis, "started", 1), timeout_s=30, what="job started")
+        proc.send_signal(signal.SIGTERM)
+        await wait_for(lambda: _logged(proc, "finishing in-flight jobs"), what="first signal seen")
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(proc.wait, 10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr_of(proc)
+    assert (await redis.xpending(keys.stream("crash"), keys.GROUP))["pending"] == 1
+
+
+async def _logged(proc: subprocess.Popen[bytes], text: str) -> bool:
+    return text in LOGS[proc.pid].read_text(errors="replace")
