@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .deadletter import DeadJob, DeadLetters
 from .errors import (
     BackendUnavailable,
     ConfigError,
@@ -21,7 +22,6 @@ from .errors import (
     Retry,
     UnknownTask,
 )
-from .deadletter import DeadJob, DeadLetters
 from .job import Job
 from .queue import Client, JobSpec, JobStatus, QueueStats
 from .settings import Settings, load_settings
