@@ -7,7 +7,6 @@ is notified only once their local morning has come.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -16,88 +15,38 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from handlers.outlook import registry as outlook_registry
 from handlers.outlook.content import Bill, build_outlook
 from handlers.outlook.timing import is_due, outlook_date_for, resolve_zone
-from handlers.state import HandlerState
-from qrunner import Client, Context, Registry, Settings, Worker
-from qrunner.db import create_pool
-from qrunner.migrate import migrate
+from qrunner import Context
+from tests.handler_fixtures import EmailIn, HandlerEnv, SmsIn, handler_stack, standin_registry
 
 pytestmark = pytest.mark.timeout(60)
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 NOW = datetime(2024, 3, 5, 5, 0, tzinfo=UTC)  # a Tuesday, 05:00 UTC: the generation slot
 
 
 @dataclass
-class Env:
-    db: asyncpg.Pool
-    redis: Redis
-    registry: Registry
-    client: Client
-    state: HandlerState
+class Env(HandlerEnv):
     sent: list[tuple[str, dict[str, Any], str | None]] = field(default_factory=list)
-
-    async def run(self, task: str, payload: dict[str, Any]) -> Any:
-        """Enqueue ``task`` and run a burst worker until every queue is empty; its result."""
-        job_id = await self.client.enqueue(task, payload)
-        worker = Worker(
-            self.redis,
-            self.registry,
-            burst=True,
-            concurrency=4,
-            settings=self.state.settings,
-            state=self.state,
-        )
-        await asyncio.wait_for(worker.run(), 30)
-        status = await self.client.status(job_id)
-        assert status.state == "succeeded", status
-        return status.result
-
-
-class EmailIn(BaseModel):
-    """The agreed payload of messaging's ``send_email``; like it, refuses unknown fields."""
-
-    model_config = ConfigDict(extra="forbid")
-    user_id: int
-    subject: str
-    body: str
-    template: str = "message"
-
-
-class SmsIn(BaseModel):
-    """The agreed payload of messaging's ``send_sms``."""
-
-    model_config = ConfigDict(extra="forbid")
-    user_id: int
-    body: str
-    template: str = "message"
 
 
 @pytest.fixture
 async def env(database_url: str, redis: Redis, tmp_path: Path) -> AsyncIterator[Env]:
-    await migrate(database_url, MIGRATIONS)
-    pool = await create_pool(database_url, max_size=4)
-    standins = Registry()
     e: Env
-    for name, model in (("send_email", EmailIn), ("send_sms", SmsIn)):
 
-        async def record(ctx: Context[Any], payload: BaseModel, name: str = name) -> None:
-            e.sent.append((name, payload.model_dump(), ctx.job.key))
+    async def record(name: str, ctx: Context[Any], payload: BaseModel) -> None:
+        e.sent.append((name, payload.model_dump(), ctx.job.key))
 
-        standins.task(name, queue="email_education", payload=model)(record)
-    registry = outlook_registry.merge(standins)
-    settings = Settings(state_dir=tmp_path, block_ms=100, promote_interval_ms=20)
-    client = Client(redis, registry)
-    e = Env(pool, redis, registry, client, HandlerState(settings, pool, redis, client, None, None))
-    try:
+    standins = standin_registry(
+        "email_education", {"send_email": EmailIn, "send_sms": SmsIn}, record
+    )
+    async with handler_stack(database_url, redis, tmp_path, outlook_registry, standins) as stack:
+        e = Env(*stack)
         yield e
-    finally:
-        await pool.close()
 
 
 async def add_user(

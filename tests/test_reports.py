@@ -7,7 +7,6 @@ alerts go out once per product (or business) per day however often the checks ru
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import re
 import zipfile
@@ -19,75 +18,34 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from handlers.reports import registry as reports_registry
-from handlers.state import HandlerState
-from qrunner import Client, Context, Registry, Settings, Worker
-from qrunner.db import create_pool
-from qrunner.migrate import migrate
+from qrunner import Context
+from tests.handler_fixtures import EmailIn, HandlerEnv, handler_stack, standin_registry
 
 pytestmark = pytest.mark.timeout(60)
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 NOW = datetime(2024, 3, 11, 6, 0, tzinfo=UTC)  # Monday 06:00 UTC: the weekly report slot
 
 
 @dataclass
-class Env:
-    db: asyncpg.Pool
-    redis: Redis
-    registry: Registry
-    client: Client
-    state: HandlerState
+class Env(HandlerEnv):
     sent: list[tuple[dict[str, Any], str | None]] = field(default_factory=list)
-
-    async def run(self, task: str, payload: dict[str, Any], expect: str = "succeeded") -> Any:
-        job_id = await self.client.enqueue(task, payload)
-        worker = Worker(
-            self.redis,
-            self.registry,
-            burst=True,
-            concurrency=4,
-            settings=self.state.settings,
-            state=self.state,
-        )
-        await asyncio.wait_for(worker.run(), 30)
-        status = await self.client.status(job_id)
-        assert status.state == expect, status
-        return status.result
-
-
-class EmailIn(BaseModel):
-    """The agreed payload of messaging's ``send_email``; like it, refuses unknown fields."""
-
-    model_config = ConfigDict(extra="forbid")
-    user_id: int
-    subject: str
-    body: str
-    template: str = "message"
 
 
 @pytest.fixture
 async def env(database_url: str, redis: Redis, tmp_path: Path) -> AsyncIterator[Env]:
-    await migrate(database_url, MIGRATIONS)
-    pool = await create_pool(database_url, max_size=4)
-    standins = Registry()
     e: Env
 
-    @standins.task("send_email", queue="email_reports", payload=EmailIn)
-    async def send_email(ctx: Context[Any], payload: EmailIn) -> None:
+    async def record(name: str, ctx: Context[Any], payload: BaseModel) -> None:
         e.sent.append((payload.model_dump(), ctx.job.key))
 
-    registry = reports_registry.merge(standins)
-    settings = Settings(state_dir=tmp_path, block_ms=100, promote_interval_ms=20)
-    client = Client(redis, registry)
-    e = Env(pool, redis, registry, client, HandlerState(settings, pool, redis, client, None, None))
-    try:
+    standins = standin_registry("email_reports", {"send_email": EmailIn}, record)
+    async with handler_stack(database_url, redis, tmp_path, reports_registry, standins) as stack:
+        e = Env(*stack)
         yield e
-    finally:
-        await pool.close()
 
 
 async def add_business(

@@ -7,7 +7,6 @@ only old messages are deleted, and only transient failures are re-driven, once.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -19,48 +18,22 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
 
-from handlers.state import HandlerState
 from handlers.upkeep import registry as upkeep_registry
 from handlers.upkeep.monitoring import delivery_rates, depth_alerts
 from handlers.upkeep.redrive import is_transient
-from qrunner import Client, Context, Permanent, Registry, Settings, Worker
-from qrunner.db import create_pool
-from qrunner.migrate import migrate
+from qrunner import Context, Permanent
+from tests.handler_fixtures import HandlerEnv, SmsIn, handler_stack, standin_registry
 
 pytestmark = pytest.mark.timeout(60)
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 NOW = datetime(2024, 3, 5, 10, 0, tzinfo=UTC)
 
 
 @dataclass
-class Env:
-    db: asyncpg.Pool
-    redis: Redis
-    registry: Registry
-    client: Client
-    state: HandlerState
+class Env(HandlerEnv):
     calls: list[tuple[str, dict[str, Any], str]] = field(default_factory=list)
     #: Job ids whose stand-in send fails (permanently) on its first run.
     fail_first: set[str] = field(default_factory=set)
-
-    async def run(self, task: str, payload: dict[str, Any]) -> Any:
-        job_id = await self.client.enqueue(task, payload)
-        await self.drain()
-        status = await self.client.status(job_id)
-        assert status.state == "succeeded", status
-        return status.result
-
-    async def drain(self) -> None:
-        worker = Worker(
-            self.redis,
-            self.registry,
-            burst=True,
-            concurrency=4,
-            settings=self.state.settings,
-            state=self.state,
-        )
-        await asyncio.wait_for(worker.run(), 30)
 
 
 class ReminderIn(BaseModel):
@@ -72,38 +45,25 @@ class ReminderIn(BaseModel):
     window: str = "24h"
 
 
-class SmsIn(BaseModel):
-    """The agreed payload of messaging's ``send_sms``."""
-
-    model_config = ConfigDict(extra="forbid")
-    user_id: int
-    body: str
-    template: str = "message"
-
-
 @pytest.fixture
 async def env(database_url: str, redis: Redis, tmp_path: Path) -> AsyncIterator[Env]:
-    await migrate(database_url, MIGRATIONS)
-    pool = await create_pool(database_url, max_size=4)
-    standins = Registry()
     e: Env
-    for name, model in (("send_meeting_reminder", ReminderIn), ("send_sms", SmsIn)):
 
-        async def record(ctx: Context[Any], payload: BaseModel, name: str = name) -> None:
-            e.calls.append((name, payload.model_dump(), ctx.job.key or ctx.job_id))
-            if ctx.job_id in e.fail_first:
-                e.fail_first.discard(ctx.job_id)
-                raise Permanent("stand-in provider failure")
+    async def record(name: str, ctx: Context[Any], payload: BaseModel) -> None:
+        e.calls.append((name, payload.model_dump(), ctx.job.key or ctx.job_id))
+        if ctx.job_id in e.fail_first:
+            e.fail_first.discard(ctx.job_id)
+            raise Permanent("stand-in provider failure")
 
-        standins.task(name, queue="sms_daily", max_retries=0, payload=model)(record)
-    registry = upkeep_registry.merge(standins)
-    settings = Settings(state_dir=tmp_path, block_ms=100, promote_interval_ms=20)
-    client = Client(redis, registry)
-    e = Env(pool, redis, registry, client, HandlerState(settings, pool, redis, client, None, None))
-    try:
+    standins = standin_registry(
+        "sms_daily",
+        {"send_meeting_reminder": ReminderIn, "send_sms": SmsIn},
+        record,
+        max_retries=0,
+    )
+    async with handler_stack(database_url, redis, tmp_path, upkeep_registry, standins) as stack:
+        e = Env(*stack)
         yield e
-    finally:
-        await pool.close()
 
 
 async def add_user(db: asyncpg.Pool, name: str) -> int:

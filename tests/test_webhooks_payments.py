@@ -7,7 +7,6 @@ each payment changes state once, however often it is delivered.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -22,41 +21,22 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
 
-from handlers.state import HandlerState
 from handlers.webhooks import registry as webhooks_registry
 from handlers.webhooks.signature import SIGNATURE_HEADER, parse_event, sign, verify
-from qrunner import Client, Context, Registry, Settings, Worker
-from qrunner.db import create_pool
+from qrunner import Context
 from qrunner.http import build_app
 from qrunner.metrics import Metrics
-from qrunner.migrate import migrate
+from tests.handler_fixtures import HandlerEnv, handler_stack, standin_registry
 
 pytestmark = pytest.mark.timeout(60)
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 SECRET = "whsec-test-secret"
 
 
 @dataclass
-class Env:
-    db: asyncpg.Pool
-    redis: Redis
-    registry: Registry
-    client: Client
-    state: HandlerState
+class Env(HandlerEnv):
     http: TestClient[web.Request, web.Application]
     sent: list[tuple[dict[str, Any], str | None]] = field(default_factory=list)
-
-    async def drain(self) -> None:
-        worker = Worker(
-            self.redis,
-            self.registry,
-            burst=True,
-            concurrency=4,
-            settings=self.state.settings,
-            state=self.state,
-        )
-        await asyncio.wait_for(worker.run(), 30)
 
     async def post(
         self, event: dict[str, Any], *, signature: str | None = "good", provider: str = "paystack"
@@ -80,43 +60,34 @@ class ConfirmationIn(BaseModel):
 
 @pytest.fixture
 async def env(database_url: str, redis: Redis, tmp_path: Path) -> AsyncIterator[Env]:
-    await migrate(database_url, MIGRATIONS)
-    pool = await create_pool(database_url, max_size=4)
-    standins = Registry()
     e: Env
 
-    @standins.task(
-        "send_credit_purchase_confirmation", queue="email_reports", payload=ConfirmationIn
-    )
-    async def confirm(ctx: Context[Any], payload: ConfirmationIn) -> None:
+    async def record(name: str, ctx: Context[Any], payload: BaseModel) -> None:
         e.sent.append((payload.model_dump(), ctx.job.key))
 
-    registry = webhooks_registry.merge(standins)
-    settings = Settings(
-        state_dir=tmp_path, block_ms=100, promote_interval_ms=20, signing_secret=SECRET
+    standins = standin_registry(
+        "email_reports", {"send_credit_purchase_confirmation": ConfirmationIn}, record
     )
-    client = Client(redis, registry)
-    state = HandlerState(settings, pool, redis, client, None, None)
+    async with handler_stack(
+        database_url, redis, tmp_path, webhooks_registry, standins, signing_secret=SECRET
+    ) as stack:
 
-    def install(app: web.Application) -> None:
-        for setup in registry.http_setups:
-            setup(app, state)
+        def install(app: web.Application) -> None:
+            for setup in stack.registry.http_setups:
+                setup(app, stack.state)
 
-    # The real endpoint with a bearer token: /hooks/ must still be reachable without one.
-    app = build_app(
-        client=client,
-        metrics=Metrics(),
-        redis=redis,
-        token="operator-token",
-        setups=[install],
-        public_prefixes=("/hooks/",),
-    )
-    async with TestClient(TestServer(app)) as http:
-        e = Env(pool, redis, registry, client, state, http)
-        try:
+        # The real endpoint with a bearer token: /hooks/ must still be reachable without one.
+        app = build_app(
+            client=stack.client,
+            metrics=Metrics(),
+            redis=redis,
+            token="operator-token",
+            setups=[install],
+            public_prefixes=("/hooks/",),
+        )
+        async with TestClient(TestServer(app)) as http:
+            e = Env(*stack, http)
             yield e
-        finally:
-            await pool.close()
 
 
 async def seed_purchase(db: asyncpg.Pool, reference: str = "PAY-1") -> tuple[int, int]:
