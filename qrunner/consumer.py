@@ -122,11 +122,15 @@ class Consumer:
         return parse_read(reply)
 
     async def ack(self, queue: str, done: Sequence[Completion], result_ttl_ms: int) -> list[bool]:
-        ks = [keys.stream(queue), *(keys.job(queue, c.job_id) for c in done)]
-        argv: list[Any] = [keys.GROUP, self.name, "", result_ttl_ms]
-        for c in done:
-            argv.extend((c.entry_id, c.attempt, c.result))
-        res = await self._ack(self.redis, ks, argv)
+        packed = b"\n".join(
+            b"%s\t%s\t%d\t%s" % (c.entry_id.encode(), c.job_id.encode(), c.attempt, c.result)
+            for c in done
+        )
+        res = await self._ack(
+            self.redis,
+            [keys.stream(queue)],
+            [keys.GROUP, self.name, "", result_ttl_ms, keys.job_prefix(queue), packed],
+        )
         return [bool(int(x)) for x in res]
 
     async def reschedule(
@@ -203,9 +207,15 @@ class Consumer:
         )
         return int(moved), int(next_due)
 
-    async def mark_running(self, status_keys: Sequence[str], now_ms: int, ttl_ms: int) -> None:
-        if status_keys:
-            await self._mark_running(self.redis, list(status_keys), [now_ms, ttl_ms])
+    async def mark_running(
+        self, queue: str, job_ids: Sequence[str], now_ms: int, ttl_ms: int
+    ) -> None:
+        if job_ids:
+            await self._mark_running(
+                self.redis,
+                [keys.stream(queue)],
+                [now_ms, ttl_ms, keys.job_prefix(queue), "\n".join(job_ids)],
+            )
 
     async def release(self, queue: str, consumer: str) -> bool:
         """Delete a consumer that owns nothing; a consumer with pending entries is kept."""

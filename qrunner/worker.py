@@ -277,16 +277,16 @@ class Worker:
         return not self._held and not any(counts)
 
     async def _dispatch(self, entries: list[Entry]) -> None:
-        status_keys = []
+        started: dict[str, list[str]] = {}
         for e in entries:
             e.decoded = self.runner.decode(e)
             if isinstance(e.decoded, Job):
-                status_keys.append(keys.job(e.queue, e.decoded.id))
-        if status_keys and self.settings.status_ttl_s > 0:
+                started.setdefault(e.queue, []).append(e.decoded.id)
+        if started and self.settings.status_ttl_s > 0:
+            now = int(time.time() * 1000)
             try:
-                await self.consumer.mark_running(
-                    status_keys, int(time.time() * 1000), self.status_ttl_ms
-                )
+                for queue, job_ids in started.items():
+                    await self.consumer.mark_running(queue, job_ids, now, self.status_ttl_ms)
             except REDIS_ERRORS as exc:
                 log.warning("worker %s: could not record running state: %s", self.name, exc)
         for entry in entries:

@@ -3,14 +3,21 @@
 An entry whose pending owner is not this consumer (its lease lapsed and another worker claimed
 it) is refused and left untouched: a zombie's late ack must not remove another worker's claim.
 
-KEYS[1]        stream   qr:{q}:stream
-KEYS[1+i]      status hash of entry i   qr:{q}:job:<id>
-ARGV[1]        consumer group
-ARGV[2]        consumer name
-ARGV[3]        now_ms, or "" to read the Redis clock (TIME)
-ARGV[4]        result TTL in ms (status records of finished jobs)
-ARGV[5..]      per entry, 3 values: stream entry id, attempt, result JSON ("" = none)
-Returns        array of 1 (acked) / 0 (refused: not owned by this consumer) per entry
+The batch travels as one packed argument rather than 4 arguments per job: building a Redis
+command costs the client per argument, and this call is on the hot path. Status keys are built
+from the queue's key prefix inside the script; they share the stream's hash tag, so they live in
+the same cluster slot.
+
+KEYS[1]   stream   qr:{q}:stream
+ARGV[1]   consumer group
+ARGV[2]   consumer name
+ARGV[3]   now_ms, or "" to read the Redis clock (TIME)
+ARGV[4]   result TTL in ms (status records of finished jobs)
+ARGV[5]   status key prefix   qr:{q}:job:
+ARGV[6]   the batch: one record per entry, records separated by "\n", fields by "\t":
+          stream entry id, job id, attempt, result JSON (may be empty). JSON never contains a
+          raw newline or tab, so the separators are unambiguous.
+Returns   array of 1 (acked) / 0 (refused: not owned by this consumer) per record
 ]]
 local now
 if ARGV[3] ~= '' then
@@ -19,21 +26,19 @@ else
   local t = redis.call('TIME')
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local group, consumer, ttl = ARGV[1], ARGV[2], tonumber(ARGV[4])
+local stream, group, consumer, ttl, prefix = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[4]), ARGV[5]
 local out = {}
-local n = (#ARGV - 4) / 3
-for i = 0, n - 1 do
-  local a = 5 + i * 3
-  local id = ARGV[a]
-  local pend = redis.call('XPENDING', KEYS[1], group, id, id, 1)
+for record in string.gmatch(ARGV[6], '[^\n]+') do
+  local id, job_id, attempt, result = string.match(record, '^([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$')
+  local pend = redis.call('XPENDING', stream, group, id, id, 1)
   if #pend == 1 and pend[1][2] == consumer then
-    redis.call('XACK', KEYS[1], group, id)
-    redis.call('XDEL', KEYS[1], id)
-    local sk = KEYS[2 + i]
-    if ARGV[a + 2] ~= '' then
-      redis.call('HSET', sk, 'state', 'succeeded', 'attempt', ARGV[a + 1], 'finished_ms', now, 'result', ARGV[a + 2])
+    redis.call('XACK', stream, group, id)
+    redis.call('XDEL', stream, id)
+    local sk = prefix .. job_id
+    if result ~= '' then
+      redis.call('HSET', sk, 'state', 'succeeded', 'attempt', attempt, 'finished_ms', now, 'result', result)
     else
-      redis.call('HSET', sk, 'state', 'succeeded', 'attempt', ARGV[a + 1], 'finished_ms', now)
+      redis.call('HSET', sk, 'state', 'succeeded', 'attempt', attempt, 'finished_ms', now)
     end
     redis.call('PEXPIRE', sk, ttl)
     out[#out + 1] = 1
