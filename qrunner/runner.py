@@ -57,6 +57,12 @@ class Runner:
         self.registry = registry
         self.make_context = make_context
         self.gate = gate
+        self._expired: set[asyncio.Task[Any]] = set()
+
+    def _expire(self, task: asyncio.Task[Any]) -> None:
+        if not task.done():
+            self._expired.add(task)
+            task.cancel()
 
     def decode(self, entry: Entry) -> Job | DeadLettered:
         if entry.body is None:
@@ -86,14 +92,21 @@ class Runner:
             if wait_s > 0:
                 return Deferred(int(wait_s * 1000) + 1, job, "rate limited", bucket)
         ctx = self.make_context(job, entry.deliveries)
+        me = asyncio.current_task()
+        timer = None
+        if task.timeout_s is not None and me is not None:
+            # One timer handle per job instead of asyncio.timeout(): the same effect at a
+            # fraction of the cost on the hot path.
+            timer = asyncio.get_running_loop().call_later(task.timeout_s, self._expire, me)
         try:
-            if task.timeout_s is not None:
-                async with asyncio.timeout(task.timeout_s):
-                    value = await task.fn(ctx, arg)
-            else:
-                value = await task.fn(ctx, arg)
+            value = await task.fn(ctx, arg)
         except asyncio.CancelledError:
-            raise
+            if me is None or me not in self._expired:
+                raise
+            self._expired.discard(me)
+            me.uncancel()
+            timed_out = TimeoutError(f"timed out after {task.timeout_s:g}s")
+            return classify(timed_out, job, task, now_ms())
         except Exception as exc:
             outcome = classify(exc, job, task, now_ms())
             if (
@@ -106,4 +119,8 @@ class Runner:
                 # RateLimited without a bucket (quiet hours for one user) defers only this job.
                 await self.gate.throttle(task, arg, None, exc.retry_after_s)
             return outcome
+        finally:
+            if timer is not None:
+                timer.cancel()
+                self._expired.discard(me)
         return Succeeded(_encode_result(value))
