@@ -1,0 +1,234 @@
+"""What a run measures: sizes for quick and full mode, and the ordered list of steps.
+
+A step is one adapter command run once, in its own process, against a freshly emptied Redis.
+Repeats are the outer loop, so slow drift on a shared machine spreads over every peer instead
+of landing on whichever peer happened to run last.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+#: Every peer the suite knows, in report order. ``raw`` is the redis-py ceiling, not a runtime.
+PEERS = ("qrunner", "raw", "celery", "arq", "saq", "dramatiq", "taskiq", "rq", "huey")
+
+#: Venv each peer's adapter runs in (``raw`` shares the harness venv's redis-py).
+VENV = {peer: peer for peer in PEERS} | {"raw": "harness"}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    repeats: int
+    enqueue_single_n: int
+    enqueue_bulk_n: int
+    process_n: int
+    memory_n: int
+    latency_s: float
+    rate: float
+    process_cap_s: float
+    latency_cap_s: float
+    #: Backlogs, delayed-set size and concurrencies of the scaling section.
+    backlogs: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    delayed_n: int = 1_000_000
+    concurrencies: tuple[int, ...] = (1, 10, 100, 1000)
+
+
+QUICK = Sizes(
+    repeats=1,
+    enqueue_single_n=2000,
+    enqueue_bulk_n=10_000,
+    process_n=2000,
+    memory_n=5000,
+    latency_s=1.0,
+    rate=500,
+    process_cap_s=5,
+    latency_cap_s=4,
+    backlogs=(1000, 10_000, 100_000),
+    delayed_n=100_000,
+    concurrencies=(1, 10, 100, 1000),
+)
+FULL = Sizes(
+    repeats=3,
+    enqueue_single_n=10_000,
+    enqueue_bulk_n=20_000,
+    process_n=20_000,
+    memory_n=10_000,
+    latency_s=5,
+    rate=500,
+    process_cap_s=60,
+    latency_cap_s=30,
+)
+
+
+@dataclass(frozen=True)
+class Step:
+    peer: str
+    #: Worker variant, or None for measurements that do not start a worker.
+    variant: str | None
+    #: Result key, e.g. ``enqueue_single`` or ``scaling.backlog.100000``.
+    metric: str
+    args: tuple[str, ...]
+    #: Seconds before the orchestrator kills the adapter (its own cap is shorter).
+    timeout_s: float
+    rep: int = 0
+    section: str = "main"
+    label: str = field(default="", compare=False)
+
+
+def _prefill_s(n: int) -> float:
+    """Generous time to enqueue a backlog of n with the slowest peer (about 1,500 jobs/s)."""
+    return 30 + n / 1000
+
+
+def main_steps(sizes: Sizes, peers: dict[str, list[str]]) -> list[Step]:
+    """peers: name -> worker variants, as the adapters' ``info`` reported them."""
+    steps: list[Step] = []
+    for rep in range(sizes.repeats):
+        for peer, variants in peers.items():
+            steps += [
+                Step(
+                    peer,
+                    None,
+                    "enqueue_single",
+                    ("enqueue-single", str(sizes.enqueue_single_n)),
+                    120 + sizes.enqueue_single_n / 200,
+                    rep,
+                ),
+                Step(
+                    peer,
+                    None,
+                    "enqueue_bulk",
+                    ("enqueue-bulk", str(sizes.enqueue_bulk_n)),
+                    120 + sizes.enqueue_bulk_n / 500,
+                    rep,
+                ),
+                Step(
+                    peer,
+                    None,
+                    "memory",
+                    ("memory", str(sizes.memory_n)),
+                    _prefill_s(sizes.memory_n),
+                    rep,
+                ),
+            ]
+            for variant in variants:
+                for body in ("noop", "redis"):
+                    steps.append(
+                        _process(
+                            peer,
+                            variant,
+                            f"process_{body}",
+                            sizes.process_n,
+                            body,
+                            sizes.process_cap_s,
+                            rep,
+                        )
+                    )
+                steps.append(
+                    Step(
+                        peer,
+                        variant,
+                        "latency",
+                        (
+                            "latency",
+                            "--rate",
+                            str(sizes.rate),
+                            "--seconds",
+                            str(sizes.latency_s),
+                            "--variant",
+                            variant,
+                            "--cap",
+                            str(sizes.latency_cap_s),
+                        ),
+                        sizes.latency_s + 2 * sizes.latency_cap_s + 60,
+                        rep,
+                    )
+                )
+    return [replace(s, label=_label(s, sizes.repeats)) for s in steps]
+
+
+def _process(
+    peer: str,
+    variant: str,
+    metric: str,
+    n: int,
+    body: str,
+    cap_s: float,
+    rep: int,
+    extra: tuple[str, ...] = (),
+    section: str = "main",
+) -> Step:
+    args = ("process", str(n), "--body", body, "--variant", variant, "--cap", str(cap_s), *extra)
+    return Step(peer, variant, metric, args, cap_s + _prefill_s(n), rep, section)
+
+
+def scaling_steps(sizes: Sizes, peers: dict[str, list[str]]) -> list[Step]:
+    """qrunner across backlog, delayed-set size, concurrency and processes; peers at 2 processes."""
+    steps: list[Step] = []
+    if "qrunner" in peers:
+        q = peers["qrunner"][0]
+        for n in sizes.backlogs:
+            cap = max(sizes.process_cap_s, n / 1000)
+            steps.append(
+                _process("qrunner", q, f"scaling.backlog.{n}", n, "noop", cap, 0, section="scaling")
+            )
+            steps.append(
+                Step(
+                    "qrunner",
+                    None,
+                    f"scaling.memory.{n}",
+                    ("memory", str(n)),
+                    _prefill_s(n),
+                    0,
+                    "scaling",
+                )
+            )
+        cap = max(sizes.process_cap_s, sizes.delayed_n / 1000)
+        steps.append(
+            Step(
+                "qrunner",
+                q,
+                f"scaling.delayed.{sizes.delayed_n}",
+                ("delayed", str(sizes.delayed_n), "--cap", str(cap)),
+                cap + _prefill_s(sizes.delayed_n),
+                0,
+                "scaling",
+            )
+        )
+        for c in sizes.concurrencies:
+            for body in ("noop", "redis"):
+                steps.append(
+                    _process(
+                        "qrunner",
+                        q,
+                        f"scaling.concurrency.{c}.{body}",
+                        sizes.process_n,
+                        body,
+                        sizes.process_cap_s * 4,
+                        0,
+                        ("--concurrency", str(c)),
+                        "scaling",
+                    )
+                )
+    for peer, variants in peers.items():
+        for body in ("noop", "redis"):
+            steps.append(
+                _process(
+                    peer,
+                    variants[0],
+                    f"scaling.workers2.{body}",
+                    sizes.process_n,
+                    body,
+                    sizes.process_cap_s,
+                    0,
+                    ("--workers", "2"),
+                    "scaling",
+                )
+            )
+    return [replace(s, label=_label(s, 1)) for s in steps]
+
+
+def _label(s: Step, repeats: int) -> str:
+    who = s.peer if s.variant is None else f"{s.peer}/{s.variant}"
+    rep = f" ({s.rep + 1}/{repeats})" if repeats > 1 else ""
+    return f"{who} {s.metric}{rep}"
