@@ -32,6 +32,8 @@ class Entry:
     #: The decoded envelope (a Job) or the reason it could not be decoded, filled in once by
     #: the worker so the body is parsed a single time.
     decoded: Any = None
+    #: True when the read already recorded the job's running state.
+    marked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +83,7 @@ class Consumer:
     _release = Script("release_consumer")
     _promote = Script("promote")
     _mark_running = Script("mark_running")
+    _fetch = Script("fetch")
 
     def __init__(self, redis: Redis, name: str, queues: Sequence[str]) -> None:
         self.redis = redis
@@ -97,17 +100,24 @@ class Consumer:
             raise
         return True
 
-    async def read_available(self, queues: Sequence[str], count: int) -> list[Entry]:
-        """Non-blocking read in the given order until ``count`` entries are held."""
+    async def read_available(
+        self, queues: Sequence[str], count: int, *, now_ms: int = 0, status_ttl_ms: int = 0
+    ) -> list[Entry]:
+        """Non-blocking read in the given order until ``count`` entries are held; with a
+        status TTL the jobs are marked running in the same round trip."""
         got: list[Entry] = []
         for q in queues:
             want = count - len(got)
             if want <= 0:
                 break
-            reply = await self.redis.xreadgroup(
-                keys.GROUP, self.name, {keys.stream(q): ">"}, count=want
+            flat = await self._fetch(
+                self.redis,
+                [keys.stream(q)],
+                [keys.GROUP, self.name, want, now_ms, status_ttl_ms, keys.job_prefix(q)],
             )
-            got.extend(parse_read(reply))
+            for i in range(0, len(flat), 2):
+                body = flat[i + 1]
+                got.append(Entry(q, _s(flat[i]), body if body else None, marked=True))
         return got
 
     async def read_blocking(self, queues: Sequence[str], count: int, block_ms: int) -> list[Entry]:

@@ -194,7 +194,12 @@ class Worker:
                 await self._wait_any(self._slot_free)
                 continue
             try:
-                entries = await self.consumer.read_available(self._read_order(), free)
+                entries = await self.consumer.read_available(
+                    self._read_order(),
+                    free,
+                    now_ms=int(time.time() * 1000),
+                    status_ttl_ms=self.status_ttl_ms if self.settings.status_ttl_s > 0 else 0,
+                )
                 if not entries:
                     if self.burst and await self._drained():
                         log.info("worker %s: burst mode and nothing left; stopping", self.name)
@@ -280,7 +285,7 @@ class Worker:
         started: dict[str, list[str]] = {}
         for e in entries:
             e.decoded = self.runner.decode(e)
-            if isinstance(e.decoded, Job):
+            if isinstance(e.decoded, Job) and not e.marked:
                 started.setdefault(e.queue, []).append(e.decoded.id)
         if started and self.settings.status_ttl_s > 0:
             now = int(time.time() * 1000)
