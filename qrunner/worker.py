@@ -97,6 +97,7 @@ class Worker:
         self._reading_stopped = asyncio.Event()
         self._stop = asyncio.Event()
         self._closing = asyncio.Event()
+        self._debug = log.isEnabledFor(logging.DEBUG)
         self.processed = 0
 
     # -- wiring -----------------------------------------------------------------------------
@@ -321,7 +322,8 @@ class Worker:
                 task_name = job.task
                 wait_ms = int(time.time() * 1000) - job.enqueued_ms if job.enqueued_ms else None
                 self.observer.job_started(task_name, entry.queue, wait_ms)
-                log.debug("started %s %s attempt %d", task_name, job.id, job.attempt)
+                if self._debug:
+                    log.debug("started %s %s attempt %d", task_name, job.id, job.attempt)
                 outcome = await self.runner.run(entry, job)
         finally:
             self._active -= 1
@@ -336,7 +338,8 @@ class Worker:
             self._done_event.set()
             self.observer.job_finished(task_name, entry.queue, "succeeded", duration)
             self.processed += 1
-            log.debug("succeeded %s %s in %.3fs", task_name, job.id, duration)
+            if self._debug:
+                log.debug("succeeded %s %s in %.3fs", task_name, job.id, duration)
             return
         await asyncio.shield(self._apply(entry, job, task_name, outcome, duration))
 
