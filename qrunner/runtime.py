@@ -46,14 +46,15 @@ def database_url(settings: Settings) -> str:
     return ensure_postgres(settings.state_dir)
 
 
-async def connect_redis(url: str, *, check: bool = True, max_connections: int = 1000) -> Redis:
+async def connect_redis(url: str, *, check: bool = True, max_connections: int = 10_000) -> Redis:
     """A client that retries dropped connections with backoff and fails fast (host:port) when
     the server is not there at start.
 
     The pool is a plain one with a generous cap rather than a blocking pool: a blocking pool
     adds a lock and a timeout to every command, which on the job hot path cost more than the
-    job body. Size ``max_connections`` above the worker's concurrency times the commands a
-    handler runs at once.
+    job body. Connections are opened on demand; the cap (Redis' own default ``maxclients``)
+    only makes a runaway fail loudly. At concurrency 1000 a cap of 1000 was too low: handlers'
+    commands and the worker's own shared the pool, and a few jobs failed for want of one.
     """
     client: Redis = aioredis.from_url(
         url,

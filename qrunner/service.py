@@ -119,7 +119,12 @@ async def serve(opts: WorkerOptions, settings: Settings, stop: asyncio.Event | N
                 weights=opts.weights,
                 extra_loops=loops,
             )
-            await worker.run(stop)
+            try:
+                await worker.run(stop)
+            except BaseExceptionGroup as group:
+                # A loop that failed for good (e.g. the metrics port is taken) stops the worker;
+                # report its own error rather than the group wrapping it.
+                raise group.exceptions[0] from None
     finally:
         await redis.aclose()
     return 0

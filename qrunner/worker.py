@@ -126,13 +126,12 @@ class Worker:
             self.concurrency,
             " burst" if self.burst else "",
         )
-        background: list[asyncio.Task[None]] = []
         try:
             async with asyncio.TaskGroup() as tg:
                 for loop in (self._promote_loop, self._lease_loop, self._reclaim_loop):
-                    background.append(tg.create_task(loop()))
+                    tg.create_task(loop())
                 for extra in self.extra_loops:
-                    background.append(tg.create_task(extra(self._stop)))
+                    tg.create_task(extra(self._stop))
                 flusher = tg.create_task(self._flush_loop())
                 await self._fetch_loop()
                 self._reading_stopped.set()
