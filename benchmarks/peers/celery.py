@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from typing import Any
 
-import redis
 from celery import Celery
 
-from peers.adapter import COUNTER_KEY, LATENCY_KEY, Adapter
+from peers import sync_bodies as bodies
+from peers.adapter import Adapter
 
 PREFETCH = 64
 QUEUE = "celery"
@@ -34,32 +33,9 @@ app.conf.update(
     worker_hijack_root_logger=False,
 )
 
-_sync_redis: redis.Redis | None = None
-
-
-def _redis() -> redis.Redis:
-    """One client per (pool child) process, made on first use, so never shared across a fork."""
-    global _sync_redis
-    if _sync_redis is None:
-        _sync_redis = redis.Redis.from_url(os.environ["BENCH_REDIS_URL"])
-    return _sync_redis
-
-
-@app.task(name="noop")
-def noop(data: dict[str, Any]) -> None:
-    return None
-
-
-@app.task(name="incr")
-def incr(data: dict[str, Any]) -> None:
-    _redis().incr(COUNTER_KEY)
-
-
-@app.task(name="lat")
-def lat(data: dict[str, Any]) -> None:
-    started = time.time()
-    _redis().rpush(LATENCY_KEY, started - data["t"])
-
+noop = app.task(name="noop")(bodies.noop)
+incr = app.task(name="incr")(bodies.incr)
+lat = app.task(name="lat")(bodies.lat)
 
 TASKS = {"noop": noop, "incr": incr, "lat": lat}
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from typing import Any
 
 import dramatiq
-import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from peers.adapter import COUNTER_KEY, LATENCY_KEY, Adapter
+from peers import sync_bodies as bodies
+from peers.adapter import Adapter
 
 QUEUE = "default"
 THREADS = 8
@@ -25,31 +24,9 @@ THREADS = 8
 broker = RedisBroker(url=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
 dramatiq.set_broker(broker)
 
-_sync_redis: redis.Redis | None = None
-
-
-def _redis() -> redis.Redis:
-    global _sync_redis
-    if _sync_redis is None:
-        _sync_redis = redis.Redis.from_url(os.environ["BENCH_REDIS_URL"])
-    return _sync_redis
-
-
-@dramatiq.actor(actor_name="noop", queue_name=QUEUE, max_retries=0)
-def noop(data: dict[str, Any]) -> None:
-    return None
-
-
-@dramatiq.actor(actor_name="incr", queue_name=QUEUE, max_retries=0)
-def incr(data: dict[str, Any]) -> None:
-    _redis().incr(COUNTER_KEY)
-
-
-@dramatiq.actor(actor_name="lat", queue_name=QUEUE, max_retries=0)
-def lat(data: dict[str, Any]) -> None:
-    started = time.time()
-    _redis().rpush(LATENCY_KEY, started - data["t"])
-
+noop = dramatiq.actor(bodies.noop, actor_name="noop", queue_name=QUEUE, max_retries=0)
+incr = dramatiq.actor(bodies.incr, actor_name="incr", queue_name=QUEUE, max_retries=0)
+lat = dramatiq.actor(bodies.lat, actor_name="lat", queue_name=QUEUE, max_retries=0)
 
 ACTORS = {"noop": noop, "incr": incr, "lat": lat}
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import redis
 from huey import RedisHuey
 
-from peers.adapter import COUNTER_KEY, LATENCY_KEY, Adapter
+from peers import sync_bodies as bodies
+from peers.adapter import Adapter
 
 NAME = "bench"
 WORKERS = 8
@@ -30,31 +29,9 @@ huey = RedisHuey(
     blocking=True,
 )
 
-_sync_redis: redis.Redis | None = None
-
-
-def _redis() -> redis.Redis:
-    global _sync_redis
-    if _sync_redis is None:
-        _sync_redis = redis.Redis.from_url(os.environ["BENCH_REDIS_URL"])
-    return _sync_redis
-
-
-@huey.task(name="noop")
-def noop(data: dict[str, Any]) -> None:
-    return None
-
-
-@huey.task(name="incr")
-def incr(data: dict[str, Any]) -> None:
-    _redis().incr(COUNTER_KEY)
-
-
-@huey.task(name="lat")
-def lat(data: dict[str, Any]) -> None:
-    started = time.time()
-    _redis().rpush(LATENCY_KEY, started - data["t"])
-
+noop = huey.task(name="noop")(bodies.noop)
+incr = huey.task(name="incr")(bodies.incr)
+lat = huey.task(name="lat")(bodies.lat)
 
 TASKS = {"noop": noop, "incr": incr, "lat": lat}
 
