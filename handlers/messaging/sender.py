@@ -255,13 +255,8 @@ class Sender:
         outcome: SmsResult | ProviderError | Verdict | None,
     ) -> Result:
         t = d.template
-        if isinstance(outcome, Verdict):
-            await ledger.settle(conn, key, "failed")
-            return await self._suppress(conn, ctx, r, "sms", t, outcome.reason)
-        if outcome is None:
-            await ledger.settle(conn, key, "sent")
-            await self._log(conn, ctx, r, "sms", t, "sandbox", idempotency_key=key)
-            return {"status": "sandbox"}
+        if isinstance(outcome, Verdict) or outcome is None:
+            return await self._settle_unsent(conn, ctx, r, "sms", t, key, ledger, outcome)
         if isinstance(outcome, SmsResult):
             count, cost, currency = self._cost(outcome, body)
             await ledger.settle(conn, key, "sent", outcome.sid)
@@ -316,6 +311,26 @@ class Sender:
         if outcome.opted_out:
             return {"status": "opted_out"}
         raise Permanent(f"twilio refused the sms ({outcome.code})")
+
+    async def _settle_unsent(
+        self,
+        conn: asyncpg.Connection,
+        ctx: Context[HandlerState],
+        r: Recipient,
+        channel: str,
+        template: str,
+        key: str,
+        ledger: Ledger,
+        outcome: Verdict | None,
+    ) -> Result:
+        """No provider call was made: suppressed by a compliance verdict, or captured in the
+        sandbox outbox because the channel has no credentials."""
+        if outcome is not None:
+            await ledger.settle(conn, key, "failed")
+            return await self._suppress(conn, ctx, r, channel, template, outcome.reason)
+        await ledger.settle(conn, key, "sent")
+        await self._log(conn, ctx, r, channel, template, "sandbox", idempotency_key=key)
+        return {"status": "sandbox"}
 
     async def _record_carrier_opt_out(self, conn: asyncpg.Connection, r: Recipient) -> None:
         assert r.user_id is not None and r.phone is not None
@@ -441,13 +456,8 @@ class Sender:
         outcome: EmailResult | ProviderError | Verdict | None,
     ) -> Result:
         t = d.template
-        if isinstance(outcome, Verdict):
-            await ledger.settle(conn, key, "failed")
-            return await self._suppress(conn, ctx, r, "email", t, outcome.reason)
-        if outcome is None:
-            await ledger.settle(conn, key, "sent")
-            await self._log(conn, ctx, r, "email", t, "sandbox", idempotency_key=key)
-            return {"status": "sandbox"}
+        if isinstance(outcome, Verdict) or outcome is None:
+            return await self._settle_unsent(conn, ctx, r, "email", t, key, ledger, outcome)
         if isinstance(outcome, EmailResult):
             await ledger.settle(conn, key, "sent", outcome.id)
             await self._log(
