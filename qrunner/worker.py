@@ -88,7 +88,10 @@ class Worker:
         self.consumer = Consumer(redis, self.name, self.queues)
         self.runner = Runner(registry, self._context, gate)
         self.status_ttl_ms = self.settings.status_ttl_s * 1000
-        self.result_ttl_ms = self.settings.result_ttl_s * 1000
+        # status_ttl_s=0 turns status records off altogether (less Redis memory per job).
+        self.result_ttl_ms = (
+            self.settings.result_ttl_s * 1000 if self.settings.status_ttl_s > 0 else 0
+        )
         self._held: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._active = 0
         self._slot_free = asyncio.Event()

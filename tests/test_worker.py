@@ -457,3 +457,18 @@ async def test_stats_counts(redis: Redis, n: int) -> None:
     await client.enqueue("record", {}, delay_s=60)
     [row] = [s for s in await client.stats() if s.queue == "default"]
     assert (row.depth, row.pending, row.delayed, row.dead) == (n, 0, 1, 0)
+
+
+async def test_status_records_can_be_turned_off(redis: Redis) -> None:
+    """With status_ttl_s=0 no job status record is written at enqueue, start or finish (less
+    Redis memory per queued job), and jobs still run and ack."""
+    import dataclasses as dc
+
+    client = Client(redis, core_tasks.registry, status_ttl_s=0)
+    ids = await client.enqueue_many([("record", {}) for _ in range(20)])
+    assert not await redis.keys(keys.job_prefix("default") + "*")
+    settings = dc.replace(FAST, status_ttl_s=0)
+    await Worker(redis, core_tasks.registry, burst=True, settings=settings).run()
+    assert sorted(x.decode() for x in await redis.lrange("log:default", 0, -1)) == sorted(ids)
+    assert not await redis.keys(keys.job_prefix("default") + "*")
+    assert await redis.xlen(keys.stream("default")) == 0

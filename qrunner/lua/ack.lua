@@ -12,7 +12,7 @@ KEYS[1]   stream   qr:{q}:stream
 ARGV[1]   consumer group
 ARGV[2]   consumer name
 ARGV[3]   now_ms, or "" to read the Redis clock (TIME)
-ARGV[4]   result TTL in ms (status records of finished jobs)
+ARGV[4]   result TTL in ms (status records of finished jobs; 0: keep none)
 ARGV[5]   status key prefix   qr:{q}:job:
 ARGV[6]   the batch: one record per entry, records separated by "\n", fields by "\t":
           stream entry id, job id, attempt, result JSON (may be empty). JSON never contains a
@@ -35,12 +35,16 @@ for record in string.gmatch(ARGV[6], '[^\n]+') do
     redis.call('XACK', stream, group, id)
     redis.call('XDEL', stream, id)
     local sk = prefix .. job_id
-    if result ~= '' then
+    if ttl <= 0 then
+      -- status records are off
+    elseif result ~= '' then
       redis.call('HSET', sk, 'state', 'succeeded', 'attempt', attempt, 'finished_ms', now, 'result', result)
     else
       redis.call('HSET', sk, 'state', 'succeeded', 'attempt', attempt, 'finished_ms', now)
     end
-    redis.call('PEXPIRE', sk, ttl)
+    if ttl > 0 then
+      redis.call('PEXPIRE', sk, ttl)
+    end
     out[#out + 1] = 1
   else
     out[#out + 1] = 0

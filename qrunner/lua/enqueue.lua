@@ -5,7 +5,7 @@ KEYS[2]        delayed set   qr:{q}:delayed   (ZSET, score = due time in ms, Red
 KEYS[2+2i-1]   status hash of job i   qr:{q}:job:<id>
 KEYS[2+2i]     dedup key of job i     qr:{q}:uniq:<key>, or the status key again when the job has no key
 ARGV[1]        now_ms, or "" to read the Redis clock (TIME)
-ARGV[2]        status TTL in ms
+ARGV[2]        status TTL in ms (0: keep no status records)
 ARGV[3..]      per job, 6 values: job id, envelope (JSON), delay ms ("" = none),
                absolute due ms ("" = none), dedup TTL ms ("" = no dedup), task name
 Returns        flat array: per job, the job id that holds the slot and 1 (enqueued) or 0
@@ -40,13 +40,19 @@ for i = 0, n - 1 do
     if at ~= '' then due = tonumber(at) elseif delay ~= '' then due = now + tonumber(delay) end
     if due ~= nil and due > now then
       redis.call('ZADD', KEYS[2], due, env)
-      redis.call('HSET', status_key, 'state', 'scheduled', 'task', task, 'attempt', 1,
-        'enqueued_ms', now, 'not_before_ms', due)
+      if status_ttl > 0 then
+        redis.call('HSET', status_key, 'state', 'scheduled', 'task', task, 'attempt', 1,
+          'enqueued_ms', now, 'not_before_ms', due)
+      end
     else
       redis.call('XADD', KEYS[1], '*', 'j', env)
-      redis.call('HSET', status_key, 'state', 'queued', 'task', task, 'attempt', 1, 'enqueued_ms', now)
+      if status_ttl > 0 then
+        redis.call('HSET', status_key, 'state', 'queued', 'task', task, 'attempt', 1, 'enqueued_ms', now)
+      end
     end
-    redis.call('PEXPIRE', status_key, status_ttl)
+    if status_ttl > 0 then
+      redis.call('PEXPIRE', status_key, status_ttl)
+    end
     out[#out + 1] = id
     out[#out + 1] = 1
   end
