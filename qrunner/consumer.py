@@ -3,10 +3,15 @@ writes that finish an entry (ack, reschedule, dead-letter).
 
 Every write that ends an entry's life goes through a Lua script that first checks this consumer
 still owns the entry, so a worker that lost its lease cannot undo another worker's claim.
+
+Every method raises qrunner's typed faults (:mod:`qrunner.faults`): :class:`StreamMissing`
+naming the queue when its stream or group vanished, :class:`ConnectionLost`,
+:class:`ServerBusy`, :class:`OutOfMemory`. Callers never see a redis-py exception.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from . import keys
+from .faults import error_code, translated
 from .scripts import Script
 
 log = logging.getLogger(__name__)
@@ -44,6 +50,24 @@ class Completion:
     job_id: str
     attempt: int
     result: bytes
+
+
+class Finish(enum.IntEnum):
+    """What a script that ends an entry's life did with it."""
+
+    #: Done: acked, rescheduled or dead-lettered.
+    DONE = 1
+    #: Refused: another consumer owns the entry now (this worker's lease lapsed).
+    NOT_OWNER = -1
+    #: Nothing to do: the entry is no longer pending (already finished, e.g. a retried call
+    #: whose first reply was lost, or its stream was flushed and refilled).
+    GONE = -2
+
+
+def _finish(code: Any) -> Finish:
+    if isinstance(code, int) and code < 0:
+        return Finish(code)
+    return Finish.DONE
 
 
 def _s(v: Any) -> str:
@@ -92,16 +116,19 @@ class Consumer:
 
     async def ensure_group(self, queue: str) -> bool:
         """Create the stream and group if missing; True when it had to create the group."""
-        try:
-            await self.redis.xgroup_create(keys.stream(queue), keys.GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" in str(exc):
-                return False
-            raise
+        async with translated(queue):
+            try:
+                await self.redis.xgroup_create(
+                    keys.stream(queue), keys.GROUP, id="0", mkstream=True
+                )
+            except ResponseError as exc:
+                if error_code(exc) == "BUSYGROUP":
+                    return False
+                raise
         return True
 
     async def read_available(
-        self, queues: Sequence[str], count: int, *, now_ms: int = 0, status_ttl_ms: int = 0
+        self, queues: Sequence[str], count: int, *, status_ttl_ms: int = 0
     ) -> list[Entry]:
         """Non-blocking read in the given order until ``count`` entries are held; with a
         status TTL the jobs are marked running in the same round trip."""
@@ -110,11 +137,12 @@ class Consumer:
             want = count - len(got)
             if want <= 0:
                 break
-            flat = await self._fetch(
-                self.redis,
-                [keys.stream(q)],
-                [keys.GROUP, self.name, want, now_ms, status_ttl_ms, keys.job_prefix(q)],
-            )
+            async with translated(q):
+                flat = await self._fetch(
+                    self.redis,
+                    [keys.stream(q)],
+                    [keys.GROUP, self.name, want, "", status_ttl_ms, keys.job_prefix(q)],
+                )
             for i in range(0, len(flat), 2):
                 body = flat[i + 1]
                 got.append(Entry(q, _s(flat[i]), body if body else None, marked=True))
@@ -122,26 +150,28 @@ class Consumer:
 
     async def read_blocking(self, queues: Sequence[str], count: int, block_ms: int) -> list[Entry]:
         """Wait up to ``block_ms`` for an entry on any of the queues."""
-        reply = await self.redis.xreadgroup(
-            keys.GROUP,
-            self.name,
-            {keys.stream(q): ">" for q in queues},
-            count=count,
-            block=block_ms,
-        )
+        async with translated(queues[0] if len(queues) == 1 else None):
+            reply = await self.redis.xreadgroup(
+                keys.GROUP,
+                self.name,
+                {keys.stream(q): ">" for q in queues},
+                count=count,
+                block=block_ms,
+            )
         return parse_read(reply)
 
-    async def ack(self, queue: str, done: Sequence[Completion], result_ttl_ms: int) -> list[bool]:
+    async def ack(self, queue: str, done: Sequence[Completion], result_ttl_ms: int) -> list[Finish]:
         packed = b"\n".join(
             b"%s\t%s\t%d\t%s" % (c.entry_id.encode(), c.job_id.encode(), c.attempt, c.result)
             for c in done
         )
-        res = await self._ack(
-            self.redis,
-            [keys.stream(queue)],
-            [keys.GROUP, self.name, "", result_ttl_ms, keys.job_prefix(queue), packed],
-        )
-        return [bool(int(x)) for x in res]
+        async with translated(queue):
+            res = await self._ack(
+                self.redis,
+                [keys.stream(queue)],
+                [keys.GROUP, self.name, "", result_ttl_ms, keys.job_prefix(queue), packed],
+            )
+        return [_finish(int(x)) for x in res]
 
     async def reschedule(
         self,
@@ -154,25 +184,26 @@ class Consumer:
         attempt: int,
         status_ttl_ms: int,
         last_error: str = "",
-    ) -> bool:
+    ) -> Finish:
         q = entry.queue
-        due = await self._reschedule(
-            self.redis,
-            [keys.stream(q), keys.delayed(q), keys.job(q, job_id)],
-            [
-                keys.GROUP,
-                self.name,
-                entry.entry_id,
-                envelope,
-                max(0, delay_ms),
-                "",
-                status_ttl_ms,
-                state,
-                attempt,
-                last_error,
-            ],
-        )
-        return int(due) >= 0
+        async with translated(q):
+            due = await self._reschedule(
+                self.redis,
+                [keys.stream(q), keys.delayed(q), keys.job(q, job_id)],
+                [
+                    keys.GROUP,
+                    self.name,
+                    entry.entry_id,
+                    envelope,
+                    max(0, delay_ms),
+                    "",
+                    status_ttl_ms,
+                    state,
+                    attempt,
+                    last_error,
+                ],
+            )
+        return _finish(int(due))
 
     async def deadletter(
         self,
@@ -183,28 +214,32 @@ class Consumer:
         *,
         task: str,
         status_ttl_ms: int,
-    ) -> bool:
+    ) -> Finish:
         q = entry.queue
-        res = await self._deadletter(
-            self.redis,
-            [keys.stream(q), keys.dlq(q), keys.job(q, job_id or "_malformed")],
-            [keys.GROUP, self.name, entry.entry_id, envelope, reason, "", status_ttl_ms, task],
-        )
-        return res is not None and res is not False
+        async with translated(q):
+            res = await self._deadletter(
+                self.redis,
+                [keys.stream(q), keys.dlq(q), keys.job(q, job_id or "_malformed")],
+                [keys.GROUP, self.name, entry.entry_id, envelope, reason, "", status_ttl_ms, task],
+            )
+        return _finish(res)
 
-    async def extend(self, queue: str, entry_ids: Sequence[str]) -> list[str]:
-        """Heartbeat and renew leases; returns the ids this consumer lost to another."""
-        lost = await self._extend(
-            self.redis,
-            [keys.stream(queue), keys.consumers(queue)],
-            [keys.GROUP, self.name, "", *entry_ids],
-        )
-        return [_s(x) for x in lost]
+    async def extend(self, queue: str, entry_ids: Sequence[str]) -> list[tuple[str, Finish]]:
+        """Heartbeat and renew leases; returns the entries this consumer no longer holds, each
+        with why (``NOT_OWNER``: another consumer claimed it; ``GONE``: no longer pending)."""
+        async with translated(queue):
+            lost = await self._extend(
+                self.redis,
+                [keys.stream(queue), keys.consumers(queue)],
+                [keys.GROUP, self.name, "", *entry_ids],
+            )
+        return [(_s(lost[i]), Finish(int(lost[i + 1]))) for i in range(0, len(lost), 2)]
 
     async def reclaim(self, queue: str, lease_ms: int, count: int) -> list[Entry]:
-        flat = await self._reclaim(
-            self.redis, [keys.stream(queue)], [keys.GROUP, self.name, lease_ms, count]
-        )
+        async with translated(queue):
+            flat = await self._reclaim(
+                self.redis, [keys.stream(queue)], [keys.GROUP, self.name, lease_ms, count]
+            )
         out = []
         for i in range(0, len(flat), 3):
             body = flat[i + 1]
@@ -212,24 +247,51 @@ class Consumer:
         return out
 
     async def promote(self, queue: str, limit: int = 1000) -> tuple[int, int]:
-        moved, next_due = await self._promote(
-            self.redis, [keys.delayed(queue), keys.stream(queue)], ["", limit]
-        )
-        return int(moved), int(next_due)
-
-    async def mark_running(
-        self, queue: str, job_ids: Sequence[str], now_ms: int, ttl_ms: int
-    ) -> None:
-        if job_ids:
-            await self._mark_running(
-                self.redis,
-                [keys.stream(queue)],
-                [now_ms, ttl_ms, keys.job_prefix(queue), "\n".join(job_ids)],
+        """Move due jobs into the stream: (moved, ms until the next one is due or -1), both
+        judged on the Redis clock."""
+        async with translated(queue):
+            moved, wait_ms = await self._promote(
+                self.redis, [keys.delayed(queue), keys.stream(queue)], ["", limit]
             )
+        return int(moved), int(wait_ms)
+
+    async def mark_running(self, queue: str, job_ids: Sequence[str], ttl_ms: int) -> None:
+        """Record running state (Redis clock); skipped quietly when Redis is out of memory."""
+        if job_ids:
+            async with translated(queue):
+                await self._mark_running(
+                    self.redis,
+                    [keys.stream(queue)],
+                    ["", ttl_ms, keys.job_prefix(queue), "\n".join(job_ids)],
+                )
+
+    async def group_consumers(self, queue: str) -> list[tuple[str, int, int]]:
+        """(name, pending entries, ms since it last read or claimed) per consumer of the group."""
+        async with translated(queue):
+            infos = await self.redis.xinfo_consumers(keys.stream(queue), keys.GROUP)
+        return [
+            (_s(i.get("name", b"")), int(i.get("pending", 0)), int(i.get("idle", 0))) for i in infos
+        ]
+
+    async def heartbeats(self, queue: str) -> dict[str, int]:
+        """Consumer name -> last heartbeat (ms, Redis clock) of every consumer of the queue."""
+        async with translated(queue):
+            beats = await self.redis.hgetall(keys.consumers(queue))
+        return {_s(name): int(ms) for name, ms in beats.items()}
+
+    async def server_time_ms(self) -> int:
+        async with translated():
+            t = await self.redis.time()
+        return int(t[0]) * 1000 + int(t[1]) // 1000
+
+    async def record_alarm(self, fields: dict[Any, Any]) -> None:
+        async with translated():
+            await self.redis.xadd(keys.alarms(), fields, maxlen=1000, approximate=True)
 
     async def release(self, queue: str, consumer: str) -> bool:
         """Delete a consumer that owns nothing; a consumer with pending entries is kept."""
-        res = await self._release(
-            self.redis, [keys.stream(queue), keys.consumers(queue)], [keys.GROUP, consumer]
-        )
+        async with translated(queue):
+            res = await self._release(
+                self.redis, [keys.stream(queue), keys.consumers(queue)], [keys.GROUP, consumer]
+            )
         return bool(int(res))

@@ -8,7 +8,15 @@ Failures (something went wrong)::
     │   ├── UnknownTask          task name not registered (names the known ones)
     │   ├── InvalidPayload       payload is not JSON-serialisable or fails the task's model
     │   └── PayloadTooLarge      encoded payload over the size limit
+    │   └── ServerFull           Redis is out of memory (maxmemory + noeviction); nothing written
     ├── BackendUnavailable       Redis or PostgreSQL cannot be reached (host:port, never a password)
+    │   └── EnqueueUncertain     the reply to an enqueue was lost: it may have been written
+    ├── RedisFault               a Redis condition the worker rides out (see qrunner.faults)
+    │   ├── ConnectionLost       reset, refused, timed out, or a closed transport (uvloop)
+    │   ├── StreamMissing        NOGROUP / UNBLOCKED: a stream or group vanished (FLUSHALL)
+    │   ├── ServerBusy           LOADING, BUSY, MASTERDOWN, READONLY, TRYAGAIN, CLUSTERDOWN
+    │   └── OutOfMemory          OOM under maxmemory with noeviction
+    ├── NotOwner                 this consumer no longer owns the entry (its lease lapsed)
     └── JobNotFound              no status record for a job id (expired or never existed)
 
 Control-flow signals raised by handlers (not failures of qrunner; the worker turns each into an
@@ -56,8 +64,68 @@ class PayloadTooLarge(EnqueueError):
         super().__init__(f"payload is {size} bytes encoded, over the {limit}-byte limit")
 
 
+class ServerFull(EnqueueError):
+    """Redis refused the write for lack of memory (``maxmemory`` with ``noeviction``).
+
+    ``job_ids`` are the ids of the call's jobs in input order and ``written`` how many of them
+    were enqueued before the refusal (0 for a single enqueue: nothing was written). Workers keep
+    draining; enqueue the same jobs again (same ids: those written are skipped) once memory is
+    free, or raise ``maxmemory``.
+    """
+
+    def __init__(self, where: str, job_ids: list[str], written: int = 0) -> None:
+        self.job_ids = job_ids
+        self.written = written
+        done = "nothing was enqueued" if not written else f"{written} of {len(job_ids)} enqueued"
+        super().__init__(
+            f"Redis at {where} is out of memory (maxmemory with noeviction): {done}; retry "
+            "once workers have drained the queues, or raise maxmemory"
+        )
+
+
 class BackendUnavailable(QrunnerError):
     """Redis or PostgreSQL unreachable. The message carries host and port only."""
+
+
+class EnqueueUncertain(BackendUnavailable):
+    """Redis stopped answering while an enqueue was on the wire: it may or may not have been
+    written. Enqueuing again with the same ``job_id`` is safe (ids are written at most once)."""
+
+    def __init__(self, job_ids: list[str], where: str, cause: BaseException) -> None:
+        self.job_ids = job_ids
+        shown = job_ids[0] if len(job_ids) == 1 else f"{job_ids[0]} and {len(job_ids) - 1} more"
+        super().__init__(
+            f"Redis at {where} did not answer ({type(cause).__name__}); the job may have been "
+            f"enqueued as {shown}: enqueue again with the same job_id to be sure (never twice)"
+        )
+
+
+class RedisFault(QrunnerError):
+    """A Redis condition that a worker waits out instead of dying; see :mod:`qrunner.faults`."""
+
+
+class ConnectionLost(RedisFault):
+    """The connection was reset, refused or timed out (or its transport was already closed)."""
+
+
+class StreamMissing(RedisFault):
+    """A queue's stream or consumer group is gone (FLUSHALL, restart without data)."""
+
+    def __init__(self, message: str, queue: str | None = None) -> None:
+        self.queue = queue
+        super().__init__(message)
+
+
+class ServerBusy(RedisFault):
+    """Redis is loading, running a long script, or failing over: try again shortly."""
+
+
+class OutOfMemory(RedisFault):
+    """Redis refused a write for lack of memory (``maxmemory`` with ``noeviction``)."""
+
+
+class NotOwner(QrunnerError):
+    """This consumer no longer owns the entry: another worker claimed it after a lapsed lease."""
 
 
 class JobNotFound(QrunnerError):

@@ -48,6 +48,12 @@ def job(queue: str, job_id: str) -> str:
     return f"{PREFIX}:{{{queue}}}:job:{job_id}"
 
 
+def id_marker(queue: str, job_id: str) -> str:
+    """Marks a job id as enqueued when status records are off, so a retried enqueue is
+    skipped (a short-lived string; with status records on, the record itself does this)."""
+    return f"{PREFIX}:{{{queue}}}:id:{job_id}"
+
+
 def job_prefix(queue: str) -> str:
     return f"{PREFIX}:{{{queue}}}:job:"
 

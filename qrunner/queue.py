@@ -6,8 +6,9 @@ HTTP server, so an app process stays small.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,7 +18,19 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import keys
-from .errors import BackendUnavailable, EnqueueError, InvalidPayload, JobNotFound, PayloadTooLarge
+from .errors import (
+    BackendUnavailable,
+    ConnectionLost,
+    EnqueueError,
+    EnqueueUncertain,
+    InvalidPayload,
+    JobNotFound,
+    OutOfMemory,
+    PayloadTooLarge,
+    ServerBusy,
+    ServerFull,
+)
+from .faults import classify
 from .job import Job, new_job_id
 from .scripts import Script
 from .task import Registry
@@ -25,6 +38,13 @@ from .task import Registry
 #: Jobs per script call in bulk enqueues; several calls go out in one pipeline.
 BULK_CHUNK = 500
 DEFAULT_DEDUP_TTL_S = 24 * 3600
+#: With status records off, how long an enqueued id is remembered so that a retried enqueue
+#: is skipped. Retries happen within seconds; the marker costs memory while it lives.
+ID_MARKER_TTL_MS = 120_000
+#: Attempts of an enqueue whose connection failed or whose server was busy, and the first
+#: pause between them (doubling). Safe: an id is written at most once.
+ENQUEUE_ATTEMPTS = 5
+ENQUEUE_BACKOFF_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +111,15 @@ class QueueStats:
         }
 
 
-def _redis_down(redis: Redis, exc: Exception) -> BackendUnavailable:
+def _where(redis: Redis) -> str:
     kw = redis.connection_pool.connection_kwargs
-    where = kw.get("path") or f"{kw.get('host', '?')}:{kw.get('port', '?')}"
-    return BackendUnavailable(f"Redis at {where} is unreachable: {type(exc).__name__}: {exc}")
+    return str(kw.get("path") or f"{kw.get('host', '?')}:{kw.get('port', '?')}")
+
+
+def _redis_down(redis: Redis, exc: Exception) -> BackendUnavailable:
+    return BackendUnavailable(
+        f"Redis at {_where(redis)} is unreachable: {type(exc).__name__}: {exc}"
+    )
 
 
 def _ms(value: Any) -> int | None:
@@ -145,17 +170,47 @@ class Client:
         """Enqueue one job and return its id (the first job's id when ``key`` deduplicated it)."""
         spec = JobSpec(task, payload, queue, delay_s, at, key, key_ttl_s, job_id)
         queue_name, job_keys, args = self._prepare(spec)
-        try:
+
+        async def send() -> Any:
             if queue_name not in self._known_queues:
                 await self._register_queues([queue_name])
-            res = await self._enqueue(
+            return await self._enqueue(
                 self.redis,
                 [keys.stream(queue_name), keys.delayed(queue_name), *job_keys],
-                ["", self.status_ttl_ms, *args],
+                [*self._script_head(), *args],
             )
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise _redis_down(self.redis, exc) from exc
+
+        res = await self._send([args[0]], send)
         return _text(res[0]) or ""
+
+    def _script_head(self) -> list[Any]:
+        return ["", self.status_ttl_ms, ID_MARKER_TTL_MS]
+
+    async def _send(self, job_ids: list[str], send: Callable[[], Awaitable[Any]]) -> Any:
+        """Run an enqueue, retrying lost connections and busy servers (safe: every job id is
+        written at most once), and turn what remains into qrunner errors."""
+        pause = ENQUEUE_BACKOFF_S
+        lost: BaseException | None = None
+        for attempt in range(ENQUEUE_ATTEMPTS):
+            try:
+                return await send()
+            except Exception as exc:
+                fault = classify(exc)
+                if isinstance(fault, OutOfMemory):
+                    raise ServerFull(_where(self.redis), job_ids) from exc
+                if not isinstance(fault, ConnectionLost | ServerBusy):
+                    raise
+                if isinstance(fault, ConnectionLost):
+                    lost = exc
+                if attempt + 1 == ENQUEUE_ATTEMPTS:
+                    if lost is not None:
+                        raise EnqueueUncertain(job_ids, _where(self.redis), lost) from exc
+                    raise BackendUnavailable(
+                        f"Redis at {_where(self.redis)} is busy ({fault}); nothing was enqueued"
+                    ) from exc
+                await asyncio.sleep(pause)
+                pause *= 2
+        raise AssertionError("unreachable")
 
     async def enqueue_many(
         self, jobs: Iterable[JobSpec | tuple[str, Mapping[str, Any] | None]]
@@ -174,24 +229,38 @@ class Client:
         for index, (queue, job_keys, args) in enumerate(prepared):
             by_queue.setdefault(queue, []).append((index, job_keys, args))
         out: list[str] = [""] * len(prepared)
-        try:
+        job_ids = [args[0] for _, _, args in prepared]
+        order: list[list[int]] = []
+
+        async def send() -> list[Any]:
             await self._register_queues(by_queue)
             await self._enqueue.ensure_loaded(self.redis)
             pipe = self.redis.pipeline(transaction=False)
-            order: list[list[int]] = []
+            order.clear()
             for queue, items in by_queue.items():
                 for start in range(0, len(items), BULK_CHUNK):
                     chunk = items[start : start + BULK_CHUNK]
                     ks = [keys.stream(queue), keys.delayed(queue)]
-                    argv: list[Any] = ["", self.status_ttl_ms]
+                    argv: list[Any] = self._script_head()
                     for _, job_keys, args in chunk:
                         ks.extend(job_keys)
                         argv.extend(args)
                     self._enqueue.queue_in(pipe, ks, argv)
                     order.append([i for i, _, _ in chunk])
-            results = await pipe.execute()
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise _redis_down(self.redis, exc) from exc
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+            for res in results:
+                if isinstance(res, Exception):
+                    written = sum(
+                        len(ix)
+                        for ix, r in zip(order, results, strict=True)
+                        if not isinstance(r, Exception)
+                    )
+                    if isinstance(classify(res), OutOfMemory):
+                        raise ServerFull(_where(self.redis), job_ids, written) from res
+                    raise res
+            return results
+
+        results = await self._send(job_ids, send)
         for indexes, res in zip(order, results, strict=True):
             for pos, index in enumerate(indexes):
                 out[index] = _text(res[2 * pos]) or ""
@@ -222,8 +291,10 @@ class Client:
         envelope = job.encode()
         if len(envelope) > self.max_payload_bytes:
             raise PayloadTooLarge(len(envelope), self.max_payload_bytes)
-        status_key = keys.job(queue, job.id)
-        uniq_key = keys.uniq(queue, spec.key) if spec.key else status_key
+        id_key = (
+            keys.job(queue, job.id) if self.status_ttl_ms > 0 else keys.id_marker(queue, job.id)
+        )
+        uniq_key = keys.uniq(queue, spec.key) if spec.key else id_key
         dedup_ttl = ""
         if spec.key:
             ttl = spec.key_ttl_s if spec.key_ttl_s is not None else DEFAULT_DEDUP_TTL_S
@@ -232,7 +303,7 @@ class Client:
             dedup_ttl = str(int(ttl * 1000))
         delay = "" if spec.delay_s is None else str(int(spec.delay_s * 1000))
         at = "" if spec.at is None else str(int(spec.at.timestamp() * 1000))
-        return queue, [status_key, uniq_key], [job.id, envelope, delay, at, dedup_ttl, spec.task]
+        return queue, [id_key, uniq_key], [job.id, envelope, delay, at, dedup_ttl, spec.task]
 
     async def _register_queues(self, queues: Iterable[str]) -> None:
         new = [q for q in queues if q not in self._known_queues]

@@ -13,8 +13,10 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoPermissionError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .connection import connection_class_for
 from .errors import BackendUnavailable, ConfigError
 from .settings import Settings
 from .task import Registry
@@ -46,9 +48,21 @@ def database_url(settings: Settings) -> str:
     return ensure_postgres(settings.state_dir)
 
 
-async def connect_redis(url: str, *, check: bool = True, max_connections: int = 10_000) -> Redis:
+async def connect_redis(
+    url: str,
+    *,
+    check: bool = True,
+    max_connections: int = 10_000,
+    socket_timeout_s: float | None = 10.0,
+) -> Redis:
     """A client that retries dropped connections with backoff and fails fast (host:port) when
     the server is not there at start.
+
+    Retrying a command whose reply was lost is safe for every command qrunner sends: enqueue
+    writes a job id at most once, and the scripts that finish an entry report an entry that is
+    already gone instead of acting twice. The socket timeout bounds a reply that never comes
+    (a proxy that dropped it): the connection is then closed, since a late reply would answer
+    the wrong command. Blocking reads must ask for less than this.
 
     The pool is a plain one with a generous cap rather than a blocking pool: a blocking pool
     adds a lock and a timeout to every command, which on the job hot path cost more than the
@@ -62,6 +76,8 @@ async def connect_redis(url: str, *, check: bool = True, max_connections: int = 
         decode_responses=False,
         health_check_interval=15,
         socket_connect_timeout=5,
+        socket_timeout=socket_timeout_s,
+        connection_class=connection_class_for(url),
         retry=RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=3),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )
@@ -77,7 +93,14 @@ async def connect_redis(url: str, *, check: bool = True, max_connections: int = 
 async def warn_on_eviction_policy(client: Redis) -> None:
     try:
         cfg = await client.config_get("maxmemory-policy")
-    except Exception:
+    except NoPermissionError:
+        log.warning(
+            "cannot check Redis' maxmemory-policy: CONFIG GET is denied to this user (ACL). "
+            "Make sure it is 'noeviction', or Redis may evict queued jobs under memory pressure."
+        )
+        return
+    except ResponseError as exc:  # CONFIG renamed or disabled by the provider
+        log.warning("cannot check Redis' maxmemory-policy (%s); make sure it is 'noeviction'", exc)
         return
     raw: dict[Any, Any] = dict(cfg)
     policy = raw.get(b"maxmemory-policy") or raw.get("maxmemory-policy")

@@ -30,7 +30,8 @@ from redis.asyncio import Redis
 from . import keys
 from .clock import Clock, RedisClock
 from .cron import Cron, catch_up, jitter_ms, to_datetime
-from .errors import EnqueueError
+from .errors import BackendUnavailable, EnqueueError, ServerFull
+from .faults import classify
 from .schedules import Schedule
 from .scripts import Script
 
@@ -115,11 +116,20 @@ class Scheduler:
         if not self._entries:  # nothing enabled: do not poll the Redis clock every second
             await stop.wait()
             return
+        failing = False
         while not stop.is_set():
             try:
                 await self.tick()
-            except Exception:
-                log.exception("cron tick failed; retrying in %.1fs", self.tick_s)
+                failing = False
+            except Exception as exc:
+                # Redis faults are waited out; anything else is a bug and ends the loop (the
+                # worker then stops, loudly, instead of a cron that silently never fires).
+                fault = exc if isinstance(exc, BackendUnavailable | ServerFull) else classify(exc)
+                if fault is None:
+                    raise
+                if not failing:
+                    log.warning("cron tick failed (%s); retrying every %.1fs", fault, self.tick_s)
+                failing = True
             await _sleep_or_stop(self._clock, self.tick_s, stop)
 
     async def tick(self) -> int:
@@ -140,7 +150,9 @@ class Scheduler:
     async def _run_entry(self, entry: Schedule, last: int | None, now: int) -> int:
         cron = self._crons[entry.name]
         # Never fired (new schedule, or Redis lost its data): nothing can be called missed, but
-        # a slot inside the grace period still fires, so a deploy at 05:00:10 keeps 05:00.
+        # the newest slot inside the grace period still fires, so a deploy at 05:00:10 keeps
+        # 05:00, and a flushed Redis does not replay a minute of a per-second schedule.
+        fresh = last is None
         lower = last if last is not None else now - round(self.grace_s * 1000)
         fired = 0
         while True:
@@ -148,15 +160,18 @@ class Scheduler:
             if not batch:
                 self._next_due[entry.name] = next_due
                 return fired
-            fire, _ = catch_up(
-                batch,
-                now,
-                entry.catchup,
-                window_s=entry.catchup_window_s,
-                grace_s=self.grace_s + entry.jitter_s,
-                newer_follow=newer_follow,
-            )
-            fired += await self._handle(entry, batch, fire, now)
+            if fresh:
+                fire = [] if newer_follow else batch[-1:]
+            else:
+                fire, _ = catch_up(
+                    batch,
+                    now,
+                    entry.catchup,
+                    window_s=entry.catchup_window_s,
+                    grace_s=self.grace_s + entry.jitter_s,
+                    newer_follow=newer_follow,
+                )
+            fired += await self._handle(entry, batch, fire, now, count_missed=not fresh)
             # Only now, with the batch recorded: after a failed tick the entry stays due, so the
             # next tick retries it instead of waiting for the following slot.
             self._next_due[entry.name] = next_due
@@ -189,7 +204,13 @@ class Scheduler:
         return batch, False, pending + jitter_ms(entry.name, pending, entry.jitter_s)
 
     async def _handle(
-        self, entry: Schedule, batch: Sequence[int], fire: Sequence[int], now: int
+        self,
+        entry: Schedule,
+        batch: Sequence[int],
+        fire: Sequence[int],
+        now: int,
+        *,
+        count_missed: bool = True,
     ) -> int:
         """Enqueue ``fire``, then advance ``last`` past the batch and count what is ours."""
         ttl = max(self.key_ttl_s, entry.catchup_window_s + self.grace_s + entry.jitter_s)
@@ -207,6 +228,8 @@ class Scheduler:
                     key_ttl_s=ttl,
                     job_id=slot_job_id(entry.name, slot),
                 )
+            except ServerFull:
+                raise  # out of memory for now: the slot stays due and is tried next tick
             except EnqueueError as exc:
                 # Refused for good (unknown task, invalid payload): retrying each tick would stall
                 # the schedule forever, so the slot counts as missed and the error is loud.
@@ -217,7 +240,8 @@ class Scheduler:
         ours = [s for s in batch if prev is None or s > prev]
         enqueued = set(fire) - refused
         fired = [s for s in ours if s in enqueued]
-        missed = len(ours) - len(fired)
+        # A fresh schedule's older slots were never due, but a refused slot is a miss.
+        missed = len(ours) - len(fired) if count_missed else len(refused.intersection(ours))
         for slot in fired:
             log.debug("cron %s: enqueued slot %s (%d ms late)", entry.name, slot, now - slot)
         if fired:

@@ -4,6 +4,9 @@ Each ``.lua`` file is one atomic operation. A :class:`Script` is loaded lazily, 
 and reloaded transparently when Redis answers NOSCRIPT (after a restart or SCRIPT FLUSH).
 Typed wrappers around each script live next to the code that uses them, so callers never
 build KEYS/ARGV lists by hand.
+
+``lua/_prelude.lua`` (the Redis clock, error replies that keep the server's error code) is put
+in front of every script. Failures come out as qrunner's typed faults (:mod:`qrunner.faults`).
 """
 
 from __future__ import annotations
@@ -15,11 +18,18 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+from .faults import classify
+
 _LUA_PACKAGE = "qrunner.lua"
 
 
-def read_source(name: str) -> str:
+def _read(name: str) -> str:
     return resources.files(_LUA_PACKAGE).joinpath(f"{name}.lua").read_text(encoding="utf-8")
+
+
+def read_source(name: str) -> str:
+    """The script as sent to Redis: the shared prelude, then the script itself."""
+    return _read("_prelude") + "\n" + _read(name)
 
 
 class Script:
@@ -36,10 +46,16 @@ class Script:
         self, redis: Redis, keys: list[str] | tuple[str, ...], args: list[Any] | tuple[Any, ...]
     ) -> Any:
         try:
-            return await redis.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            await redis.script_load(self.source)
-            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+            try:
+                return await redis.evalsha(self.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                await redis.script_load(self.source)
+                return await redis.evalsha(self.sha, len(keys), *keys, *args)
+        except Exception as exc:
+            fault = classify(exc)
+            if fault is None:
+                raise
+            raise fault from exc
 
     def queue_in(self, pipe: Any, keys: list[str] | tuple[str, ...], args: list[Any]) -> None:
         """Add a call to a pipeline; :meth:`ensure_loaded` must have run on that server first."""

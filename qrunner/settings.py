@@ -50,6 +50,10 @@ class Settings:
     max_payload_bytes: int = 512 * 1024
     block_ms: int = 1_000
     promote_interval_ms: int = 250
+    #: The event-loop watchdog logs a stall longer than this (the blocking code's stack)...
+    loop_stall_warn_s: float = 2.0
+    #: ...and past this ends the process so its jobs are redelivered (0 = never).
+    loop_stall_limit_s: float = 60.0
     log_level: str = "INFO"
     log_format: str = "text"
     uvloop: bool = True
@@ -85,6 +89,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_payload_bytes": _int,
     "block_ms": _int,
     "promote_interval_ms": _int,
+    "loop_stall_warn_s": _float,
+    "loop_stall_limit_s": _float,
     "uvloop": _bool,
     "state_dir": Path,
 }
@@ -98,7 +104,12 @@ _UNPREFIXED = {
 }
 
 #: Variables read by test tooling, not by the runtime, that share the prefix.
-_IGNORED = {"QRUNNER_TEST_REDIS_URL", "QRUNNER_TEST_DATABASE_URL", "QRUNNER_BENCH"}
+_IGNORED = {
+    "QRUNNER_TEST_REDIS_URL",
+    "QRUNNER_TEST_REDIS_SERVER",
+    "QRUNNER_TEST_DATABASE_URL",
+    "QRUNNER_BENCH",
+}
 
 
 def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -127,6 +138,10 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
     settings = Settings(**values)
     if settings.concurrency < 1:
         raise ConfigError("QRUNNER_CONCURRENCY must be at least 1")
+    if not 1 <= settings.block_ms <= 5_000:
+        raise ConfigError(
+            "QRUNNER_BLOCK_MS must be from 1 to 5000 (a reply is awaited 10 s at most)"
+        )
     if settings.lease_ms < 500:
         raise ConfigError("QRUNNER_LEASE_MS must be at least 500")
     return settings

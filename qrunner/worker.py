@@ -1,21 +1,26 @@
-"""The worker: a handful of long-lived loops under one TaskGroup.
+"""The worker: a handful of supervised loops under one TaskGroup.
 
 - fetch: reads entries in priority order into at most ``concurrency`` running jobs
-- flush: acks finished jobs in batches (one script call per queue per batch)
+- flush: acks finished jobs in batches (:mod:`qrunner.finisher`)
 - promote: moves due jobs from the delayed sets into their streams
 - lease: heartbeats and renews the lease of every entry this worker holds
 - reclaim: takes over entries whose owner stopped renewing (crashed worker)
+- janitor: forgets consumers that died, once they own nothing
 - any extra loops the runtime adds (cron, HTTP endpoint)
 
-Each loop logs and continues on error, so losing Redis for a while only pauses work. Shutdown is
-staged: stop reading, let running jobs finish within the grace period, cancel what remains (their
-entries stay pending and another worker reclaims them), flush, close.
+Every loop runs under :func:`qrunner.supervise.supervised`: Redis faults are waited out with
+backoff, a vanished stream or group is recreated (with an ALARM) whichever loop noticed it, and
+a loop that fails with a bug stops the whole worker (non-zero exit) rather than leaving a
+process that runs jobs but never acks them. An event-loop watchdog thread
+(:mod:`qrunner.watchdog`) notices a handler that blocks the loop.
+
+Shutdown is staged: stop reading, let running jobs finish within the grace period, cancel what
+remains (their entries stay pending and another worker reclaims them), flush, close.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import random
@@ -25,23 +30,23 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import keys
-from .consumer import Completion, Consumer, Entry
+from .consumer import Completion, Consumer, Entry, Finish
+from .errors import RedisFault, StreamMissing
 from .events import Observer
+from .faults import translated
+from .finisher import Finisher
 from .job import Job, new_job_id
 from .outcome import DeadLettered, Deferred, Outcome, RetryLater, Succeeded
 from .queue import Client
 from .runner import RateGate, Runner
 from .settings import Settings
+from .supervise import BACKOFF_CAP_S, LoopCrashed, supervised
 from .task import Context, Registry
 
 log = logging.getLogger(__name__)
 
-REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 ExtraLoop = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 
@@ -87,21 +92,35 @@ class Worker:
         )
         self.consumer = Consumer(redis, self.name, self.queues)
         self.runner = Runner(registry, self._context, gate)
-        self.status_ttl_ms = self.settings.status_ttl_s * 1000
+        status_on = self.settings.status_ttl_s > 0
         # status_ttl_s=0 turns status records off altogether (less Redis memory per job).
-        self.result_ttl_ms = (
-            self.settings.result_ttl_s * 1000 if self.settings.status_ttl_s > 0 else 0
+        self.status_ttl_ms = self.settings.status_ttl_s * 1000 if status_on else 0
+        self.result_ttl_ms = self.settings.result_ttl_s * 1000 if status_on else 0
+        self.finisher = Finisher(
+            self.consumer,
+            self.observer,
+            status_ttl_ms=self.status_ttl_ms,
+            result_ttl_ms=self.result_ttl_ms,
+            release=self._release_entry,
+            recover=self._recover,
         )
         self._held: dict[tuple[str, str], asyncio.Task[None]] = {}
+        #: (task, job id) of every job whose handler is running, for the watchdog's reports.
+        #: Plain data only: the watchdog thread reads it while the loop may be blocked.
+        self.running: dict[tuple[str, str], tuple[str, str]] = {}
         self._active = 0
         self._slot_free = asyncio.Event()
-        self._done: dict[str, list[Completion]] = {}
-        self._done_event = asyncio.Event()
         self._reading_stopped = asyncio.Event()
         self._stop = asyncio.Event()
         self._closing = asyncio.Event()
+        self._never = asyncio.Event()
+        self._recovering = asyncio.Lock()
         self._debug = log.isEnabledFor(logging.DEBUG)
-        self.processed = 0
+        self._status_warned = 0.0
+
+    @property
+    def processed(self) -> int:
+        return self.finisher.processed
 
     # -- wiring -----------------------------------------------------------------------------
 
@@ -115,13 +134,24 @@ class Worker:
             deliveries=deliveries,
         )
 
+    def _supervise(
+        self, name: str, step: Callable[[], Awaitable[float | None]], until: asyncio.Event
+    ) -> Coroutine[Any, Any, None]:
+        return supervised(
+            name,
+            step,
+            until=until,
+            on_stream_missing=self._recover,
+            on_connection_lost=self._drop_idle_connections,
+        )
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Run until ``stop`` is set, or until drained when in burst mode."""
+        """Run until ``stop`` is set, or until drained when in burst mode. Raises
+        :class:`~qrunner.supervise.LoopCrashed` when a loop fails with a bug."""
         if stop is not None:
             self._stop = stop
-        for q in self.queues:
-            await self._retrying("create group", functools.partial(self.consumer.ensure_group, q))
-        await self.redis.sadd(keys.queues_set(), *self.queues)
+        if not await self._start_up():
+            return
         log.info(
             "worker %s started: queues=%s concurrency=%d%s",
             self.name,
@@ -131,25 +161,62 @@ class Worker:
         )
         try:
             async with asyncio.TaskGroup() as tg:
-                for loop in (self._promote_loop, self._lease_loop, self._reclaim_loop):
-                    tg.create_task(loop())
+                loops = (
+                    ("promote", self._promote_step),
+                    ("lease", self._lease_step),
+                    ("reclaim", self._reclaim_step),
+                    ("janitor", self._janitor_step),
+                )
+                for name, step in loops:
+                    tg.create_task(self._supervise(name, step, self._closing), name=name)
                 for extra in self.extra_loops:
-                    tg.create_task(extra(self._stop))
-                flusher = tg.create_task(self._flush_loop())
-                await self._fetch_loop()
+                    tg.create_task(self._guard_extra(extra))
+                flusher = tg.create_task(
+                    self._supervise("flush", self._flush_step, self._never), name="flush"
+                )
+                await self._supervise("fetch", self._fetch_step, self._stop)
                 self._reading_stopped.set()
                 log.info(
                     "worker %s: stopped reading; %d job(s) in flight", self.name, len(self._held)
                 )
                 await self._drain()
-                self._done_event.set()
+                self.finisher.wake()
                 await flusher
                 # Loops end on their own at their next pause: cancelling one in the middle of a
                 # Redis command can leave its connection half-read.
                 self._closing.set()
+        except BaseExceptionGroup as group:
+            crashed = [e for e in group.exceptions if isinstance(e, LoopCrashed)]
+            raise (crashed[0] if crashed else group.exceptions[0]) from None
         finally:
             await self._release_self()
         log.info("worker %s stopped after %d job(s)", self.name, self.processed)
+
+    async def _start_up(self) -> bool:
+        """Create the groups and register the queues, waiting for Redis; False if stopped."""
+        delay = 0.05
+        while not self._stop.is_set():
+            try:
+                for q in self.queues:
+                    await self.consumer.ensure_group(q)
+                async with translated():
+                    await self.redis.sadd(keys.queues_set(), *self.queues)
+                return True
+            except RedisFault as fault:
+                log.warning("worker %s: cannot start yet (%s); retrying", self.name, fault)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_CAP_S)
+        return False
+
+    async def _guard_extra(self, loop: ExtraLoop) -> None:
+        name = getattr(loop, "__qualname__", repr(loop))
+        try:
+            await loop(self._stop)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.critical("%s loop crashed; stopping the worker", name, exc_info=True)
+            raise LoopCrashed(name, exc) from exc
 
     async def _drain(self) -> None:
         tasks = list(self._held.values())
@@ -172,8 +239,42 @@ class Worker:
         for q in self.queues:
             try:
                 await self.consumer.release(q, self.name)
-            except (*REDIS_ERRORS, ResponseError):
+            except RedisFault:
                 pass
+
+    async def _drop_idle_connections(self) -> None:
+        """After a lost connection, idle pooled connections are likely dead too: drop them so
+        the next command opens a fresh one instead of failing on each in turn."""
+        try:
+            await self.redis.connection_pool.disconnect(inuse_connections=False)
+        except Exception as exc:  # closing a broken socket can itself fail; never fatal
+            log.debug("dropping idle connections failed: %s", exc)
+
+    async def _recover(self, missing: StreamMissing) -> None:
+        """A stream or group vanished: recreate every group this worker reads (with an ALARM
+        for each one this worker had to create), so work resumes on the same processes."""
+        async with self._recovering:
+            for q in self.queues:
+                try:
+                    created = await self.consumer.ensure_group(q)
+                except RedisFault as fault:
+                    log.warning("recreating the group of %s failed (%s); retrying", q, fault)
+                    return
+                if not created:
+                    continue
+                log.error(
+                    "ALARM: stream or consumer group of queue %r vanished (FLUSHALL, or Redis "
+                    "restarted without its data); recreated it. Jobs that were in it are lost "
+                    "unless Redis persistence kept them.",
+                    q,
+                )
+                self.observer.group_recreated(q)
+                try:
+                    await self.consumer.record_alarm(
+                        {"kind": "group_recreated", "queue": q, "worker": self.name}
+                    )
+                except RedisFault:
+                    pass
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -188,45 +289,25 @@ class Worker:
             order.append(pool.pop(pick))
         return order
 
-    async def _fetch_loop(self) -> None:
-        delay = 0.05
-        while not self._stop.is_set():
-            free = self.concurrency - self._active
-            if free <= 0:
-                self._slot_free.clear()
-                await self._wait_any(self._slot_free)
-                continue
-            try:
-                entries = await self.consumer.read_available(
-                    self._read_order(),
-                    free,
-                    now_ms=int(time.time() * 1000),
-                    status_ttl_ms=self.status_ttl_ms if self.settings.status_ttl_s > 0 else 0,
-                )
-                if not entries:
-                    if self.burst and await self._drained():
-                        log.info("worker %s: burst mode and nothing left; stopping", self.name)
-                        self._stop.set()
-                        break
-                    block = min(
-                        self.settings.block_ms, 200 if self.burst else self.settings.block_ms
-                    )
-                    entries = await self.consumer.read_blocking(self.queues, free, block)
-                delay = 0.05
-            except ResponseError as exc:
-                if "NOGROUP" in str(exc):
-                    await self._recreate_groups()
-                    continue
-                raise
-            except REDIS_ERRORS as exc:
-                log.warning(
-                    "worker %s: reading failed (%s); retrying in %.2fs", self.name, exc, delay
-                )
-                await self._sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            if entries:
-                await self._dispatch(entries)
+    async def _fetch_step(self) -> float | None:
+        free = self.concurrency - self._active
+        if free <= 0:
+            self._slot_free.clear()
+            await self._wait_any(self._slot_free)
+            return 0.0
+        entries = await self.consumer.read_available(
+            self._read_order(), free, status_ttl_ms=self.status_ttl_ms
+        )
+        if not entries:
+            if self.burst and await self._drained():
+                log.info("worker %s: burst mode and nothing left; stopping", self.name)
+                self._stop.set()
+                return None
+            block = min(self.settings.block_ms, 200 if self.burst else self.settings.block_ms)
+            entries = await self.consumer.read_blocking(self.queues, free, block)
+        if entries:
+            await self._dispatch(entries)
+        return 0.0
 
     async def _wait_any(self, event: asyncio.Event) -> None:
         waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._stop.wait())]
@@ -236,67 +317,31 @@ class Worker:
             for w in waiters:
                 w.cancel()
 
-    async def _sleep(self, seconds: float) -> None:
-        try:
-            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
-        except TimeoutError:
-            pass
-
-    async def _pause(self, seconds: float) -> bool:
-        """Sleep between rounds of a background loop; True when the loop should end."""
-        if self._closing.is_set():
-            return True
-        try:
-            await asyncio.wait_for(self._closing.wait(), timeout=seconds)
-        except TimeoutError:
-            return False
-        return True
-
-    async def _recreate_groups(self) -> None:
-        for q in self.queues:
-            try:
-                created = await self.consumer.ensure_group(q)
-            except REDIS_ERRORS:
-                return
-            if created:
-                log.error(
-                    "ALARM: stream or consumer group of queue %r vanished (FLUSHALL, or Redis "
-                    "restarted without its data); recreated it. Jobs that were in it are lost "
-                    "unless Redis persistence kept them.",
-                    q,
-                )
-                self.observer.group_recreated(q)
-                try:
-                    await self.redis.xadd(
-                        keys.alarms(),
-                        {"kind": "group_recreated", "queue": q, "worker": self.name},
-                        maxlen=1000,
-                        approximate=True,
-                    )
-                except REDIS_ERRORS:
-                    pass
-
     async def _drained(self) -> bool:
-        pipe = self.redis.pipeline(transaction=False)
-        for q in self.queues:
-            pipe.xlen(keys.stream(q))
-            pipe.zcard(keys.delayed(q))
-        counts = await pipe.execute()
-        return not self._held and not any(counts)
+        async with translated():
+            pipe = self.redis.pipeline(transaction=False)
+            for q in self.queues:
+                pipe.xlen(keys.stream(q))
+                pipe.zcard(keys.delayed(q))
+            counts = await pipe.execute()
+        return not self._held and not self.finisher.backlog and not any(counts)
 
     async def _dispatch(self, entries: list[Entry]) -> None:
         started: dict[str, list[str]] = {}
         for e in entries:
-            e.decoded = self.runner.decode(e)
+            if e.decoded is None:
+                e.decoded = self.runner.decode(e)
             if isinstance(e.decoded, Job) and not e.marked:
                 started.setdefault(e.queue, []).append(e.decoded.id)
-        if started and self.settings.status_ttl_s > 0:
-            now = int(time.time() * 1000)
+        if started and self.status_ttl_ms:
             try:
                 for queue, job_ids in started.items():
-                    await self.consumer.mark_running(queue, job_ids, now, self.status_ttl_ms)
-            except REDIS_ERRORS as exc:
-                log.warning("worker %s: could not record running state: %s", self.name, exc)
+                    await self.consumer.mark_running(queue, job_ids, self.status_ttl_ms)
+            except RedisFault as fault:  # status records are advisory; the jobs run anyway
+                now = time.monotonic()
+                if now - self._status_warned > 30:
+                    self._status_warned = now
+                    log.warning("could not record running state: %s", fault)
         for entry in entries:
             self._start(entry)
 
@@ -306,6 +351,9 @@ class Worker:
             return
         self._active += 1
         self._held[key] = asyncio.create_task(self._process(entry))
+
+    def _release_entry(self, queue: str, entry_id: str) -> None:
+        self._held.pop((queue, entry_id), None)
 
     # -- running one job --------------------------------------------------------------------
 
@@ -322,28 +370,51 @@ class Worker:
             else:
                 job = decoded
                 task_name = job.task
+                self.running[key] = (task_name, job.id)
                 wait_ms = int(time.time() * 1000) - job.enqueued_ms if job.enqueued_ms else None
                 self.observer.job_started(task_name, entry.queue, wait_ms)
                 if self._debug:
                     log.debug("started %s %s attempt %d", task_name, job.id, job.attempt)
-                outcome = await self.runner.run(entry, job)
+                outcome = await self._run(entry, job)
         finally:
             self._active -= 1
             self._slot_free.set()
-            if outcome is None:
+            self.running.pop(key, None)
+            if outcome is None:  # cancelled, or not admitted: the entry stays pending
                 self._held.pop(key, None)
         duration = time.perf_counter() - t0
         if isinstance(outcome, Succeeded) and job is not None:
-            self._done.setdefault(entry.queue, []).append(
-                Completion(entry.entry_id, job.id, job.attempt, outcome.result)
+            self.finisher.succeeded(
+                entry.queue, Completion(entry.entry_id, job.id, job.attempt, outcome.result)
             )
-            self._done_event.set()
             self.observer.job_finished(task_name, entry.queue, "succeeded", duration)
-            self.processed += 1
+            self.finisher.processed += 1
             if self._debug:
                 log.debug("succeeded %s %s in %.3fs", task_name, job.id, duration)
             return
-        await asyncio.shield(self._apply(entry, job, task_name, outcome, duration))
+        if outcome is not None:
+            await asyncio.shield(self._apply(entry, job, task_name, outcome, duration))
+
+    async def _run(self, entry: Entry, job: Job) -> Outcome | None:
+        """The job's outcome; None when it could not be judged here (the entry then stays
+        pending and is redelivered after its lease)."""
+        try:
+            return await self.runner.run(entry, job)
+        except RedisFault as fault:  # the rate-limit gate could not reach Redis
+            log.warning(
+                "%s %s: could not be admitted (%s); it is redelivered after its lease",
+                job.task,
+                job.id,
+                fault,
+            )
+        except Exception:
+            log.exception(
+                "%s %s: unexpected error while running it; it is redelivered after its lease "
+                "(and dead-lettered after max_deliveries)",
+                job.task,
+                job.id,
+            )
+        return None
 
     async def _apply(
         self, entry: Entry, job: Job | None, task: str, outcome: Outcome, duration: float
@@ -352,59 +423,32 @@ class Worker:
         shutdown cannot interrupt it half-way."""
         key = (entry.queue, entry.entry_id)
         try:
-            self._held.pop(key, None)
-            ok = await self._retrying("finish job", lambda: self._write_outcome(entry, outcome))
-            if ok is False:
-                self.observer.ack_refused(entry.queue, 1)
-                log.warning(
-                    "%s: entry %s is owned by another worker now; outcome dropped",
-                    task,
-                    entry.entry_id,
-                )
-                return
-            self.processed += 1
-            self._log_outcome(task, job, outcome, entry, duration)
+            done = await self.finisher.write(entry, outcome, self._reading_stopped)
         finally:
             self._held.pop(key, None)
-
-    async def _write_outcome(self, entry: Entry, outcome: Outcome) -> bool:
-        if isinstance(outcome, RetryLater):
-            return await self.consumer.reschedule(
-                entry,
-                outcome.job.id,
-                outcome.job.encode(),
-                outcome.delay_ms,
-                state="retrying",
-                attempt=outcome.job.attempt,
-                status_ttl_ms=self.status_ttl_ms,
-                last_error=outcome.error,
+        job_id = job.id if job else f"entry {entry.entry_id}"
+        if done is Finish.NOT_OWNER:
+            self.observer.ack_refused(entry.queue, 1)
+            log.warning(
+                "%s %s: outcome not written: another worker claimed the entry after this "
+                "worker's lease lapsed, and runs it again",
+                task,
+                job_id,
             )
-        if isinstance(outcome, Deferred):
-            return await self.consumer.reschedule(
-                entry,
-                outcome.job.id,
-                outcome.job.encode(),
-                outcome.delay_ms,
-                state="scheduled",
-                attempt=outcome.job.attempt,
-                status_ttl_ms=self.status_ttl_ms,
+        elif done is Finish.GONE:
+            log.warning(
+                "%s %s: outcome not written: the entry is no longer pending (its stream was "
+                "flushed, or it was finished already)",
+                task,
+                job_id,
             )
-        assert isinstance(outcome, DeadLettered)
-        job = outcome.job
-        body = job.encode() if job is not None else (outcome.raw or b"")
-        return await self.consumer.deadletter(
-            entry,
-            job.id if job else "",
-            body,
-            outcome.reason,
-            task=job.task if job else "",
-            status_ttl_ms=self.status_ttl_ms,
-        )
+        elif done is Finish.DONE:
+            self.finisher.processed += 1
+            self._log_outcome(task, job_id, outcome, entry, duration)
 
     def _log_outcome(
-        self, task: str, job: Job | None, outcome: Outcome, entry: Entry, duration: float
+        self, task: str, job_id: str, outcome: Outcome, entry: Entry, duration: float
     ) -> None:
-        job_id = job.id if job else f"entry {entry.entry_id}"
         if isinstance(outcome, RetryLater):
             self.observer.job_finished(task, entry.queue, "retried", duration)
             log.info(
@@ -426,126 +470,99 @@ class Worker:
             self.observer.job_finished(task, entry.queue, "dead", duration)
             log.warning("dead-lettered %s %s: %s", task, job_id, outcome.reason)
 
-    async def _retrying(self, what: str, op: Callable[[], Awaitable[Any]]) -> Any:
-        """Run a Redis write until it succeeds; gives up only once the worker is shutting down
-        and Redis is still unreachable (the entry then stays pending and is redelivered)."""
-        delay = 0.05
-        while True:
-            try:
-                return await op()
-            except REDIS_ERRORS as exc:
-                if self._reading_stopped.is_set() and delay >= 2.0:
-                    log.error(
-                        "%s: Redis still unreachable at shutdown (%s); leaving it pending",
-                        what,
-                        exc,
-                    )
-                    return None
-                log.warning("%s failed (%s); retrying in %.2fs", what, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
     # -- background loops -------------------------------------------------------------------
 
-    async def _flush_loop(self) -> None:
-        while True:
-            await self._done_event.wait()
-            self._done_event.clear()
-            batches, self._done = self._done, {}
-            for queue, done in batches.items():
-                await asyncio.shield(self._flush(queue, done))
-            if self._reading_stopped.is_set() and not self._held and not self._done:
-                return
+    async def _flush_step(self) -> float | None:
+        return await self.finisher.flush_step(self._flushed_all)
 
-    async def _flush(self, queue: str, done: list[Completion]) -> None:
-        res = await self._retrying(
-            "ack", lambda: self.consumer.ack(queue, done, self.result_ttl_ms)
-        )
-        refused = 0 if res is None else res.count(False)
-        if refused:
-            self.observer.ack_refused(queue, refused)
-            log.warning(
-                "%d ack(s) on %s refused: the entries belong to another worker now", refused, queue
-            )
-        for c in done:
-            self._held.pop((queue, c.entry_id), None)
+    def _flushed_all(self) -> bool:
+        return self._reading_stopped.is_set() and not self._held
 
-    async def _promote_loop(self) -> None:
-        interval = self.settings.promote_interval_ms / 1000
-        soonest = 0.0
-        while not await self._pause(max(soonest, 0.005)):
-            try:
-                soonest = interval
-                for q in self.queues:
-                    moved, next_due = await self.consumer.promote(q)
-                    if moved >= 1000:
-                        soonest = 0
-                    elif next_due > 0:
-                        soonest = min(soonest, max(0.0, next_due / 1000 - time.time()))
-            except REDIS_ERRORS as exc:
-                log.warning("promote failed: %s", exc)
-                soonest = 1.0
-
-    async def _lease_loop(self) -> None:
-        interval = self.settings.lease_ms / 3000
-        first = True
-        while not await self._pause(0 if first else interval):
-            first = False
-            try:
-                by_queue: dict[str, list[str]] = {q: [] for q in self.queues}
-                for q, entry_id in list(self._held):
-                    by_queue.setdefault(q, []).append(entry_id)
-                for q, ids in by_queue.items():
-                    lost = await self.consumer.extend(q, ids)
-                    for entry_id in lost:
-                        task = self._held.pop((q, entry_id), None)
-                        if task is not None and not task.done():
-                            log.warning(
-                                "lost the lease of %s on %s; cancelling its run", entry_id, q
-                            )
-                            task.cancel()
-            except REDIS_ERRORS as exc:
-                log.warning("lease renewal failed: %s", exc)
-
-    async def _reclaim_loop(self) -> None:
-        interval = self.settings.reclaim_interval_ms / 1000
-        ticks = 0
-        while not await self._pause(interval * (0.5 + random.random())):
-            if self._reading_stopped.is_set() or self._stop.is_set():
-                continue
-            try:
-                for q in self.queues:
-                    free = self.concurrency - self._active
-                    if free <= 0:
-                        break
-                    entries = await self.consumer.reclaim(q, self.settings.lease_ms, free)
-                    if entries:
-                        log.warning(
-                            "reclaimed %d entr%s on %s from a worker whose lease lapsed",
-                            len(entries),
-                            "y" if len(entries) == 1 else "ies",
-                            q,
-                        )
-                        self.observer.job_redelivered(q, len(entries))
-                        await self._dispatch(entries)
-                ticks += 1
-                if ticks % 12 == 0:
-                    await self._forget_dead_consumers()
-            except ResponseError as exc:
-                if "NOGROUP" in str(exc):
-                    await self._recreate_groups()
-                else:
-                    log.warning("reclaim failed: %s", exc)
-            except REDIS_ERRORS as exc:
-                log.warning("reclaim failed: %s", exc)
-
-    async def _forget_dead_consumers(self) -> None:
-        """Delete consumers silent for 10 leases that own nothing (never one with pending)."""
-        t = await self.redis.time()
-        now = int(t[0]) * 1000 + int(t[1]) // 1000
+    async def _promote_step(self) -> float:
+        soonest = self.settings.promote_interval_ms / 1000
         for q in self.queues:
-            beats = await self.redis.hgetall(keys.consumers(q))
-            for raw_name, raw_ms in beats.items():
-                name = raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name)
-                if name != self.name and now - int(raw_ms) > 10 * self.settings.lease_ms:
-                    await self.consumer.release(q, name)
+            moved, wait_ms = await self.consumer.promote(q)
+            if moved >= 1000:
+                return 0.0
+            if wait_ms >= 0:
+                soonest = min(soonest, wait_ms / 1000)
+        return max(soonest, 0.005)
+
+    async def _lease_step(self) -> float:
+        by_queue: dict[str, list[str]] = {q: [] for q in self.queues}
+        for q, entry_id in list(self._held):
+            by_queue.setdefault(q, []).append(entry_id)
+        for q, ids in by_queue.items():
+            for entry_id, why in await self.consumer.extend(q, ids):
+                if why is not Finish.NOT_OWNER:
+                    continue  # finished meanwhile, or flushed: the run goes on, its ack says so
+                task = self._held.pop((q, entry_id), None)
+                if task is not None and not task.done():
+                    running = self.running.get((q, entry_id))
+                    what = f"{running[0]} {running[1]}" if running else f"entry {entry_id}"
+                    log.warning(
+                        "%s: lost its lease on %s to another worker; cancelling the run here",
+                        what,
+                        q,
+                    )
+                    task.cancel()
+        return self.settings.lease_ms / 3000
+
+    async def _reclaim_step(self) -> float:
+        interval = self.settings.reclaim_interval_ms / 1000
+        if self._reading_stopped.is_set() or self._stop.is_set():
+            return interval
+        for q in self.queues:
+            free = self.concurrency - self._active
+            if free <= 0:
+                break
+            entries = await self.consumer.reclaim(q, self.settings.lease_ms, free)
+            if not entries:
+                continue
+            for e in entries:
+                e.decoded = self.runner.decode(e)
+            shown = ", ".join(
+                f"{e.decoded.task} {e.decoded.id} (delivery {e.deliveries})"
+                if isinstance(e.decoded, Job)
+                else f"entry {e.entry_id}"
+                for e in entries[:10]
+            )
+            log.warning(
+                "reclaimed %d entr%s on %s from a worker whose lease lapsed: %s%s",
+                len(entries),
+                "y" if len(entries) == 1 else "ies",
+                q,
+                shown,
+                "" if len(entries) <= 10 else ", ...",
+            )
+            self.observer.job_redelivered(q, len(entries))
+            await self._dispatch(entries)
+        return interval * (0.5 + random.random())
+
+    async def _janitor_step(self) -> float:
+        """Forget consumers silent for longer than lease + reclaim interval that own nothing
+        (a consumer with pending entries is never deleted; see release_consumer.lua)."""
+        horizon = self.settings.lease_ms + self.settings.reclaim_interval_ms
+        if self._closing.is_set():
+            return horizon / 2000
+        now = await self.consumer.server_time_ms()
+        for q in self.queues:
+            beats = await self.consumer.heartbeats(q)
+            members = await self.consumer.group_consumers(q)
+            names = {name for name, _, _ in members}
+            silent = [
+                name
+                for name, pending, idle in members
+                if name != self.name
+                and not pending
+                and (now - beats[name] if name in beats else idle) > horizon
+            ]
+            silent += [
+                name
+                for name, beat in beats.items()
+                if name not in names and name != self.name and now - beat > horizon
+            ]
+            for name in silent:
+                if await self.consumer.release(q, name):
+                    log.info("forgot consumer %s of %s: silent for over %d ms", name, q, horizon)
+        return horizon / 2000

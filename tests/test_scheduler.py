@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from qrunner import keys
 from qrunner.clock import ManualClock, RedisClock
@@ -294,7 +295,7 @@ async def test_run_ticks_on_the_clock_survives_a_failing_tick_and_stops_on_reque
     fired: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
     clock = ManualClock(T0)
     recorder = Recorder(Client(redis))
-    failures = [RuntimeError("redis hiccup")]
+    failures: list[Exception] = [RedisConnectionError("redis hiccup")]
 
     class Flaky:
         async def enqueue(self, task: str, payload: Any = None, **kw: Any) -> str:
@@ -306,7 +307,7 @@ async def test_run_ticks_on_the_clock_survives_a_failing_tick_and_stops_on_reque
         redis, Flaky(), [MINUTELY], clock, on_fire=lambda name, n: fired.put_nowait((name, n))
     )
     stop = asyncio.Event()
-    with caplog.at_level(logging.ERROR, logger="qrunner.scheduler"):
+    with caplog.at_level(logging.WARNING, logger="qrunner.scheduler"):
         loop = asyncio.create_task(scheduler.run(stop))
         # When the clock moves one tick, then a minute
         await clock.until_sleeping()
@@ -322,6 +323,33 @@ async def test_run_ticks_on_the_clock_survives_a_failing_tick_and_stops_on_reque
         stop.set()
         await loop
     assert await job_ids(redis) == [f"cron-minutely-{T0}", f"cron-minutely-{T0 + MIN}"]
+
+
+async def test_run_ends_with_the_error_when_a_tick_fails_with_a_bug(
+    redis: aioredis.Redis,
+) -> None:
+    # Given an enqueuer with a bug (not a Redis fault)
+    class Broken:
+        async def enqueue(self, task: str, payload: Any = None, **kw: Any) -> str:
+            raise KeyError("a bug")
+
+    scheduler = Scheduler(redis, Broken(), [MINUTELY], ManualClock(T0))
+    # Then the loop does not log and go on forever: it raises, and the worker stops loudly
+    with pytest.raises(KeyError):
+        await scheduler.run(asyncio.Event())
+
+
+async def test_a_fresh_redis_fires_only_the_newest_slot_of_the_grace_period(
+    redis: aioredis.Redis,
+) -> None:
+    # Given a per-second schedule that never fired (a new or flushed Redis), 30 s past a minute
+    every_second = Schedule(name="secondly", task="t", cron="* * * * * *")
+    clock = ManualClock(T0 + 30_000)
+    scheduler, _ = make(redis, [every_second], clock)
+    # Then one tick enqueues the current slot only, not the 30 seconds before it
+    assert await scheduler.tick() == 1
+    assert await job_ids(redis) == [f"cron-secondly-{T0 + 30_000}"]
+    assert await last_of(redis, "secondly") == T0 + 30_000
 
 
 async def test_describe_lists_last_and_next_fire_in_the_entry_zone(redis: aioredis.Redis) -> None:

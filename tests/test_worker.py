@@ -305,18 +305,26 @@ async def test_zombie_late_ack_is_refused(redis: Redis) -> None:
     [entry] = await a.read_available(["default"], 10)
     [stolen] = await b.reclaim("default", lease_ms=0, count=10)
     assert stolen.entry_id == entry.entry_id and stolen.deliveries == 2
-    from qrunner.consumer import Completion
+    from qrunner.consumer import Completion, Finish
 
     done = [Completion(entry.entry_id, job_id, 1, b"")]
-    assert await a.ack("default", done, 60_000) == [False]
-    assert not await a.reschedule(
-        entry, job_id, b"{}", 0, state="retrying", attempt=2, status_ttl_ms=60_000
+    assert await a.ack("default", done, 60_000) == [Finish.NOT_OWNER]
+    assert (
+        await a.reschedule(
+            entry, job_id, b"{}", 0, state="retrying", attempt=2, status_ttl_ms=60_000
+        )
+        is Finish.NOT_OWNER
     )
-    assert not await a.deadletter(entry, job_id, b"{}", "x", task="record", status_ttl_ms=60_000)
+    assert (
+        await a.deadletter(entry, job_id, b"{}", "x", task="record", status_ttl_ms=60_000)
+        is Finish.NOT_OWNER
+    )
     assert await redis.xlen(keys.stream("default")) == 1
-    assert await a.extend("default", [entry.entry_id]) == [entry.entry_id]
-    assert await b.ack("default", done, 60_000) == [True]
+    assert await a.extend("default", [entry.entry_id]) == [(entry.entry_id, Finish.NOT_OWNER)]
+    assert await b.ack("default", done, 60_000) == [Finish.DONE]
     assert await redis.xlen(keys.stream("default")) == 0
+    # A retried ack (its first reply lost) finds the entry gone, not refused.
+    assert await b.ack("default", done, 60_000) == [Finish.GONE]
 
 
 async def test_long_job_keeps_its_lease(redis: Redis) -> None:

@@ -1,30 +1,35 @@
 --[[ enqueue: add one or more jobs to a queue, immediately or delayed, with optional dedup.
 
+Job ids are made by the client before sending, and an id is written at most once: a job whose id
+record already exists is skipped. A call retried after its reply was lost (a reset connection, a
+timeout) therefore never enqueues twice. The id record is the job's status hash, or, when status
+records are off, a small marker kept for the id-marker TTL.
+
+Under memory pressure (maxmemory with noeviction) the first write is refused and nothing is
+written; the OOM error reaches the caller with its code.
+
 KEYS[1]        stream        qr:{q}:stream
 KEYS[2]        delayed set   qr:{q}:delayed   (ZSET, score = due time in ms, Redis clock)
-KEYS[2+2i-1]   status hash of job i   qr:{q}:job:<id>
-KEYS[2+2i]     dedup key of job i     qr:{q}:uniq:<key>, or the status key again when the job has no key
+KEYS[2+2i-1]   id record of job i: status hash qr:{q}:job:<id>, or marker qr:{q}:id:<id>
+KEYS[2+2i]     dedup key of job i     qr:{q}:uniq:<key>, or the id record again when no key
 ARGV[1]        now_ms, or "" to read the Redis clock (TIME)
-ARGV[2]        status TTL in ms (0: keep no status records)
-ARGV[3..]      per job, 6 values: job id, envelope (JSON), delay ms ("" = none),
+ARGV[2]        status TTL in ms (0: keep no status records; the id record is then a marker)
+ARGV[3]        id-marker TTL in ms (used when ARGV[2] is 0)
+ARGV[4..]      per job, 6 values: job id, envelope (JSON), delay ms ("" = none),
                absolute due ms ("" = none), dedup TTL ms ("" = no dedup), task name
-Returns        flat array: per job, the job id that holds the slot and 1 (enqueued) or 0
-               (deduplicated: a job with the same key exists inside its window; nothing written)
+Returns        flat array: per job, the job id that holds the slot and 1 (enqueued), 0
+               (deduplicated: a job with the same key exists inside its window) or 2 (this id
+               was already enqueued); 0 and 2 wrote nothing
 ]]
-local now
-if ARGV[1] ~= '' then
-  now = tonumber(ARGV[1])
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+local now = qr_now(ARGV[1])
 local status_ttl = tonumber(ARGV[2])
+local marker_ttl = tonumber(ARGV[3])
 local out = {}
-local n = (#ARGV - 2) / 6
+local n = (#ARGV - 3) / 6
 for i = 0, n - 1 do
-  local a = 3 + i * 6
+  local a = 4 + i * 6
   local id, env, delay, at, dedup_ttl, task = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
-  local status_key, uniq_key = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
+  local id_key, uniq_key = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
   local holder = false
   if dedup_ttl ~= '' then
     holder = redis.call('GET', uniq_key)
@@ -32,26 +37,33 @@ for i = 0, n - 1 do
   if holder then
     out[#out + 1] = holder
     out[#out + 1] = 0
+  elseif redis.call('EXISTS', id_key) == 1 then
+    out[#out + 1] = id
+    out[#out + 1] = 2
   else
+    local due = nil
+    if at ~= '' then due = tonumber(at) elseif delay ~= '' then due = now + tonumber(delay) end
+    local r
+    if due ~= nil and due > now then
+      r = redis.pcall('ZADD', KEYS[2], due, env)
+    else
+      due = nil
+      r = redis.pcall('XADD', KEYS[1], '*', 'j', env)
+    end
+    if type(r) == 'table' and r.err then return qr_error(r.err) end
     if dedup_ttl ~= '' then
       redis.call('SET', uniq_key, id, 'PX', dedup_ttl)
     end
-    local due = nil
-    if at ~= '' then due = tonumber(at) elseif delay ~= '' then due = now + tonumber(delay) end
-    if due ~= nil and due > now then
-      redis.call('ZADD', KEYS[2], due, env)
-      if status_ttl > 0 then
-        redis.call('HSET', status_key, 'state', 'scheduled', 'task', task, 'attempt', 1,
-          'enqueued_ms', now, 'not_before_ms', due)
-      end
-    else
-      redis.call('XADD', KEYS[1], '*', 'j', env)
-      if status_ttl > 0 then
-        redis.call('HSET', status_key, 'state', 'queued', 'task', task, 'attempt', 1, 'enqueued_ms', now)
-      end
-    end
     if status_ttl > 0 then
-      redis.call('PEXPIRE', status_key, status_ttl)
+      if due ~= nil then
+        redis.call('HSET', id_key, 'state', 'scheduled', 'task', task, 'attempt', 1,
+          'enqueued_ms', now, 'not_before_ms', due)
+      else
+        redis.call('HSET', id_key, 'state', 'queued', 'task', task, 'attempt', 1, 'enqueued_ms', now)
+      end
+      redis.call('PEXPIRE', id_key, status_ttl)
+    else
+      redis.call('SET', id_key, 1, 'PX', marker_ttl)
     end
     out[#out + 1] = id
     out[#out + 1] = 1

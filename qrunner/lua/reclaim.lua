@@ -12,13 +12,15 @@ ARGV[2]   consumer name (the new owner)
 ARGV[3]   minimum idle time in ms (the lease)
 ARGV[4]   most entries to claim
 Returns   flat array: per claimed entry, its id, its 'j' field (or false) and its delivery count
+Errors    NOGROUP when the stream or group is missing
 ]]
 local want = tonumber(ARGV[4])
 local out = {}
 local cursor = '0-0'
 local rounds = 0
 repeat
-  local res = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], cursor, 'COUNT', want)
+  local res = redis.pcall('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], cursor, 'COUNT', want)
+  if res.err then return qr_error(res.err) end
   cursor = res[1]
   for _, entry in ipairs(res[2]) do
     if entry and entry[1] then

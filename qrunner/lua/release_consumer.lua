@@ -8,8 +8,10 @@ KEYS[2]   consumers hash  qr:{q}:consumers
 ARGV[1]   consumer group
 ARGV[2]   consumer name
 Returns   1 when deleted, 0 when kept because it still owns entries
+Errors    NOGROUP when the stream or group is missing
 ]]
-local pend = redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+local pend = redis.pcall('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2])
+if pend.err then return qr_error(pend.err) end
 if #pend > 0 then
   return 0
 end

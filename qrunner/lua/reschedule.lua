@@ -2,7 +2,8 @@
 
 Used for retries after a failure (the envelope carries attempt + 1 and the error history) and for
 deferrals that do not spend an attempt (rate limit, quiet hours). Refused when this consumer no
-longer owns the entry.
+longer owns the entry. XACK/XDEL come first so the call goes through when Redis is out of memory
+(the envelope only moves from the stream to the delayed set).
 
 KEYS[1]   stream        qr:{q}:stream
 KEYS[2]   delayed set   qr:{q}:delayed
@@ -13,30 +14,28 @@ ARGV[3]   stream entry id
 ARGV[4]   next envelope (JSON)
 ARGV[5]   delay in ms from now
 ARGV[6]   now_ms, or "" to read the Redis clock (TIME)
-ARGV[7]   status TTL in ms
+ARGV[7]   status TTL in ms (0: keep none)
 ARGV[8]   status state to record ("retrying" or "scheduled")
 ARGV[9]   attempt number of the next run
 ARGV[10]  last error message ("" = leave as is)
-Returns   due time in ms, or -1 when refused (not owned)
+Returns   due time in ms; -1 refused (another consumer owns it); -2 gone (no longer pending)
+Errors    NOGROUP when the stream or group is missing
 ]]
-local now
-if ARGV[6] ~= '' then
-  now = tonumber(ARGV[6])
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local pend = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
-if #pend ~= 1 or pend[1][2] ~= ARGV[2] then
-  return -1
-end
+local now = qr_now(ARGV[6])
+local pend = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if pend.err then return qr_error(pend.err) end
+if #pend == 0 then return -2 end
+if pend[1][2] ~= ARGV[2] then return -1 end
 local due = now + tonumber(ARGV[5])
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 redis.call('XDEL', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[2], due, ARGV[4])
-redis.call('HSET', KEYS[3], 'state', ARGV[8], 'attempt', ARGV[9], 'not_before_ms', due)
-if ARGV[10] ~= '' then
-  redis.call('HSET', KEYS[3], 'last_error', ARGV[10])
+local ttl = tonumber(ARGV[7])
+if ttl > 0 then
+  redis.call('HSET', KEYS[3], 'state', ARGV[8], 'attempt', ARGV[9], 'not_before_ms', due)
+  if ARGV[10] ~= '' then
+    redis.call('HSET', KEYS[3], 'last_error', ARGV[10])
+  end
+  redis.call('PEXPIRE', KEYS[3], ttl)
 end
-redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[7]))
 return due

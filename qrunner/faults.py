@@ -1,0 +1,90 @@
+"""Redis failures turned into qrunner's typed faults, by exception type and RESP error code.
+
+Every Redis error reply starts with an error code (``NOGROUP``, ``OOM``, ``LOADING``...), the
+server's own classification; redis-py maps some codes to exception classes and leaves the rest
+as :class:`~redis.exceptions.ResponseError`. This module is the one place that reads that code;
+everything above it (the consumer, the client, the worker's loops) sees only
+:class:`~qrunner.errors.RedisFault` subclasses and never looks at message text.
+
+Lua scripts keep the code of the command that failed by calling it with ``redis.pcall`` and
+returning ``redis.error_reply(err)`` (Redis 6.2 would otherwise wrap it in ``ERR Error running
+script``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from redis import exceptions as rx
+
+from .errors import ConnectionLost, OutOfMemory, RedisFault, ServerBusy, StreamMissing
+
+#: Error codes of replies that mean "the stream or group is gone".
+_MISSING = frozenset({"NOGROUP", "UNBLOCKED"})
+#: Error codes of replies that mean "the server cannot serve this right now".
+_BUSY = frozenset({"BUSY", "LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN"})
+
+#: Exceptions that mean the connection itself failed. ``RuntimeError`` is not here: the
+#: connection class of :mod:`qrunner.connection` turns uvloop's closed-transport RuntimeError
+#: into a redis ``ConnectionError`` where it is raised, so it is typed by the time it gets here.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    rx.ConnectionError,
+    rx.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+)
+
+
+def error_code(exc: rx.ResponseError) -> str:
+    """The RESP error code of a reply error (``NOGROUP``), or "" when it has none."""
+    code = getattr(exc, "status_code", None)
+    if isinstance(code, str) and code:
+        return code
+    text = str(exc.args[0]) if exc.args else ""
+    head = text.split(" ", 1)[0]
+    return head if head.isupper() and head.isalpha() else ""
+
+
+def classify(exc: BaseException) -> RedisFault | None:
+    """The typed fault ``exc`` stands for, or None when it is not a Redis fault (a bug, a
+    refused command) and should propagate as it is."""
+    if isinstance(exc, RedisFault):
+        return exc
+    if isinstance(exc, rx.OutOfMemoryError):
+        return OutOfMemory(f"Redis is out of memory: {exc}")
+    if isinstance(exc, rx.BusyLoadingError | rx.ReadOnlyError | rx.TryAgainError):
+        return ServerBusy(f"Redis is busy: {exc}")
+    if isinstance(exc, rx.ResponseError):
+        code = error_code(exc)
+        if code in _MISSING:
+            return StreamMissing(f"stream or consumer group missing: {exc}")
+        if code in _BUSY:
+            return ServerBusy(f"Redis is busy: {exc}")
+        if code == "OOM":
+            return OutOfMemory(f"Redis is out of memory: {exc}")
+        return None
+    if isinstance(exc, CONNECTION_ERRORS):
+        return ConnectionLost(f"{type(exc).__name__}: {exc}")
+    return None
+
+
+@asynccontextmanager
+async def translated(queue: str | None = None) -> AsyncIterator[None]:
+    """Re-raise Redis failures inside the block as typed faults (others pass unchanged)."""
+    try:
+        yield
+    except StreamMissing as missing:
+        if missing.queue is None:
+            missing.queue = queue
+        raise
+    except RedisFault:
+        raise
+    except Exception as exc:
+        fault = classify(exc)
+        if fault is None:
+            raise
+        if isinstance(fault, StreamMissing):
+            fault.queue = queue
+        raise fault from exc
