@@ -12,7 +12,14 @@ from typing import Any, NoReturn
 
 import orjson
 
-from .errors import BackendUnavailable, ConfigError, EnqueueError, JobNotFound, QrunnerError
+from .errors import (
+    BackendUnavailable,
+    ConfigError,
+    EnqueueError,
+    JobNotFound,
+    QrunnerError,
+    ServerFull,
+)
 from .settings import Settings, load_settings
 
 log = logging.getLogger("qrunner")
@@ -126,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     handler = _COMMANDS[args.command]
     try:
         return _run(handler(args, settings), settings)
+    except ServerFull as exc:  # not the input's fault: Redis is out of memory
+        print(f"qrunner: {exc}", file=sys.stderr)
+        return 1
     except (UsageError, ConfigError, EnqueueError) as exc:
         print(f"qrunner: {exc}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ retry policy, the pool and qrunner's fault handling see a lost connection for wh
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,15 +21,41 @@ from redis.asyncio.connection import (
     UnixDomainSocketConnection,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
 class _TransportGuard(AbstractConnection):
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        """redis-py's write path, with two changes: a closed transport is a lost connection,
+        and the write timeout is ``asyncio.timeout`` rather than ``asyncio.wait_for``, which on
+        Python 3.11 can swallow a cancellation that lands as the write completes (a worker
+        told to stop would go on reading)."""
+        if not self.is_connected:
+            await self.connect_check_health(check_health=False)
+        if check_health:
+            await self.check_health()  # type: ignore[no-untyped-call]
+        if isinstance(command, str):
+            command = command.encode()
+        if isinstance(command, bytes):
+            command = [command]
         try:
-            await super().send_packed_command(command, check_health)
+            writer: Any = self._writer
+            writer.writelines(command)
+            async with asyncio.timeout(self.socket_timeout):
+                await writer.drain()
+        except TimeoutError:
+            await self.disconnect(nowait=True)
+            raise RedisTimeoutError("Timeout writing to socket") from None
+        except OSError as exc:
+            await self.disconnect(nowait=True)
+            raise RedisConnectionError(f"error while writing to socket: {exc}") from exc
         except RuntimeError as exc:  # uvloop: the transport is closed (see module doc)
             await self.disconnect(nowait=True)
             raise RedisConnectionError(f"connection lost while writing: {exc}") from exc
+        except BaseException:
+            # Half a command may be on the wire: the connection cannot be reused.
+            await self.disconnect(nowait=True)
+            raise
 
     async def read_response(self, *args: Any, **kwargs: Any) -> Any:
         try:

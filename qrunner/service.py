@@ -193,7 +193,10 @@ def _extras(
             on_fire=metrics.cron_fired,
             on_miss=metrics.cron_missed,
         )
-        loops.append(scheduler.run)
+        async def cron(stop: asyncio.Event) -> None:
+            await scheduler.run(stop)
+
+        loops.append(cron)
     if opts.metrics_port is not None:
         from .http import build_app, serve_http
 
@@ -210,10 +213,10 @@ def _extras(
         )
         port = opts.metrics_port
 
-        async def http_loop(stop: asyncio.Event) -> None:
+        async def http(stop: asyncio.Event) -> None:
             await serve_http(app, settings.http_host, port, stop)
 
-        loops.append(http_loop)
+        loops.append(http)
     return metrics, loops
 
 

@@ -209,7 +209,7 @@ class Worker:
         return False
 
     async def _guard_extra(self, loop: ExtraLoop) -> None:
-        name = getattr(loop, "__qualname__", repr(loop))
+        name = getattr(loop, "__name__", repr(loop))
         try:
             await loop(self._stop)
         except asyncio.CancelledError:
