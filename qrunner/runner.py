@@ -4,7 +4,11 @@ applies the outcome, so this module reads as the policy for a single job."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import inspect
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -45,6 +49,115 @@ def _encode_result(value: Any) -> bytes:
         return orjson.dumps(repr(value))
 
 
+def default_thread_limit() -> int:
+    """As many handler threads as ``ThreadPoolExecutor`` would start by default."""
+    return min(32, (os.cpu_count() or 1) + 4)
+
+
+class HandlerThreads:
+    """Runs the bodies of ``run_in_thread`` tasks: each on a daemon thread of its own, at most
+    ``limit`` at once (further jobs wait for a slot; their timeout runs meanwhile).
+
+    Neither ``asyncio.to_thread`` nor a ``ThreadPoolExecutor`` is used, on purpose:
+
+    - ``to_thread`` runs on the loop's default executor, which also serves ``getaddrinfo``
+      for every new Redis, PostgreSQL and HTTP connection. CPU-bound or hung handlers filling
+      it would stall DNS lookups and so the worker itself; a limit of our own keeps them apart.
+    - A timed-out thread cannot be stopped. Executor threads are joined at interpreter exit
+      (and ``asyncio.run`` waits for the default executor at shutdown), so one runaway body
+      would keep a stopping worker alive forever; a daemon thread does not.
+
+    A thread keeps its slot until its body really returns, even after its job timed out, so
+    runaway bodies cost at most ``limit`` threads and never an unbounded number.
+    """
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = default_thread_limit() if limit is None else limit
+        if self.limit < 1:
+            raise ValueError("a handler thread limit must be at least 1")
+        self._slots: asyncio.Semaphore | None = None
+        #: Threads started and not yet finished (timed-out ones included).
+        self.alive = 0
+
+    async def run(self, task: Task, ctx: Context[Any], arg: Any) -> Any:
+        """``task.fn(ctx, arg)`` on a thread; its result, or its exception re-raised here."""
+        loop = asyncio.get_running_loop()
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.limit)
+        slots = self._slots
+        await slots.acquire()
+        done: asyncio.Future[Any] = loop.create_future()
+        job_id = ctx.job_id
+        started = time.monotonic()
+
+        def settle(value: Any, error: BaseException | None) -> None:  # on the loop
+            self.alive -= 1
+            slots.release()
+            if done.cancelled():
+                log.warning(
+                    "task %s job %s: its thread finished after %.1fs, but the job had already "
+                    "timed out or been cancelled; its %s is ignored",
+                    task.name,
+                    job_id,
+                    time.monotonic() - started,
+                    "result" if error is None else type(error).__name__,
+                )
+            elif error is None:
+                done.set_result(value)
+            else:
+                done.set_exception(error)
+
+        body = _thread_body(task, ctx, arg, loop, settle)
+        thread = threading.Thread(target=body, name=f"qrunner {task.name} {job_id}", daemon=True)
+        try:
+            thread.start()
+        except BaseException:
+            slots.release()
+            raise
+        self.alive += 1
+        # Cancelling this await (timeout, lost lease, shutdown) cancels ``done`` only; the
+        # thread runs on and ``settle`` drops what it returns.
+        return await done
+
+
+def _thread_body(
+    task: Task,
+    ctx: Context[Any],
+    arg: Any,
+    loop: asyncio.AbstractEventLoop,
+    settle: Callable[[Any, BaseException | None], None],
+) -> Callable[[], None]:
+    # Context variables set by the worker are visible to the body, as with asyncio.to_thread.
+    context = contextvars.copy_context()
+
+    def body() -> None:
+        value: Any = None
+        error: BaseException | None = None
+        try:
+            value = context.run(task.fn, ctx, arg)
+            if inspect.isawaitable(value):
+                if inspect.iscoroutine(value):
+                    value.close()
+                raise TypeError(
+                    f"task {task.name!r} runs in a thread but its handler returned an "
+                    "awaitable; a run_in_thread handler must be a plain function"
+                )
+        except Exception as exc:
+            # StopIteration cannot travel through a future.
+            error = exc if not isinstance(exc, StopIteration) else RuntimeError(repr(exc))
+        except BaseException as exc:
+            # SystemExit or KeyboardInterrupt raised by a handler thread is that job's failure,
+            # not a reason to stop the worker.
+            error = RuntimeError(f"handler raised {exc!r}")
+            error.__cause__ = exc
+        try:
+            loop.call_soon_threadsafe(settle, value, error)
+        except RuntimeError:  # the loop is closed: nobody waits for this result any more
+            pass
+
+    return body
+
+
 class Runner:
     """Turns an :class:`Entry` into an :class:`Outcome` by running its task's handler."""
 
@@ -53,10 +166,13 @@ class Runner:
         registry: Registry,
         make_context: Callable[[Job, int], Context[Any]],
         gate: RateGate | None = None,
+        *,
+        thread_limit: int | None = None,
     ) -> None:
         self.registry = registry
         self.make_context = make_context
         self.gate = gate
+        self.threads = HandlerThreads(thread_limit)
         self._expired: set[asyncio.Task[Any]] = set()
 
     def _expire(self, task: asyncio.Task[Any]) -> None:
@@ -99,7 +215,10 @@ class Runner:
             # fraction of the cost on the hot path.
             timer = asyncio.get_running_loop().call_later(task.timeout_s, self._expire, me)
         try:
-            value = await task.fn(ctx, arg)
+            if task.run_in_thread:
+                value = await self.threads.run(task, ctx, arg)
+            else:
+                value = await task.fn(ctx, arg)
         except asyncio.CancelledError:
             if me is None or me not in self._expired:
                 raise

@@ -2,6 +2,14 @@
 
 A :class:`Registry` is a plain object: nothing registers itself at import time into a global.
 Handler modules build one registry each and the worker (or the enqueue client) is handed it.
+
+Handlers run on the worker's event loop, shared with every other job and with the worker's own
+lease renewal, timeouts and signal handling. A handler must therefore never block it: a
+CPU-bound body or a blocking client belongs in a thread (declare the task with
+``run_in_thread=True`` and write a plain ``def``) or, for sustained CPU work, in a process pool
+(``loop.run_in_executor(ProcessPoolExecutor(), ...)``), since a thread still shares the
+interpreter lock with the loop. The worker's loop watchdog (:mod:`qrunner.watchdog`) logs a
+handler that blocks the loop and ends the process when it blocks too long.
 """
 
 from __future__ import annotations
@@ -25,7 +33,11 @@ if TYPE_CHECKING:
     from .settings import Settings
 
 S = TypeVar("S")
+#: ``async def fn(ctx, payload)``: runs on the event loop.
 Handler = Callable[..., Awaitable[Any]]
+#: ``def fn(ctx, payload)``: a ``run_in_thread`` task's body, run on a thread of its own.
+ThreadHandler = Callable[..., Any]
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +53,8 @@ class RateLimitOptions:
 @dataclass(frozen=True, slots=True)
 class Task:
     name: str
-    fn: Handler
+    #: A :data:`Handler`, or a :data:`ThreadHandler` when ``run_in_thread`` is true.
+    fn: Callable[..., Any]
     queue: str = "default"
     payload_model: type[BaseModel] | None = None
     max_retries: int = 3
@@ -51,6 +64,7 @@ class Task:
     timeout_s: float | None = 300.0
     max_deliveries: int = 5
     rate_limit: RateLimitOptions | None = None
+    run_in_thread: bool = False
 
     def validate(self, payload: Mapping[str, Any]) -> Any:
         """The handler's argument: the payload model instance, or the dict when there is no model.
@@ -77,6 +91,12 @@ class Context(Generic[S]):
 
     ``state`` is whatever the registry's lifespan yielded (database pool, provider clients), so
     handlers get typed dependencies instead of globals.
+
+    In a ``run_in_thread`` handler only the plain data (``job``, ``job_id``, ``attempt``,
+    ``deliveries``, ``settings``, ``extra``) is safe to use. ``redis`` and ``client`` are
+    asyncio objects bound to the worker's event loop and cannot be used from the thread; so
+    are asyncio resources in ``state`` (connection pools, HTTP sessions). Use a synchronous
+    client there, or return the data and do the I/O in an async task.
     """
 
     job: Job
@@ -126,8 +146,17 @@ class Registry:
     def add(self, task: Task) -> None:
         if task.name in self._tasks:
             raise ConfigError(f"task {task.name!r} is registered twice")
-        if not inspect.iscoroutinefunction(task.fn):
-            raise ConfigError(f"task {task.name!r}: handler must be an async function")
+        is_async = inspect.iscoroutinefunction(task.fn) or inspect.isasyncgenfunction(task.fn)
+        if task.run_in_thread and is_async:
+            raise ConfigError(
+                f"task {task.name!r}: run_in_thread=True takes a plain function (def), not an "
+                "async one; an async handler runs on the event loop, so drop run_in_thread"
+            )
+        if not task.run_in_thread and not inspect.iscoroutinefunction(task.fn):
+            raise ConfigError(
+                f"task {task.name!r}: handler must be an async function (async def); for a "
+                "blocking or CPU-bound body write a plain def and declare run_in_thread=True"
+            )
         if task.max_retries < 0 or task.max_deliveries < 1:
             raise ConfigError(f"task {task.name!r}: max_retries >= 0 and max_deliveries >= 1")
         self._tasks[task.name] = task
@@ -148,10 +177,27 @@ class Registry:
         rate_burst: int | None = None,
         rate_key: Callable[[Any], str] | None = None,
         rate_cost: Callable[[Any], int] | None = None,
-    ) -> Callable[[Handler], Handler]:
-        """Declare a task: ``async def fn(ctx: Context[S], payload: Model) -> Any``."""
+        run_in_thread: bool = False,
+    ) -> Callable[[F], F]:
+        """Declare a task: ``async def fn(ctx: Context[S], payload: Model) -> Any``.
 
-        def register(fn: Handler) -> Handler:
+        The handler runs on the event loop and must not block it (see the module docstring).
+        With ``run_in_thread=True`` it is instead a plain ``def fn(ctx, payload)``, run on a
+        thread of its own (at most a bounded number at once, see
+        :class:`qrunner.runner.HandlerThreads`) while the loop goes on with other jobs.
+        Payload validation, rate limits, retries and ``Retry`` / ``Permanent`` /
+        ``RateLimited`` raised in the thread work exactly as for an async handler. Two
+        differences:
+
+        - ``timeout_s`` cannot stop the thread (Python threads cannot be killed): at the
+          timeout the job is failed as timed out like any other, but its thread runs on to
+          the end, keeps its slot meanwhile, and what it returns or raises is ignored
+          (logged). A body that may run long should check a deadline itself.
+        - ``ctx.redis``, ``ctx.client`` and asyncio objects in ``ctx.state`` belong to the
+          event loop and cannot be used from the thread (see :class:`Context`).
+        """
+
+        def register(fn: F) -> F:
             limit = None
             if rate_limit is not None:
                 rates = (rate_limit,) if isinstance(rate_limit, str) else tuple(rate_limit)
@@ -171,6 +217,7 @@ class Registry:
                     timeout_s=timeout_s,
                     max_deliveries=max_deliveries,
                     rate_limit=limit,
+                    run_in_thread=run_in_thread,
                 )
             )
             return fn
