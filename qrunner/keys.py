@@ -54,6 +54,11 @@ def id_marker(queue: str, job_id: str) -> str:
     return f"{PREFIX}:{{{queue}}}:id:{job_id}"
 
 
+def stall_note(queue: str, job_id: str) -> str:
+    """Why a job's worker ended: it blocked the event loop (written by the watchdog)."""
+    return f"{PREFIX}:{{{queue}}}:stall:{job_id}"
+
+
 def job_prefix(queue: str) -> str:
     return f"{PREFIX}:{{{queue}}}:job:"
 

@@ -86,6 +86,7 @@ async def serve(opts: WorkerOptions, settings: Settings, stop: asyncio.Event | N
 
         check_bind_address(settings.http_host, token_required=bool(settings.http_token))
     schedules = _load_schedules(opts, registry)
+    escape = stop is None  # the process' signals are ours: a blocked loop must not hang SIGTERM
     if stop is None:
         stop = asyncio.Event()
         install_signal_handlers(stop)
@@ -118,6 +119,7 @@ async def serve(opts: WorkerOptions, settings: Settings, stop: asyncio.Event | N
                 gate=_gate(redis, registry),
                 weights=opts.weights,
                 extra_loops=loops,
+                signal_escape=escape,
             )
             try:
                 await worker.run(stop)

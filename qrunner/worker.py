@@ -42,8 +42,10 @@ from .outcome import DeadLettered, Deferred, Outcome, RetryLater, Succeeded
 from .queue import Client
 from .runner import RateGate, Runner
 from .settings import Settings
+from .stalls import StallGuard
 from .supervise import BACKOFF_CAP_S, LoopCrashed, supervised
 from .task import Context, Registry
+from .watchdog import LoopWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ class Worker:
         weights: dict[str, int] | None = None,
         extra_loops: Sequence[ExtraLoop] = (),
         name: str | None = None,
+        signal_escape: bool = False,
     ) -> None:
         self.settings = settings or Settings()
         self.redis = redis
@@ -117,10 +120,34 @@ class Worker:
         self._recovering = asyncio.Lock()
         self._debug = log.isEnabledFor(logging.DEBUG)
         self._status_warned = 0.0
+        #: Let the watchdog end the process when SIGTERM finds the loop blocked (only where the
+        #: process' signal handlers are the worker's: the CLI).
+        self.signal_escape = signal_escape
+        self.watchdog: LoopWatchdog | None = None
 
     @property
     def processed(self) -> int:
         return self.finisher.processed
+
+    def _stall_guard(self) -> StallGuard:
+        guard: StallGuard | None = getattr(self, "_guard", None)
+        if guard is None:
+            guard = self._guard = StallGuard(
+                self.redis,
+                self.name,
+                held=lambda: list(self._held),
+                culprit=self._culprit,
+                lease_ms=self.settings.lease_ms,
+            )
+        return guard
+
+    def _culprit(self) -> tuple[str, str] | None:
+        """(queue, job id) of the job running on the loop right now (watchdog thread)."""
+        task = self.watchdog.current_task() if self.watchdog is not None else None
+        for key, held in list(self._held.items()):
+            if held is task and key in self.running:
+                return key[0], self.running[key][1]
+        return None
 
     # -- wiring -----------------------------------------------------------------------------
 
@@ -152,6 +179,16 @@ class Worker:
             self._stop = stop
         if not await self._start_up():
             return
+        guard = self._stall_guard()
+        watchdog = self.watchdog = LoopWatchdog.from_settings(
+            self.settings,
+            describe=lambda: list(self.running.values()),
+            on_stall=guard.renew,
+            on_limit=guard.record,
+        )
+        watchdog.start()
+        if self.signal_escape:
+            watchdog.install_signal_escape()
         log.info(
             "worker %s started: queues=%s concurrency=%d%s",
             self.name,
@@ -189,6 +226,7 @@ class Worker:
             crashed = [e for e in group.exceptions if isinstance(e, LoopCrashed)]
             raise (crashed[0] if crashed else group.exceptions[0]) from None
         finally:
+            watchdog.stop()
             await self._release_self()
         log.info("worker %s stopped after %d job(s)", self.name, self.processed)
 
@@ -376,6 +414,8 @@ class Worker:
                 if self._debug:
                     log.debug("started %s %s attempt %d", task_name, job.id, job.attempt)
                 outcome = await self._run(entry, job)
+                if isinstance(outcome, DeadLettered) and entry.deliveries > 1:
+                    outcome = await self._with_stall_note(entry.queue, job, outcome)
         finally:
             self._active -= 1
             self._slot_free.set()
@@ -415,6 +455,18 @@ class Worker:
                 job.id,
             )
         return None
+
+    async def _with_stall_note(self, queue: str, job: Job, outcome: DeadLettered) -> DeadLettered:
+        """A redelivered job dead-lettered as poison says so when it blocked the event loop."""
+        try:
+            async with translated(queue):
+                note = await self.redis.get(keys.stall_note(queue, job.id))
+        except RedisFault:
+            return outcome
+        if not note:
+            return outcome
+        text = note.decode() if isinstance(note, bytes) else str(note)
+        return DeadLettered(f"{outcome.reason}; {text}", outcome.job, outcome.raw)
 
     async def _apply(
         self, entry: Entry, job: Job | None, task: str, outcome: Outcome, duration: float
