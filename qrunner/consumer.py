@@ -108,6 +108,8 @@ class Consumer:
     _promote = Script("promote")
     _mark_running = Script("mark_running")
     _fetch = Script("fetch")
+    _ensure_group = Script("ensure_group")
+    _group_consumers = Script("group_consumers")
 
     def __init__(self, redis: Redis, name: str, queues: Sequence[str]) -> None:
         self.redis = redis
@@ -118,14 +120,12 @@ class Consumer:
         """Create the stream and group if missing; True when it had to create the group."""
         async with translated(queue):
             try:
-                await self.redis.xgroup_create(
-                    keys.stream(queue), keys.GROUP, id="0", mkstream=True
-                )
-            except ResponseError as exc:
+                created = await self._ensure_group(self.redis, [keys.stream(queue)], [keys.GROUP])
+            except ResponseError as exc:  # created by another worker between check and create
                 if error_code(exc) == "BUSYGROUP":
                     return False
                 raise
-        return True
+        return bool(int(created))
 
     async def read_available(
         self, queues: Sequence[str], count: int, *, status_ttl_ms: int = 0

@@ -286,6 +286,8 @@ class RedisProcess:
     ``detached`` servers daemonize and outlive this Python process (the embedded server);
     otherwise the server is a child we can wait on, which keeps kill/restart tests tidy.
     Without ``appendonly`` nothing is persisted at all, to test restarts that lose data.
+    ``binary`` names the server to run (a redis-server, or a valkey-server, which takes the
+    same flags); by default it is chosen as :func:`redis_binary` does.
     """
 
     def __init__(
@@ -296,12 +298,14 @@ class RedisProcess:
         appendonly: bool = True,
         prefer_path: bool = True,
         detached: bool = False,
+        binary: str | os.PathLike[str] | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.port = port if port is not None else _free_port()
         self.appendonly = appendonly
         self.prefer_path = prefer_path
         self.detached = detached
+        self._requested_binary = str(binary) if binary is not None else None
         self.binary = ""
         self.log_path = self.data_dir / "redis.log"
         self.pid_path = self.data_dir / "redis.pid"
@@ -319,14 +323,14 @@ class RedisProcess:
 
     @property
     def version(self) -> str:
-        return _version(self.binary or redis_binary(self.prefer_path))
+        return _version(self.binary or self._choose_binary())
 
     def running(self) -> bool:
         return self._pid is not None and _pid_alive(self._pid)
 
     def start(self) -> None:
         """Start the server and return once it answers on its port as the process we started."""
-        self.binary = redis_binary(self.prefer_path)
+        self.binary = self._choose_binary()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for attempt in range(3):
             offset = _log_size(self.log_path)
@@ -341,6 +345,17 @@ class RedisProcess:
             raise BackendUnavailable(
                 f"redis-server ({self.binary}) did not start on {HOST}:{self.port}: {_tail(log)}"
             )
+
+    def _choose_binary(self) -> str:
+        """The ``binary`` asked for, checked to be runnable; else :func:`redis_binary`."""
+        if self._requested_binary is None:
+            return redis_binary(self.prefer_path)
+        found = shutil.which(self._requested_binary)  # a bare name is looked up on PATH
+        if found is None:
+            raise BackendUnavailable(
+                f"cannot start Redis: {self._requested_binary} is not an executable file"
+            )
+        return found  # not resolved: Debian's redis-server is a link whose name picks the tool
 
     def _argv(self) -> list[str]:
         return [

@@ -13,13 +13,22 @@ backs off instead of each discovering the 429 on its own.
 
 The maths lives in :mod:`qrunner.tokenbucket` (pure, unit-tested); ``lua/take_tokens.lua``
 mirrors it.
+
+Jobs that find no token take their place in the bucket's line (:meth:`RateLimiter.reserve`,
+``lua/reserve_turn.lua``): they are charged at once and told when their turn comes, so a backlog
+above the limit costs one deferral per job rather than one per refill. A job whose turn lies
+ahead is recorded under its id and runs without a second charge when it comes back. Turns are
+given out strictly in the order jobs ask, so the bucket's rate and burst hold for the turns; a job
+that comes back late (its workers busy) still runs, late, on its turn.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -29,6 +38,25 @@ from qrunner import keys
 from qrunner.errors import ConfigError
 from qrunner.scripts import Script
 from qrunner.tokenbucket import MAX_CREDIT, Limit
+
+log = logging.getLogger(__name__)
+
+
+def turns_key(bucket: str) -> str:
+    """Sorted set of the bucket's recorded turns: job id (or ``~<n>``) -> turn ms less shift."""
+    return f"{keys.PREFIX}:rl:{{{bucket}}}:turns"
+
+
+def reads_key(bucket: str) -> str:
+    """Jobs of a gated queue allowed to a reader and not yet admitted (a short-lived count)."""
+    return f"{keys.PREFIX}:rl:{{{bucket}}}:reads"
+
+
+def line_key(bucket: str) -> str:
+    """Hash of the bucket's line: ``shift`` (ms the line was pushed back by throttles) and
+    ``seq`` (the last anonymous member)."""
+    return f"{keys.PREFIX}:rl:{{{bucket}}}:line"
+
 
 _UNIT_MS: dict[str, int] = {
     "ms": 1,
@@ -141,13 +169,51 @@ class RateLimitSpec:
             )
 
 
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """The answer of :meth:`RateLimiter.reserve` for one job."""
+
+    #: How the job was admitted: ``granted`` (tokens taken now), ``claimed`` (its recorded turn
+    #: is due), ``hold`` (its turn is within the hold: wait ``wait_ms`` in place, then run),
+    #: ``deferred`` (its turn is recorded; come back in ``wait_ms``) or ``refused`` (nothing
+    #: charged or recorded; ask again in ``wait_ms``).
+    kind: str
+    wait_ms: int
+    #: Jobs deferred to a recorded turn of this bucket, after this call; -1 when not looked up
+    #: (a grant, or a wait in place, leaves the recorded turns as they were).
+    waiting: int
+    #: Milliseconds until the earliest recorded turn (0 if due); -1 when none, or not looked up.
+    next_turn_ms: int
+
+    @property
+    def runs_now(self) -> bool:
+        return self.kind in ("granted", "claimed")
+
+
+_ADMISSION_KINDS = {1: "granted", 2: "claimed", 3: "hold", 4: "deferred", 5: "refused"}
+
+
 class RateLimiter:
-    """Typed client of ``take_tokens.lua`` and ``throttle_bucket.lua``."""
+    """Typed client of ``take_tokens.lua``, ``reserve_turn.lua``, ``bucket_allowance.lua`` and
+    ``throttle_bucket.lua``."""
 
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._take = Script("take_tokens")
+        self._reserve = Script("reserve_turn")
+        self._allowance = Script("bucket_allowance")
         self._throttle = Script("throttle_bucket")
+
+    @staticmethod
+    def _window_keys(bucket: str, spec: RateLimitSpec) -> list[str]:
+        return [keys.ratelimit(bucket, rate.window) for rate in spec.rates]
+
+    @staticmethod
+    def _window_args(spec: RateLimitSpec) -> list[int | str]:
+        args: list[int | str] = []
+        for limit in spec.limits():
+            args += [limit.tokens, limit.period_ms, limit.capacity]
+        return args
 
     async def acquire(
         self, bucket: str, spec: RateLimitSpec, cost: int = 1, *, now_ms: int | None = None
@@ -172,13 +238,201 @@ class RateLimiter:
             raise
         return 0.0 if int(granted) else int(wait_ms) / 1000.0
 
-    async def throttle(self, bucket: str, seconds: float, *, now_ms: int | None = None) -> None:
-        """Block ``bucket`` for every caller for ``seconds`` (never shortening a longer block)."""
+    async def reserve(
+        self,
+        bucket: str,
+        spec: RateLimitSpec,
+        cost: int = 1,
+        *,
+        job_id: str | None = None,
+        hold_ms: int = 0,
+        reserve: bool = True,
+        max_wait_ms: int = 0,
+        stale_ms: int = 3_600_000,
+        now_ms: int | None = None,
+    ) -> Admission:
+        """Admit one job: run it now, or give it its turn in the bucket's line.
+
+        A job that finds no token is charged now and its turn is when the bucket will have
+        earned it, after every job that asked before it. A turn at most ``hold_ms`` away is the
+        caller's to wait for in place (``hold``); a later one is recorded under ``job_id`` and
+        the job is told to come back then (``deferred``), when it runs without a second charge
+        (``claimed``). ``max_wait_ms`` caps the wait reported for a recorded turn: the job then
+        asks again and is told the rest. Without ``job_id`` a returning job claims the earliest
+        turn that is due, whoever it was recorded for. With ``reserve=False`` a job whose turn
+        is further than ``hold_ms`` is ``refused`` and nothing is charged. Recorded turns
+        overdue by more than ``stale_ms`` are forgotten. ``now_ms`` replaces the Redis clock
+        (tests only).
+        """
+        spec.check_cost(cost)
+        bucket_keys = self._window_keys(bucket, spec)
+        bucket_keys += [keys.ratelimit_block(bucket), turns_key(bucket), line_key(bucket)]
+        args: list[int | str] = [
+            cost,
+            "" if now_ms is None else now_ms,
+            job_id or "",
+            max(0, hold_ms),
+            1 if reserve else 0,
+            max(0, max_wait_ms),
+            max(0, stale_ms),
+            *self._window_args(spec),
+        ]
+        try:
+            code, wait_ms, waiting, next_ms = await self._reserve(self._redis, bucket_keys, args)
+        except ResponseError as exc:
+            if "QRCOSTOVERCAPACITY" in str(exc) or "QRBADARGS" in str(exc):
+                raise ConfigError(f"rate limit {bucket!r}: {exc}") from exc
+            raise
+        return Admission(_ADMISSION_KINDS[int(code)], int(wait_ms), int(waiting), int(next_ms))
+
+    async def allowance(
+        self,
+        bucket: str,
+        spec: RateLimitSpec,
+        horizon_ms: int,
+        *,
+        settle_ms: int = 0,
+        now_ms: int | None = None,
+    ) -> tuple[int, int, int]:
+        """``(count, first_ms, busy_ms)``: how many one-token jobs a reader may fetch now, whose
+        turns would all be within ``horizon_ms``; the ms until the first such turn; and, when
+        the count is 0 only because other readers were just allowed those turns, the ms until
+        their share lapses. What a reader is allowed is set aside for ``settle_ms`` (time for
+        its jobs to be admitted and charged); the bucket itself is only read.
+        """
+        bucket_keys = [
+            *self._window_keys(bucket, spec),
+            keys.ratelimit_block(bucket),
+            reads_key(bucket),
+        ]
+        args: list[int | str] = [
+            "" if now_ms is None else now_ms,
+            max(0, horizon_ms),
+            max(0, settle_ms),
+            *self._window_args(spec),
+        ]
+        count, first_ms, busy_ms = await self._allowance(self._redis, bucket_keys, args)
+        return int(count), int(first_ms), int(busy_ms)
+
+    async def throttle(
+        self,
+        bucket: str,
+        seconds: float,
+        *,
+        spec: RateLimitSpec | None = None,
+        now_ms: int | None = None,
+    ) -> None:
+        """Block ``bucket`` for every caller for ``seconds`` (never shortening a longer block).
+
+        With the bucket's ``spec`` the bucket is paused rather than only blocked: its windows
+        earn nothing meanwhile and every turn given out by :meth:`reserve` moves back by the
+        length of the pause, so the jobs in line neither run inside the block nor all at once
+        when it ends.
+        """
         if not math.isfinite(seconds) or seconds < 0:
             raise ValueError(f"throttle seconds must be finite and >= 0, got {seconds}")
         block_ms = math.ceil(seconds * 1000)
-        await self._throttle(
-            self._redis,
-            [keys.ratelimit_block(bucket)],
-            [block_ms, "" if now_ms is None else now_ms],
+        bucket_keys = [keys.ratelimit_block(bucket)]
+        args: list[int | str] = [block_ms, "" if now_ms is None else now_ms]
+        if spec is not None:
+            bucket_keys += [line_key(bucket), turns_key(bucket), *self._window_keys(bucket, spec)]
+            args += self._window_args(spec)
+        await self._throttle(self._redis, bucket_keys, args)
+
+
+@dataclass(frozen=True, slots=True)
+class LineView:
+    """What a worker last heard about the line of a task's bucket(s)."""
+
+    #: Jobs deferred to a recorded turn (summed over the task's buckets when it has several).
+    waiting: int
+    #: Seconds until the earliest of those turns (0 if due), None when none is recorded.
+    next_turn_s: float | None
+
+
+@dataclass(slots=True)
+class _Pending:
+    since: float
+    deferred: int = 0
+    waited_s: float = 0.0
+    longest_s: float = 0.0
+
+
+class DeferralLog:
+    """Rate-limit deferrals as one DEBUG line per job and one INFO summary per task per interval.
+
+    A backlog above a limit defers every job once (to its turn); an INFO line for each would
+    flood the log with thousands of lines. The worker calls :meth:`deferred` instead. The first
+    deferral of a task after a quiet interval is reported at once, then at most one summary per
+    task per ``interval_s``::
+
+        rate limited: send_welcome_email: 9870 jobs waiting, next turn in 0.8 s (312 deferred
+        by this worker in the last 60 s, longest wait 3600.0 s)
+
+    ``line`` (usually :meth:`qrunner.admission.TokenBucketGate.line_view`) supplies the jobs
+    waiting and the next turn, as the worker last heard them from Redis. :meth:`tick` emits
+    summaries that are due without a new deferral; :meth:`flush` emits what is pending (at
+    shutdown).
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger | None = None,
+        *,
+        interval_s: float = 60.0,
+        line: Callable[[str], LineView | None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.log = logger or log
+        self.interval_s = interval_s
+        self.line = line
+        self.clock = clock
+        self._pending: dict[str, _Pending] = {}
+        self._last_summary: dict[str, float] = {}
+
+    def deferred(self, task: str, job_id: str, wait_s: float, reason: str = "rate limited") -> None:
+        """One job of ``task`` was deferred by ``wait_s`` seconds for its rate limit."""
+        if self.log.isEnabledFor(logging.DEBUG):
+            self.log.debug("deferred %s %s by %.1fs: %s", task, job_id, wait_s, reason)
+        now = self.clock()
+        pending = self._pending.get(task)
+        if pending is None:
+            pending = self._pending[task] = _Pending(since=now)
+        pending.deferred += 1
+        pending.waited_s += wait_s
+        pending.longest_s = max(pending.longest_s, wait_s)
+        last = self._last_summary.get(task)
+        if last is None or now - last >= self.interval_s:
+            self._emit(task, now)
+
+    def tick(self) -> None:
+        """Emit the summaries whose interval is over."""
+        now = self.clock()
+        for task in list(self._pending):
+            if now - self._last_summary.get(task, -math.inf) >= self.interval_s:
+                self._emit(task, now)
+
+    def flush(self) -> None:
+        """Emit every pending summary now."""
+        now = self.clock()
+        for task in list(self._pending):
+            self._emit(task, now)
+
+    def _emit(self, task: str, now: float) -> None:
+        pending = self._pending.pop(task, None)
+        if pending is None:
+            return
+        self._last_summary[task] = now
+        view = self.line(task) if self.line is not None else None
+        span = max(now - pending.since, 0.0)
+        here = (
+            f"{pending.deferred} deferred by this worker in the last {span:.0f} s, "
+            f"longest wait {pending.longest_s:.1f} s"
+        )
+        if view is None:
+            self.log.info("rate limited: %s: %s", task, here)
+            return
+        turn = "none" if view.next_turn_s is None else f"in {view.next_turn_s:.1f} s"
+        self.log.info(
+            "rate limited: %s: %d jobs waiting, next turn %s (%s)", task, view.waiting, turn, here
         )

@@ -53,7 +53,7 @@ async def connect_redis(
     *,
     check: bool = True,
     max_connections: int = 10_000,
-    socket_timeout_s: float | None = 10.0,
+    socket_timeout_s: float | None = 5.0,
 ) -> Redis:
     """A client that retries dropped connections with backoff and fails fast (host:port) when
     the server is not there at start.

@@ -109,6 +109,7 @@ _IGNORED = {
     "QRUNNER_TEST_REDIS_SERVER",
     "QRUNNER_TEST_DATABASE_URL",
     "QRUNNER_BENCH",
+    "QRUNNER_FAULT_REPORT",
 }
 
 
@@ -138,9 +139,9 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
     settings = Settings(**values)
     if settings.concurrency < 1:
         raise ConfigError("QRUNNER_CONCURRENCY must be at least 1")
-    if not 1 <= settings.block_ms <= 5_000:
+    if not 1 <= settings.block_ms <= 4_000:
         raise ConfigError(
-            "QRUNNER_BLOCK_MS must be from 1 to 5000 (a reply is awaited 10 s at most)"
+            "QRUNNER_BLOCK_MS must be from 1 to 4000 (a reply is awaited 5 s at most)"
         )
     if settings.lease_ms < 500:
         raise ConfigError("QRUNNER_LEASE_MS must be at least 500")

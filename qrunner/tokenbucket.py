@@ -10,6 +10,12 @@ would drift apart by rounding and make such a comparison meaningless.
 A missing state means a bucket that has been idle long enough for its key to expire, and such a
 bucket is full. Several windows on one bucket are taken all-or-nothing, and a bucket can be
 *blocked* until an absolute time (a provider answered 429).
+
+:func:`take_all` only takes what is there. :func:`schedule` also answers for a job that cannot
+run yet: it charges the job now, letting the credit go below zero, and says when the job's turn
+comes. The next job to ask is then scheduled after it, so jobs waiting for one bucket form a
+line whose places are known in advance (``lua/reserve_turn.lua`` mirrors it).
+:func:`allowance` counts how many jobs joining now would have their turn within a horizon.
 """
 
 from __future__ import annotations
@@ -73,6 +79,20 @@ class Decision:
     granted: bool
     wait_ms: int
     #: States to store, one per window, only when ``granted`` (a denial writes nothing).
+    states: tuple[WindowState, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """When a job joining a bucket's line now would run, and the windows once it is charged.
+
+    ``turn_ms == now_ms`` is an ordinary grant. A later turn means the job has spent tokens the
+    bucket only earns by ``turn_ms``: its windows' credit is below what it needed, possibly below
+    zero, so whoever asks next is scheduled after it.
+    """
+
+    turn_ms: int
+    #: One state per window, with the cost deducted: what to store when the turn is committed.
     states: tuple[WindowState, ...]
 
 
@@ -149,3 +169,72 @@ def take_all(
     if longest > 0:
         return Decision(False, longest, ())
     return Decision(True, 0, tuple(t.state for t in takes))
+
+
+def schedule(
+    limits: Sequence[Limit],
+    states: Sequence[WindowState | None],
+    now_ms: int,
+    cost: int,
+    blocked_until_ms: int | None = None,
+) -> Turn:
+    """The turn of a job of ``cost`` tokens that joins the bucket's line at ``now_ms``.
+
+    Each window's turn is when its credit reaches ``cost`` tokens, counted from ``now_ms`` or
+    from the window's stored time when that lies ahead (a window paused by a throttle earns
+    nothing before it). The job's turn is the latest of its windows' and of the block. Every
+    window is charged whatever the turn, so the credit may go below zero: that is the line.
+
+    It grants exactly when :func:`take_all` does, except that a stored time ahead of ``now_ms``
+    (a pause, or a clock that went backwards) postpones the turn to it instead of granting from
+    the level.
+    """
+    if len(limits) != len(states):
+        raise ValueError("one state (or None) per limit")
+    if cost < 1:
+        raise ValueError(f"cost must be >= 1, got {cost}")
+    turn = now_ms
+    after: list[WindowState] = []
+    for limit, state in zip(limits, states, strict=True):
+        if cost > limit.capacity:
+            raise ValueError(
+                f"cost {cost} exceeds capacity {limit.capacity}; it can never be granted"
+            )
+        current = refill(limit, state, now_ms)
+        start = max(now_ms, current.last_ms)
+        turn = max(turn, start + wait_ms(limit, current.credit, cost))
+        after.append(WindowState(current.credit - cost * limit.period_ms, current.last_ms))
+    if blocked_until_ms is not None:
+        turn = max(turn, blocked_until_ms)
+    return Turn(turn, tuple(after))
+
+
+def allowance(
+    limits: Sequence[Limit],
+    states: Sequence[WindowState | None],
+    now_ms: int,
+    horizon_ms: int,
+    blocked_until_ms: int | None = None,
+) -> tuple[int, int]:
+    """``(count, first_ms)``: how many one-token jobs joining the line at ``now_ms`` one after
+    the other would have their turn by ``now_ms + horizon_ms``, and the turn of the first.
+
+    A window whose credit is ``c`` at ``start`` serves its k-th such job at
+    ``start + ceil((k * period_ms - c) / tokens)``, so it serves
+    ``floor((c + (end - start) * tokens) / period_ms)`` of them by ``end``.
+    """
+    if len(limits) != len(states):
+        raise ValueError("one state (or None) per limit")
+    end = now_ms + max(0, horizon_ms)
+    first = schedule(limits, states, now_ms, 1, blocked_until_ms).turn_ms
+    if blocked_until_ms is not None and blocked_until_ms > end:
+        return 0, first
+    count: int | None = None
+    for limit, state in zip(limits, states, strict=True):
+        current = refill(limit, state, now_ms)
+        start = max(now_ms, current.last_ms)
+        served = 0
+        if end >= start:
+            served = max(0, (current.credit + (end - start) * limit.tokens) // limit.period_ms)
+        count = served if count is None else min(count, served)
+    return count or 0, first

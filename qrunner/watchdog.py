@@ -101,6 +101,7 @@ class LoopWatchdog:
         limit_s: float = 60.0,
         describe: Callable[[], Iterable[tuple[str, str]]] | None = None,
         on_stall: Callable[[float], object] | None = None,
+        on_stall_after_s: float | None = None,
         on_limit: Callable[[float, Running], object] | None = None,
         exit_code: int = EX_SOFTWARE,
         exit_process: Callable[[int], object] = os._exit,
@@ -116,7 +117,10 @@ class LoopWatchdog:
             raise ConfigError(f"stop grace must be 0 or above, got {stop_grace_s:g}")
         self.warn_s = warn_s
         self.limit_s = limit_s
-        self.interval_s = _interval_for(warn_s)
+        #: ``on_stall`` runs once the stall passes this (default: ``warn_s``); a worker sets it
+        #: to a third of its lease, so leases are renewed before they lapse.
+        self.on_stall_after_s = warn_s if on_stall_after_s is None else on_stall_after_s
+        self.interval_s = _interval_for(min(warn_s, max(0.05, self.on_stall_after_s)))
         self.exit_code = exit_code
         self.stop_grace_s = stop_grace_s
         self.final_timeout_s = final_timeout_s
@@ -298,6 +302,13 @@ class LoopWatchdog:
                 )
                 stall_beat = None
             stalled = max(0.0, now - beat - self.interval_s)
+            if self._on_stall is not None and stalled > self.on_stall_after_s:
+                try:
+                    self._on_stall(stalled)
+                except Exception:
+                    stall_failures += 1
+                    if stall_failures == 1:
+                        log.exception("loop watchdog: on_stall failed")
             if stalled > self.warn_s:
                 if stall_beat is None:
                     stall_beat = beat
@@ -311,13 +322,6 @@ class LoopWatchdog:
                         self._running_text(self._running()),
                         self._stack(),
                     )
-                if self._on_stall is not None:
-                    try:
-                        self._on_stall(stalled)
-                    except Exception:
-                        stall_failures += 1
-                        if stall_failures == 1:
-                            log.exception("loop watchdog: on_stall failed")
                 if self._halt.is_set():
                     return
                 if self.limit_s > 0 and stalled > self.limit_s:

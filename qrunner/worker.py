@@ -184,6 +184,7 @@ class Worker:
             self.settings,
             describe=lambda: list(self.running.values()),
             on_stall=guard.renew,
+            on_stall_after_s=self.settings.lease_ms / 3000,
             on_limit=guard.record,
         )
         watchdog.start()
@@ -333,6 +334,7 @@ class Worker:
             self._slot_free.clear()
             await self._wait_any(self._slot_free)
             return 0.0
+        sent = time.monotonic()
         entries = await self.consumer.read_available(
             self._read_order(), free, status_ttl_ms=self.status_ttl_ms
         )
@@ -342,10 +344,32 @@ class Worker:
                 self._stop.set()
                 return None
             block = min(self.settings.block_ms, 200 if self.burst else self.settings.block_ms)
+            sent = time.monotonic()
             entries = await self.consumer.read_blocking(self.queues, free, block)
+        if entries and (time.monotonic() - sent) * 1000 > self.settings.lease_ms / 2:
+            entries = await self._still_ours(entries)
         if entries:
             await self._dispatch(entries)
         return 0.0
+
+    async def _still_ours(self, entries: list[Entry]) -> list[Entry]:
+        """Entries whose read reply took longer than half a lease to arrive (the process was
+        frozen, the network stalled) may have been reclaimed meanwhile: keep only those this
+        consumer still owns, renewing their leases, so a late reply does not run them twice."""
+        by_queue: dict[str, list[str]] = {}
+        for e in entries:
+            by_queue.setdefault(e.queue, []).append(e.entry_id)
+        lost: set[tuple[str, str]] = set()
+        for q, ids in by_queue.items():
+            lost.update((q, entry_id) for entry_id, _ in await self.consumer.extend(q, ids))
+        if lost:
+            log.warning(
+                "dropped %d entr%s read before a stall longer than half a lease: another worker "
+                "took them over meanwhile",
+                len(lost),
+                "y" if len(lost) == 1 else "ies",
+            )
+        return [e for e in entries if (e.queue, e.entry_id) not in lost]
 
     async def _wait_any(self, event: asyncio.Event) -> None:
         waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._stop.wait())]

@@ -1,0 +1,120 @@
+--[[
+  How many one-token jobs a bucket can take within a horizon, and when the first can run.
+  Workers ask it before reading a queue whose every job needs this bucket, so they fetch only
+  work that can run soon and leave the rest in the stream.
+
+  The count mirrors qrunner/tokenbucket.py allowance(); change both together. The bucket's
+  windows are only read: the jobs read are charged when they are admitted (reserve_turn.lua).
+  Until then, what one worker was allowed is set aside for settle_ms, so that workers asking at
+  the same moment share the turns instead of each reading all of them.
+
+  Input:
+    KEYS[1..n]   window hashes, as in take_tokens.lua
+    KEYS[n+1]    block key, qr:rl:{bucket}:block
+    KEYS[n+2]    reads key, qr:rl:{bucket}:reads: jobs allowed to a reader in the last settle_ms
+    ARGV[1]      now, ms since epoch; empty string -> Redis TIME (G7, one clock)
+    ARGV[2]      horizon, ms (integer >= 0)
+    ARGV[3]      settle_ms: how long an allowance is set aside (0 = nothing set aside)
+    ARGV[4+3i..] for window i = 0..n-1: tokens, period_ms, capacity
+
+  Output: {count, first_ms, busy_ms}
+    count      jobs this caller may read: those joining the line now, one after the other,
+               whose turn is within the horizon, less what was set aside for other readers
+    first_ms   ms from now until the first such job's turn (0 = at once)
+    busy_ms    when count is 0 only because of other readers: ms until their share lapses
+
+  Errors:
+    QRBADARGS   KEYS/ARGV counts disagree, or a number is missing or out of range
+]]
+
+local nwin = #KEYS - 2
+if nwin < 1 or #ARGV ~= 3 + 3 * nwin then
+  return redis.error_reply("QRBADARGS want n window keys + 2 and 3 + 3n args, got " ..
+    #KEYS .. " keys and " .. #ARGV .. " args")
+end
+
+local function int_at_least(value, low, what)
+  local n = tonumber(value)
+  if n == nil or n < low or n ~= math.floor(n) then
+    error({err = "QRBADARGS " .. what .. " must be an integer >= " .. low .. ", got '" ..
+      tostring(value) .. "'"})
+  end
+  return n
+end
+
+local function ceil_div(a, b)
+  local q = math.floor(a / b)
+  while q * b < a do q = q + 1 end
+  while (q - 1) * b >= a do q = q - 1 end
+  return q
+end
+
+local function floor_div(a, b)
+  local q = math.floor(a / b)
+  while q * b > a do q = q - 1 end
+  while (q + 1) * b <= a do q = q + 1 end
+  return q
+end
+
+local now
+if ARGV[1] == "" then
+  local t = redis.call("TIME")
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+else
+  now = int_at_least(ARGV[1], 0, "now_ms")
+end
+local horizon_end = now + int_at_least(ARGV[2], 0, "horizon_ms")
+local settle_ms = int_at_least(ARGV[3], 0, "settle_ms")
+
+local first = now
+local count = nil
+for i = 1, nwin do
+  local tokens = int_at_least(ARGV[3 * i + 1], 1, "tokens of window " .. i)
+  local period = int_at_least(ARGV[3 * i + 2], 1, "period_ms of window " .. i)
+  local capacity = int_at_least(ARGV[3 * i + 3], 1, "capacity of window " .. i)
+  local full = capacity * period
+  local state = redis.call("HMGET", KEYS[i], "credit", "ts")
+  local credit, ts
+  if state[1] == false or state[2] == false then
+    credit, ts = full, now
+  else
+    credit, ts = tonumber(state[1]), tonumber(state[2])
+    if now <= ts then
+      credit = math.min(credit, full)
+    else
+      credit = math.min(full, credit + (now - ts) * tokens)
+      ts = now
+    end
+  end
+  local start = math.max(now, ts)
+  if credit < period then
+    first = math.max(first, start + ceil_div(period - credit, tokens))
+  else
+    first = math.max(first, start)
+  end
+  local served = 0
+  if horizon_end >= start then
+    served = math.max(0, floor_div(credit + (horizon_end - start) * tokens, period))
+  end
+  if count == nil or served < count then count = served end
+end
+
+local blocked_until = tonumber(redis.call("GET", KEYS[nwin + 1]) or "")
+if blocked_until ~= nil and blocked_until > now then
+  first = math.max(first, blocked_until)
+  if blocked_until > horizon_end then count = 0 end
+end
+
+local busy = 0
+if settle_ms > 0 and count > 0 then
+  local reads_key = KEYS[nwin + 2]
+  local taken = tonumber(redis.call("GET", reads_key) or "0")
+  if taken >= count then
+    busy = math.max(1, redis.call("PTTL", reads_key))
+    count = 0
+  else
+    count = count - taken
+    redis.call("SET", reads_key, string.format("%d", taken + count), "PX", settle_ms)
+  end
+end
+return {count, first - now, busy}
