@@ -268,9 +268,9 @@ class Consumer:
     async def group_consumers(self, queue: str) -> list[tuple[str, int, int]]:
         """(name, pending entries, ms since it last read or claimed) per consumer of the group."""
         async with translated(queue):
-            infos = await self.redis.xinfo_consumers(keys.stream(queue), keys.GROUP)
+            flat = await self._group_consumers(self.redis, [keys.stream(queue)], [keys.GROUP])
         return [
-            (_s(i.get("name", b"")), int(i.get("pending", 0)), int(i.get("idle", 0))) for i in infos
+            (_s(flat[i]), int(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat), 3)
         ]
 
     async def heartbeats(self, queue: str) -> dict[str, int]:

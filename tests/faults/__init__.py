@@ -1,0 +1,1 @@
+"""Fault-injection suite: real worker processes, a real Redis and a breakable proxy."""
