@@ -403,7 +403,13 @@ class RedisProcess:
             if self._pid is not None and not _pid_alive(self._pid):
                 return False
             # Identify by pid: another Redis may answer on this port when ours failed to bind.
-            if self._pid is not None and _redis_pid(self.port, 0.2) == self._pid:
+            # Ready only once it has loaded its data: INFO answers while the AOF still loads,
+            # PING answers -LOADING until it is done.
+            if (
+                self._pid is not None
+                and _redis_pid(self.port, 0.2) == self._pid
+                and _redis_call(self.port, "PING", timeout_s=0.2).startswith(b"+PONG")
+            ):
                 return True
             time.sleep(0.02)
         return False

