@@ -20,6 +20,7 @@ from redis.asyncio.connection import (
     SSLConnection,
     UnixDomainSocketConnection,
 )
+from redis.asyncio.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -77,6 +78,14 @@ class GuardedUnixConnection(_TransportGuard, UnixDomainSocketConnection):
     """Unix socket (``unix://``)."""
 
 
+class GuardedSentinelConnection(_TransportGuard, SentinelManagedConnection):
+    """A connection to the master Sentinel names (``redis+sentinel://``)."""
+
+
+class GuardedSentinelSSLConnection(_TransportGuard, SentinelManagedSSLConnection):
+    """The same over TLS (``rediss+sentinel://``)."""
+
+
 def connection_class_for(url: str) -> type[AbstractConnection]:
     scheme = urlsplit(url).scheme
     if scheme == "unix":
@@ -84,3 +93,17 @@ def connection_class_for(url: str) -> type[AbstractConnection]:
     if scheme == "rediss":
         return GuardedSSLConnection
     return GuardedConnection
+
+
+def describe(client: Any) -> str:
+    """Where a client points, for messages: host:port (or the cluster's seed nodes, or the
+    socket path), never credentials."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None:
+        kw = pool.connection_kwargs
+        return str(kw.get("path") or f"{kw.get('host', '?')}:{kw.get('port', '?')}")
+    manager = getattr(client, "nodes_manager", None)
+    if manager is not None:
+        seeds = ",".join(n.name for n in manager.startup_nodes.values())
+        return f"cluster {seeds}"
+    return "?"

@@ -52,6 +52,10 @@ class Completion:
     result: bytes
 
 
+#: On Redis Cluster, the longest an idle worker waits on one queue before sweeping them all.
+CLUSTER_POLL_MS = 100
+
+
 class Finish(enum.IntEnum):
     """What a script that ends an entry's life did with it."""
 
@@ -115,6 +119,8 @@ class Consumer:
         self.redis = redis
         self.name = name
         self.queues = list(queues)
+        #: A Redis Cluster client: reads must not span slots.
+        self.cluster = hasattr(redis, "nodes_manager")
 
     async def ensure_group(self, queue: str) -> bool:
         """Create the stream and group if missing; True when it had to create the group."""
@@ -149,7 +155,16 @@ class Consumer:
         return got
 
     async def read_blocking(self, queues: Sequence[str], count: int, block_ms: int) -> list[Entry]:
-        """Wait up to ``block_ms`` for an entry on any of the queues."""
+        """Wait up to ``block_ms`` for an entry on any of the queues.
+
+        On Redis Cluster one XREADGROUP cannot span slots: the worker then waits on its first
+        (highest priority) queue for at most :data:`CLUSTER_POLL_MS` and, empty-handed, returns
+        so that the caller's non-blocking read sweeps every queue again. An idle worker on a
+        cluster costs one read per queue every 100 ms; a busy one never waits.
+        """
+        if self.cluster and len(queues) > 1:
+            queues = queues[:1]
+            block_ms = min(block_ms, CLUSTER_POLL_MS)
         async with translated(queues[0] if len(queues) == 1 else None):
             reply = await self.redis.xreadgroup(
                 keys.GROUP,

@@ -100,6 +100,19 @@ class EnqueueUncertain(BackendUnavailable):
         )
 
 
+class NotReplicated(BackendUnavailable):
+    """A durable enqueue (``wait_replicas``) was written to the master but fewer replicas than
+    asked confirmed it in time: a failover now could lose it. Enqueuing it again with the same
+    ``job_id`` is safe."""
+
+    def __init__(self, job_id: str, acked: int, wanted: int) -> None:
+        self.job_id = job_id
+        super().__init__(
+            f"job {job_id} is enqueued but only {acked} of {wanted} replica(s) confirmed it in "
+            "time; enqueue again with the same job_id once replicas are back (never twice)"
+        )
+
+
 class RedisFault(QrunnerError):
     """A Redis condition that a worker waits out instead of dying; see :mod:`qrunner.faults`."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -16,8 +16,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoPermissionError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .connection import connection_class_for
+from .connection import (
+    GuardedConnection,
+    GuardedSentinelConnection,
+    GuardedSentinelSSLConnection,
+    GuardedSSLConnection,
+    connection_class_for,
+)
 from .errors import BackendUnavailable, ConfigError
+from .redis_url import RedisTarget, parse_redis_url
 from .settings import Settings
 from .task import Registry
 
@@ -70,24 +77,93 @@ async def connect_redis(
     only makes a runaway fail loudly. At concurrency 1000 a cap of 1000 was too low: handlers'
     commands and the worker's own shared the pool, and a few jobs failed for want of one.
     """
-    client: Redis = aioredis.from_url(
-        url,
-        max_connections=max_connections,
-        decode_responses=False,
-        health_check_interval=15,
-        socket_connect_timeout=5,
-        socket_timeout=socket_timeout_s,
-        connection_class=connection_class_for(url),
-        retry=RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=3),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-    )
+    target = parse_redis_url(url)
+    client = _build(url, target, max_connections, socket_timeout_s)
     if check:
         try:
             await client.ping()
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             await client.aclose()
-            raise BackendUnavailable(f"Redis at {redact_url(url)} is unreachable: {exc}") from exc
+            raise BackendUnavailable(
+                f"Redis at {target.shown()} is unreachable: {exc}"
+            ) from exc
     return client
+
+
+def _build(
+    url: str, target: RedisTarget, max_connections: int, socket_timeout_s: float | None
+) -> Redis:
+    """The one place a Redis client is made: one server, a cluster or Sentinel's master.
+
+    A cluster client serves the same commands as a single-server one (it routes each by its
+    key's slot, and scripts by their first key), so the rest of qrunner receives it as a
+    ``Redis`` and never asks which it is, except where reading several queues at once would
+    cross slots (:func:`is_cluster`).
+    """
+    common: dict[str, Any] = {
+        "decode_responses": False,
+        "health_check_interval": 15,
+        "socket_connect_timeout": 5,
+        "socket_timeout": socket_timeout_s,
+        "username": target.username,
+        "password": target.password,
+    }
+    if target.kind == "single":
+        client: Redis = aioredis.from_url(
+            url,
+            max_connections=max_connections,
+            connection_class=connection_class_for(url),
+            retry=RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            **{k: v for k, v in common.items() if k not in ("username", "password")},
+        )
+        return client
+    guarded = GuardedSSLConnection if target.tls else GuardedConnection
+    if target.kind == "cluster":
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+        nodes = [ClusterNode(h, p, connection_class=guarded) for h, p in target.nodes]
+        cluster = RedisCluster(
+            startup_nodes=nodes, ssl=target.tls, max_connections=max_connections, **common
+        )
+        # Nodes discovered later are made from these kwargs: they get the guarded class too.
+        cluster.nodes_manager.connection_kwargs["connection_class"] = guarded
+        return cast(Redis, cluster)
+    from redis.asyncio.sentinel import Sentinel
+
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(target.nodes),
+        sentinel_kwargs={
+            "socket_connect_timeout": 5,
+            "socket_timeout": socket_timeout_s,
+            "password": target.password,
+            "username": target.username,
+        },
+        ssl=target.tls,
+        **common,
+    )
+    assert target.service is not None
+    master: Redis = sentinel.master_for(
+        target.service,
+        redis_class=_SentinelMaster,
+        db=target.db,
+        connection_class=GuardedSentinelSSLConnection if target.tls else GuardedSentinelConnection,
+        max_connections=max_connections,
+    )
+    return master
+
+
+class _SentinelMaster(aioredis.Redis):
+    """The master's client; closing it closes the connections to the sentinels too."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        await self.connection_pool.sentinel_manager.aclose()  # type: ignore[attr-defined]
+
+
+def is_cluster(client: Any) -> bool:
+    """True for a Redis Cluster client (reads must not span slots)."""
+    return hasattr(client, "nodes_manager")
 
 
 async def warn_on_eviction_policy(client: Redis) -> None:

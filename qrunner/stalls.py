@@ -33,8 +33,24 @@ STALL_NOTE_TTL_S = 24 * 3600
 _SYNC_KWARGS = ("host", "port", "db", "username", "password", "path")
 
 
-def sync_twin(client: Any, socket_timeout_s: float = 2.0) -> syncredis.Redis:
-    """A synchronous client to the same server as the asyncio ``client``."""
+def sync_twin(client: Any, socket_timeout_s: float = 2.0) -> Any:
+    """A synchronous client to the same server (or cluster) as the asyncio ``client``."""
+    manager = getattr(client, "nodes_manager", None)
+    if manager is not None:
+        from redis.cluster import ClusterNode, RedisCluster
+
+        kw = manager.connection_kwargs
+        seeds = [
+            ClusterNode(n.host, n.port)  # type: ignore[no-untyped-call]
+            for n in manager.startup_nodes.values()
+        ]
+        return RedisCluster(
+            startup_nodes=seeds,
+            username=kw.get("username"),
+            password=kw.get("password"),
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=socket_timeout_s,
+        )
     kw = client.connection_pool.connection_kwargs
     args = {k: kw[k] for k in _SYNC_KWARGS if kw.get(k) is not None}
     if "path" in args:
@@ -69,9 +85,9 @@ class StallGuard:
         self._culprit = culprit
         self._every_s = lease_ms / 3000
         self._last_renewal = 0.0
-        self._sync: syncredis.Redis | None = None
+        self._sync: Any = None
 
-    def _redis(self) -> syncredis.Redis:
+    def _redis(self) -> Any:
         if self._sync is None:
             self._sync = sync_twin(self._client)
         return self._sync

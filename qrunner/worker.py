@@ -284,8 +284,11 @@ class Worker:
     async def _drop_idle_connections(self) -> None:
         """After a lost connection, idle pooled connections are likely dead too: drop them so
         the next command opens a fresh one instead of failing on each in turn."""
+        pool = getattr(self.redis, "connection_pool", None)  # a cluster keeps one per node
+        if pool is None:
+            return
         try:
-            await self.redis.connection_pool.disconnect(inuse_connections=False)
+            await pool.disconnect(inuse_connections=False)
         except Exception as exc:  # closing a broken socket can itself fail; never fatal
             log.debug("dropping idle connections failed: %s", exc)
 
