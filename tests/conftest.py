@@ -167,8 +167,13 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProc
 
 
 @pytest.fixture
-def redis_url(redis_server: RedisProcess | None) -> Iterator[str]:
-    """URL of the shared Redis, emptied (FLUSHALL) before the test."""
+def redis_url(request: pytest.FixtureRequest, redis_server: RedisProcess | None) -> Iterator[str]:
+    """URL of the shared Redis, emptied (FLUSHALL) before the test. In a module marked
+    ``both_topologies`` each test runs twice: on the single server and on the session's
+    3-master cluster (``redis+cluster://``)."""
+    if getattr(request, "param", "single") == "cluster":
+        yield request.getfixturevalue("cluster_url")
+        return
     if redis_server is None:
         url = os.environ["QRUNNER_TEST_REDIS_URL"]
     else:
@@ -186,11 +191,25 @@ def redis_url(redis_server: RedisProcess | None) -> Iterator[str]:
 @pytest.fixture(name="redis")
 async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     """An asyncio client of the shared, freshly flushed Redis; replies are bytes."""
-    client = aioredis.Redis.from_url(redis_url, decode_responses=False)
+    if redis_url.startswith("redis+cluster://"):
+        from qrunner.runtime import connect_redis
+
+        client = await connect_redis(redis_url)
+    else:
+        client = aioredis.Redis.from_url(redis_url, decode_responses=False)
     try:
         yield client
     finally:
         await client.aclose()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests of modules marked ``both_topologies`` that use Redis run on a single server and on
+    a real 3-master cluster."""
+    if metafunc.definition.get_closest_marker("both_topologies") is None:
+        return
+    if "redis_url" in metafunc.fixturenames:
+        metafunc.parametrize("redis_url", ["single", "cluster"], indirect=True)
 
 
 @pytest.fixture(scope="session")
@@ -252,3 +271,46 @@ def database_url(pg_server: PostgresProcess | None) -> Iterator[str]:
     finally:
         # FORCE ends connections a failed test left open, which would block the drop.
         _run_private(_execute(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+# -- Redis Cluster -----------------------------------------------------------------------------
+# Real clusters built from the same server binary as the fixtures above (tests/cluster_support).
+
+from tests.cluster_support import LocalCluster  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A Redis Cluster of 3 masters without replicas for the whole session; tests take
+    ``cluster_url``, which empties it first. Tests that kill nodes take ``failover_cluster``."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster"), _server_binary_or_error())
+    cluster.start(masters=3)  # stops whatever it launched when it fails
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: LocalCluster) -> Iterator[str]:
+    """``redis+cluster://127.0.0.1:<port>`` of the session cluster, emptied (FLUSHALL on every
+    master) before the test."""
+    stopped = [node for node in redis_cluster.nodes if not node.running()]
+    for node in stopped:  # an earlier test killed it; bring it back
+        redis_cluster.restart(node, wait=False)
+    if stopped:
+        redis_cluster.wait_ok()
+    redis_cluster.flushall()
+    yield redis_cluster.cluster_url
+
+
+@pytest.fixture
+def failover_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """A private cluster of 3 masters with one replica each, for tests that fail over, kill or
+    restart nodes; started for the test and stopped after it (a few seconds each way)."""
+    cluster = LocalCluster(tmp_path / "failover-cluster", _server_binary_or_error())
+    cluster.start(masters=3, replicas_per_master=1)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -10,12 +10,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
 from redis.asyncio import Redis
 
 from qrunner import Client, keys
 from qrunner.embedded import RedisProcess
 from tests.helpers import core_tasks
 from tests.helpers.waiting import wait_for
+
+pytestmark = pytest.mark.both_topologies
 
 ROOT = Path(__file__).resolve().parent.parent
 

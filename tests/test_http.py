@@ -32,6 +32,8 @@ from qrunner.settings import Settings
 from qrunner.task import Context, Registry
 from qrunner.worker import Worker
 
+pytestmark = pytest.mark.both_topologies
+
 pytestmark = pytest.mark.timeout(60)
 
 QUEUE = "default"

@@ -26,6 +26,8 @@ from qrunner.queue import Client
 from qrunner.scheduler import Scheduler, describe, describe_live, read_last_fired
 from qrunner.schedules import Schedule
 
+pytestmark = pytest.mark.both_topologies
+
 ROOT = Path(__file__).resolve().parent.parent
 HELPER = ROOT / "tests" / "helpers" / "cron_process.py"
 

@@ -15,6 +15,8 @@ import pytest
 from qrunner.errors import ConnectionLost, StreamMissing
 from qrunner.supervise import LoopCrashed, supervised
 
+pytestmark = pytest.mark.both_topologies
+
 ROOT = Path(__file__).resolve().parent.parent
 LOOPS = ["fetch", "flush", "promote", "lease", "reclaim", "janitor", "cron"]
 

@@ -21,6 +21,8 @@ from tests.helpers import core_tasks
 from tests.helpers.waiting import wait_for
 from tests.worker_fixtures import FAST, Recorder, running_worker
 
+pytestmark = pytest.mark.both_topologies
+
 
 async def redis_ms(redis: Redis) -> int:
     sec, usec = await redis.time()

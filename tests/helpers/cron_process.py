@@ -22,10 +22,10 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 
 from qrunner.clock import ManualClock
 from qrunner.queue import Client
+from qrunner.runtime import connect_redis
 from qrunner.scheduler import Scheduler
 from qrunner.schedules import Schedule
 
@@ -88,7 +88,7 @@ async def main(argv: list[str]) -> int:
         catchup="all",  # each process has its own clock; none may judge a slot as given up
         catchup_window_s=3600,
     )
-    redis = Redis.from_url(args.redis_url)
+    redis = await connect_redis(args.redis_url)
     try:
         await redis.ping()
         clock = ManualClock(args.start_ms)
