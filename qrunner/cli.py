@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import math
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -16,23 +18,164 @@ from .errors import (
     BackendUnavailable,
     ConfigError,
     EnqueueError,
+    InvalidPayload,
     JobNotFound,
+    PayloadTooLarge,
     QrunnerError,
     ServerFull,
+    UnknownTask,
+)
+from .names import (
+    InvalidJobOption,
+    check_delay,
+    check_key,
+    check_queue_name,
+    parse_delay,
+    shown,
 )
 from .settings import Settings, load_settings
 
 log = logging.getLogger("qrunner")
 
+#: Longest error line printed; longer messages are cut (a value echoed back cannot flood).
+MAX_ERROR_CHARS = 2000
+
 
 class UsageError(Exception):
-    """Bad command-line input (exit 2)."""
+    """Bad command-line input (exit 2). The message reads ``<field>: <reason>``."""
+
+
+def _one_line(message: str) -> str:
+    """``message`` on one line: control characters escaped, cut at :data:`MAX_ERROR_CHARS`."""
+    if not message.isprintable():
+        message = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in message)
+    if len(message) > MAX_ERROR_CHARS:
+        message = f"{message[:MAX_ERROR_CHARS]}... ({len(message)} characters)"
+    return message
+
+
+def _fail(message: str) -> None:
+    print(f"qrunner: {_one_line(message)}", file=sys.stderr)
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(2, f"qrunner: error: {message}\n")
+        # One line, "<field>: <reason>", like every other input error.
+        if message.startswith("argument "):
+            message = message[len("argument ") :]
+        else:
+            command = self.prog.removeprefix("qrunner").strip()
+            hint = f"qrunner {command} --help" if command else "qrunner --help"
+            message = f"{command or 'usage'}: {message} (see {hint})"
+        _fail(message)
+        self.exit(2)
+
+
+# -- argument types: each refuses bad input with "<reason>" (argparse adds the option name) --
+
+
+def _arg_error(exc: Exception) -> argparse.ArgumentTypeError:
+    reason = exc.reason if isinstance(exc, InvalidJobOption) else str(exc)
+    return argparse.ArgumentTypeError(reason)
+
+
+def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {shown(text)}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {shown(text)}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {shown(text)}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {shown(text)}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number from 0, got {shown(text)}")
+    return value
+
+
+def _delay(text: str) -> float:
+    try:
+        return parse_delay(text)
+    except InvalidJobOption as exc:
+        raise _arg_error(exc) from None
+
+
+def _key(text: str) -> str:
+    try:
+        return check_key(text)
+    except InvalidJobOption as exc:
+        raise _arg_error(exc) from None
+
+
+def _id(text: str) -> str:
+    try:
+        return check_key(text, "id")
+    except InvalidJobOption as exc:
+        raise _arg_error(exc) from None
+
+
+def _task(text: str) -> str:
+    try:
+        return check_key(text, "TASK")
+    except InvalidJobOption as exc:
+        raise _arg_error(exc) from None
+
+
+def _queue(text: str) -> str:
+    try:
+        return check_queue_name(text)
+    except InvalidJobOption as exc:
+        raise _arg_error(exc) from None
+
+
+def _queue_list(text: str) -> list[str]:
+    names = text.split(",")
+    if "" in names:
+        raise argparse.ArgumentTypeError(f"an empty name in {shown(text)}")
+    for name in names:
+        _queue(name)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise argparse.ArgumentTypeError(f"{', '.join(map(repr, twice))} listed twice")
+    return names
+
+
+def _weights(text: str) -> dict[str, int]:
+    weights: dict[str, int] = {}
+    for part in text.split(","):
+        queue, sep, raw = part.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(
+                f"must look like q1=8,q2=1; got {shown(part)} without '='"
+            )
+        _queue(queue)
+        if queue in weights:
+            raise argparse.ArgumentTypeError(f"{queue!r} given twice")
+        try:
+            weights[queue] = _int_in(1)(raw)
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"weight of {queue!r} {exc}") from None
+    return weights
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,27 +186,55 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--handlers", default="handlers", help="modules with a `registry`, comma-separated"
     )
-    w.add_argument("--queues", help="queues to read, comma-separated, highest priority first")
-    w.add_argument("--concurrency", type=int, help="jobs run at once (default 100)")
+    w.add_argument(
+        "--queues",
+        type=_queue_list,
+        help="queues to read, comma-separated, highest priority first",
+    )
+    w.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse (exit 2) --queues that no registered task uses, instead of warning",
+    )
+    w.add_argument("--concurrency", type=_int_in(1), help="jobs run at once (default 100)")
     w.add_argument("--burst", action="store_true", help="exit 0 once the queues are empty")
-    w.add_argument("--metrics-port", type=int, help="serve /metrics, /healthz, /api on this port")
+    w.add_argument(
+        "--metrics-port",
+        type=_int_in(1, 65535),
+        help="serve /metrics, /healthz, /api on this port (1-65535)",
+    )
     w.add_argument("--no-cron", action="store_true", help="do not run the schedules.yaml loop")
     w.add_argument(
         "--schedules", default="schedules.yaml", help="cron file (default schedules.yaml)"
     )
-    w.add_argument("--weights", help="anti-starvation read weights, e.g. sms_critical=8,default=1")
+    w.add_argument(
+        "--weights",
+        type=_weights,
+        help="anti-starvation read weights, e.g. sms_critical=8,default=1",
+    )
 
     e = sub.add_parser("enqueue", help="enqueue jobs; prints one job id per line")
-    e.add_argument("task", nargs="?", help="task name (omit with --file)")
+    e.add_argument("task", nargs="?", type=_task, help="task name (omit with --file)")
     e.add_argument("--payload", help="JSON object")
-    e.add_argument("--file", help='JSONL file: one {"task":..,"payload":..} per line')
-    e.add_argument("--delay", type=float, help="seconds to wait before the job may run")
-    e.add_argument("--key", help="idempotency key: a second enqueue with it returns the first id")
-    e.add_argument("--queue", help="override the task's queue")
+    e.add_argument(
+        "--file",
+        help='JSONL file, UTF-8: one {"task":..,"payload":..,"queue":..,"delay":..,"key":..} '
+        "per line",
+    )
+    e.add_argument(
+        "--delay", type=_delay, help="seconds to wait before the job may run (0 to 366 days)"
+    )
+    e.add_argument(
+        "--key",
+        type=_key,
+        help="idempotency key (printable, at most 200 bytes): a second enqueue with it returns "
+        "the first id",
+    )
+    e.add_argument("--queue", type=_queue, help="override the task's queue")
     e.add_argument("--handlers", default="handlers")
 
     s = sub.add_parser("status", help="a job's status as JSON")
-    s.add_argument("job_id")
+    s.add_argument("job_id", type=_id)
 
     st = sub.add_parser("stats", help="depth, pending, delayed and dead per queue")
     st.add_argument("--json", action="store_true")
@@ -73,16 +244,16 @@ def build_parser() -> argparse.ArgumentParser:
     dl = dsub.add_parser("list")
     dl.add_argument("--queue")
     dl.add_argument("--task")
-    dl.add_argument("--limit", type=int, default=50)
+    dl.add_argument("--limit", type=_int_in(1), default=50, help="at most this many (from 1)")
     dl.add_argument("--json", action="store_true")
     ds = dsub.add_parser("show")
-    ds.add_argument("id", help="dead-letter entry id or job id")
+    ds.add_argument("id", type=_id, help="dead-letter entry id or job id")
     dr = dsub.add_parser("replay")
-    dr.add_argument("id", nargs="?", help="one entry (dead-letter id or job id)")
+    dr.add_argument("id", nargs="?", type=_id, help="one entry (dead-letter id or job id)")
     dr.add_argument("--all", action="store_true")
     dr.add_argument("--task")
     dr.add_argument("--queue")
-    dr.add_argument("--rate", type=float, help="jobs per second at most")
+    dr.add_argument("--rate", type=_positive_float, help="jobs per second at most (above 0)")
     dp = dsub.add_parser("purge")
     dp.add_argument("--task")
     dp.add_argument("--queue")
@@ -94,19 +265,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("migrate", help="apply PostgreSQL migrations")
     dm = sub.add_parser("demo", help="worker + fake providers + a demo that enqueues work")
-    dm.add_argument("--seconds", type=float, default=0, help="stop after this long (0: when done)")
+    dm.add_argument(
+        "--seconds", type=_seconds, default=0, help="stop after this long (0: when done)"
+    )
     sv = sub.add_parser("servers", help="embedded Redis/PostgreSQL under ./.qrunner")
     sv.add_argument("action", choices=["start", "stop", "urls"])
     return p
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``t``, ``level``, ``logger``, ``msg``, and ``exc`` / ``stack``
+    (a traceback, as one string) when the record has one. Quotes, newlines and control
+    characters in a message are escaped, so every line parses."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "t": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exc"] = record.exc_text
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(out, default=str)
+
+
 def _setup_logging(settings: Settings) -> None:
     level = getattr(logging, settings.log_level.upper(), logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
     if settings.log_format == "json":
-        fmt = '{"t":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}'
+        handler.setFormatter(JsonFormatter())
     else:
-        fmt = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-    logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     # The twilio SDK logs every request at INFO, headers and account path included.
     logging.getLogger("twilio").setLevel(max(level, logging.WARNING))
 
@@ -123,30 +318,26 @@ def _run(coro: Coroutine[Any, Any, int], settings: Settings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Bad usage or input exits 2 with one line ``qrunner: <field>: <reason>``
+    on stderr and nothing written; a runtime failure (Redis down, job not found) exits 1."""
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()
     except ConfigError as exc:
-        print(f"qrunner: {exc}", file=sys.stderr)
+        _fail(str(exc))
         return 2
     _setup_logging(settings)
     handler = _COMMANDS[args.command]
     try:
         return _run(handler(args, settings), settings)
     except ServerFull as exc:  # not the input's fault: Redis is out of memory
-        print(f"qrunner: {exc}", file=sys.stderr)
+        _fail(str(exc))
         return 1
     except (UsageError, ConfigError, EnqueueError) as exc:
-        print(f"qrunner: {exc}", file=sys.stderr)
+        _fail(str(exc))
         return 2
-    except JobNotFound as exc:
-        print(f"qrunner: {exc}", file=sys.stderr)
-        return 1
-    except BackendUnavailable as exc:
-        print(f"qrunner: {exc}", file=sys.stderr)
-        return 1
-    except QrunnerError as exc:
-        print(f"qrunner: {exc}", file=sys.stderr)
+    except (JobNotFound, BackendUnavailable, QrunnerError) as exc:
+        _fail(str(exc))
         return 1
     except KeyboardInterrupt:
         return 130
@@ -161,14 +352,70 @@ async def _redis(settings: Settings) -> Any:
     return await connect_redis(redis_url(settings))
 
 
-def _parse_json_object(text: str, where: str) -> dict[str, Any]:
+def _parse_json_object(text: str | bytes, where: str) -> dict[str, Any]:
     try:
         value = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        raise UsageError(f"{where} is not valid JSON: {exc}") from exc
+        raise UsageError(f"{where}: not valid JSON: {exc}") from exc
     if not isinstance(value, dict):
-        raise UsageError(f"{where} must be a JSON object, got {type(value).__name__}")
+        raise UsageError(f"{where}: must be a JSON object, got {_json_type(value)}")
     return value
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+#: The fields of one line of an ``enqueue --file`` JSONL file.
+JOB_LINE_FIELDS = ("task", "payload", "queue", "delay", "key")
+
+
+def parse_job_line(line: bytes, where: str) -> dict[str, Any]:
+    """One JSONL line as the JobSpec fields it gives (``task``, ``payload`` and those of
+    ``queue``, ``delay``, ``key`` present and not null); raises :class:`UsageError` naming
+    ``where`` and the field."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"{where}: not valid UTF-8 (byte 0x{line[exc.start]:02x} at column {exc.start + 1})"
+        ) from None
+    obj = _parse_json_object(text, where)
+    unknown = sorted(set(obj) - set(JOB_LINE_FIELDS))
+    if unknown:
+        raise UsageError(
+            f"{where}: unknown field {shown(unknown[0])}; known: {', '.join(JOB_LINE_FIELDS)}"
+        )
+    task = obj.get("task")
+    if not isinstance(task, str):
+        got = "missing" if "task" not in obj else f"got {_json_type(task)}"
+        raise UsageError(f'{where}: task: needs a "task" string ({got})')
+    out: dict[str, Any] = {"task": task, "payload": {}}
+    payload = obj.get("payload")
+    if payload is not None:
+        if not isinstance(payload, dict):
+            raise UsageError(f"{where}: payload: must be a JSON object, got {_json_type(payload)}")
+        out["payload"] = payload
+    for name in ("queue", "key"):
+        value = obj.get(name)
+        if value is not None and not isinstance(value, str):
+            raise UsageError(f"{where}: {name}: must be a string, got {_json_type(value)}")
+    delay = obj.get("delay")
+    if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int | float)):
+        got = f"{_json_type(delay)} {shown(delay)}" if isinstance(delay, str) else _json_type(delay)
+        raise UsageError(f"{where}: delay: must be a number of seconds, got {got}")
+    try:
+        check_key(task, "task")
+        if obj.get("queue") is not None:
+            out["queue"] = check_queue_name(obj["queue"])
+        if delay is not None:
+            out["delay"] = check_delay(delay, "delay")
+        if obj.get("key") is not None:
+            out["key"] = check_key(obj["key"])
+    except InvalidJobOption as exc:
+        raise UsageError(f"{where}: {exc}") from None
+    return out
 
 
 async def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
@@ -176,14 +423,17 @@ async def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     from .runtime import load_registry
 
     if bool(args.task) == bool(args.file):
-        raise UsageError("give a TASK or --file, not both and not neither")
+        raise UsageError("TASK: give a TASK or --file, not both and not neither")
+    if args.file and (args.payload is not None or args.key is not None):
+        option = "--payload" if args.payload is not None else "--key"
+        raise UsageError(f"{option}: applies to a single TASK; with --file give it per line")
     registry = load_registry(args.handlers)
-    specs: list[JobSpec] = []
+    jobs: list[tuple[str, JobSpec]] = []
     if args.file:
-        specs = _read_jobs_file(Path(args.file), args)
+        jobs = _read_jobs_file(Path(args.file), args)
     else:
         payload = _parse_json_object(args.payload, "--payload") if args.payload else {}
-        specs = [JobSpec(args.task, payload, args.queue, args.delay, None, args.key)]
+        jobs = [("", JobSpec(args.task, payload, args.queue, args.delay, None, args.key))]
     redis = await _redis(settings)
     try:
         client = Client(
@@ -192,8 +442,12 @@ async def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
             max_payload_bytes=settings.max_payload_bytes,
             status_ttl_s=settings.status_ttl_s,
         )
-        for s in specs:  # validate everything before writing anything
-            client._prepare(s)
+        for where, spec in jobs:  # validate everything before writing anything
+            try:
+                client._prepare(spec)
+            except EnqueueError as exc:
+                raise UsageError(_enqueue_refusal(exc, where)) from exc
+        specs = [spec for _, spec in jobs]
         chunk = 2000
         show = len(specs) > chunk
         out = sys.stdout
@@ -216,34 +470,52 @@ async def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _read_jobs_file(path: Path, args: argparse.Namespace) -> list[Any]:
+def _enqueue_refusal(exc: EnqueueError, where: str) -> str:
+    """``<field>: <reason>`` for a job refused by the client: ``where`` is ``path:line`` for a
+    line of a file (fields as the file names them), empty for the command line (options)."""
+    if isinstance(exc, InvalidJobOption):
+        field, reason = exc.field, exc.reason
+    elif isinstance(exc, UnknownTask):
+        field, reason = "task", str(exc)
+    elif isinstance(exc, InvalidPayload | PayloadTooLarge):
+        field, reason = "payload", str(exc)
+    else:
+        field, reason = "job", str(exc)
+    if where:
+        return f"{where}: {field.replace('delay_s', 'delay')}: {reason}"
+    options = {"task": "TASK", "payload": "--payload", "delay_s": "--delay", "at": "--delay"}
+    return f"{options.get(field, '--' + field)}: {reason}"
+
+
+def _read_jobs_file(path: Path, args: argparse.Namespace) -> list[tuple[str, Any]]:
+    """Every job of a JSONL file as (``path:line``, JobSpec), each line checked; the file's
+    ``--queue`` and ``--delay`` apply to lines that give none."""
     from .queue import JobSpec
 
-    if not path.exists():
-        raise UsageError(f"{path}: no such file")
-    specs = []
-    with path.open("rb") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            obj = _parse_json_object(line.decode("utf-8", "replace"), f"{path}:{n}")
-            task = obj.get("task")
-            if not isinstance(task, str):
-                raise UsageError(f'{path}:{n}: needs a "task" string')
-            payload = obj.get("payload") or {}
-            if not isinstance(payload, dict):
-                raise UsageError(f'{path}:{n}: "payload" must be a JSON object')
-            specs.append(
-                JobSpec(
-                    task,
-                    payload,
-                    obj.get("queue") or args.queue,
-                    obj.get("delay", args.delay),
+    jobs: list[tuple[str, Any]] = []
+    try:
+        with path.open("rb") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{n}"
+                f = parse_job_line(line, where)
+                spec = JobSpec(
+                    f["task"],
+                    f["payload"],
+                    f.get("queue", args.queue),
+                    f.get("delay", args.delay),
                     None,
-                    obj.get("key"),
+                    f.get("key"),
                 )
-            )
-    return specs
+                jobs.append((where, spec))
+    except FileNotFoundError:
+        raise UsageError(f"--file: {path}: no such file") from None
+    except OSError as exc:
+        raise UsageError(f"--file: {path}: cannot read it: {exc.strerror or exc}") from None
+    if not jobs:
+        raise UsageError(f"--file: {path}: no jobs in it (empty, or blank lines only)")
+    return jobs
 
 
 async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -281,9 +553,14 @@ async def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
 
     redis = await _redis(settings)
     try:
-        queues = (
-            [args.queue] if getattr(args, "queue", None) else await Client(redis).known_queues()
-        )
+        queues = await Client(redis).known_queues()
+        if getattr(args, "queue", None) is not None:
+            if args.queue not in queues:
+                raise UsageError(
+                    f"--queue: no queue {shown(args.queue)}; known queues: "
+                    + (", ".join(queues) or "(none)")
+                )
+            queues = [args.queue]
         dl = DeadLetters(redis, settings.status_ttl_s)
         action = args.dlq_command
         if action == "list":
@@ -306,7 +583,7 @@ async def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         if action == "replay":
             if not (args.id or args.all or args.task):
-                raise UsageError("dlq replay needs an ID, --task TASK or --all")
+                raise UsageError("dlq replay: needs an ID, --task TASK or --all")
             replayed, skipped = await dl.replay(
                 queues, task=args.task, ident=args.id, per_second=args.rate
             )
@@ -316,7 +593,7 @@ async def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
             )
             return 0 if replayed or not args.id else 1
         if not args.yes:
-            raise UsageError("dlq purge deletes dead-lettered jobs for good; add --yes")
+            raise UsageError("dlq purge: deletes dead-lettered jobs for good; add --yes")
         n = await dl.purge(queues, task=args.task)
         print(f"purged {n} dead-lettered job(s)")
         return 0
@@ -327,23 +604,16 @@ async def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from .service import WorkerOptions, serve
 
-    if args.concurrency is not None and args.concurrency < 1:
-        raise UsageError("--concurrency must be at least 1")
-    weights = None
-    if args.weights:
-        try:
-            weights = {k: int(v) for k, v in (p.split("=") for p in args.weights.split(","))}
-        except ValueError as exc:
-            raise UsageError(f"--weights must look like q1=8,q2=1: {exc}") from exc
     opts = WorkerOptions(
         handlers=args.handlers,
-        queues=args.queues.split(",") if args.queues else None,
+        queues=args.queues,
         concurrency=args.concurrency,
         burst=args.burst,
         metrics_port=args.metrics_port,
         cron=not args.no_cron,
         schedules=Path(args.schedules),
-        weights=weights,
+        weights=args.weights,
+        strict=args.strict,
     )
     return await serve(opts, settings)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import math
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -101,6 +102,8 @@ class DeadLetters:
     async def list(
         self, queues: Sequence[str], *, task: str | None = None, limit: int = 100
     ) -> builtins.list[DeadJob]:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
         out: builtins.list[DeadJob] = []
         async for d in self.iterate(queues, task=task):
             out.append(d)
@@ -136,7 +139,10 @@ class DeadLetters:
     ) -> tuple[int, int]:
         """Replay matching entries (all, by task, or one id).
 
-        Returns (replayed, skipped malformed)."""
+        Returns (replayed, skipped malformed). ``per_second`` must be a finite number above 0
+        (None: as fast as Redis takes them)."""
+        if per_second is not None and not (0 < per_second < math.inf):
+            raise ValueError(f"per_second must be a finite number above 0, got {per_second}")
         if ident is not None:
             dead = await self.find(queues, ident)
             if dead is None:

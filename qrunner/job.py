@@ -92,30 +92,70 @@ class Job:
 
     @classmethod
     def decode(cls, raw: bytes | str) -> Job:
-        """Parse an envelope; raises ``MalformedJob`` with the reason when it is not one."""
+        """Parse an envelope; raises ``MalformedJob`` with the reason when it is not one.
+
+        Every field is checked for its type (the envelope may have been written by another
+        program, or by hand): ``id``, ``task`` and ``queue`` non-empty strings, ``payload`` an
+        object, ``attempt`` an integer from 1, times non-negative integers, ``key`` a string,
+        ``errors`` a list of error records. Nothing else is ever raised.
+        """
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise MalformedJob(f"entry is not JSON: {exc}") from exc
         if not isinstance(data, dict):
             raise MalformedJob("entry is not a JSON object")
-        try:
-            payload = data.get("payload") or {}
-            if not isinstance(payload, dict):
-                raise MalformedJob("payload is not a JSON object")
-            return cls(
-                id=str(data["id"]),
-                task=str(data["task"]),
-                payload=payload,
-                queue=str(data["queue"]),
-                attempt=int(data.get("attempt", 1)),
-                enqueued_ms=int(data.get("enqueued_ms", 0)),
-                not_before_ms=int(data.get("not_before_ms", 0)),
-                key=data.get("key"),
-                errors=tuple(ErrorRecord.from_dict(e) for e in data.get("errors") or ()),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise MalformedJob(f"entry lacks a valid field: {exc!r}") from exc
+        payload = data.get("payload")
+        if payload is None:
+            payload = {}
+        elif not isinstance(payload, dict):
+            raise MalformedJob("payload is not a JSON object")
+        key = data.get("key")
+        if key is not None and not isinstance(key, str):
+            raise MalformedJob("entry lacks a valid field: 'key' must be a string")
+        errors = data.get("errors")
+        if errors is None:
+            errors = ()
+        elif not isinstance(errors, list):
+            raise MalformedJob("entry lacks a valid field: 'errors' must be a list")
+        get = data.get
+        job_id, task, queue = get("id"), get("task"), get("queue")
+        attempt, enqueued, not_before = (
+            get("attempt", 1),
+            get("enqueued_ms", 0),
+            get("not_before_ms", 0),
+        )
+        # The usual case in one expression (this runs once per job); ``type(x) is int`` also
+        # keeps booleans out. Anything else goes through the checks that name the field.
+        if not (
+            type(job_id) is str
+            and job_id
+            and type(task) is str
+            and task
+            and type(queue) is str
+            and queue
+            and type(attempt) is int
+            and attempt >= 1
+            and type(enqueued) is int
+            and enqueued >= 0
+            and type(not_before) is int
+            and not_before >= 0
+        ):
+            job_id, task, queue = (_text_field(data, f) for f in ("id", "task", "queue"))
+            attempt = _int_field(data, "attempt", 1, 1)
+            enqueued = _int_field(data, "enqueued_ms", 0, 0)
+            not_before = _int_field(data, "not_before_ms", 0, 0)
+        return cls(
+            id=job_id,
+            task=task,
+            payload=payload,
+            queue=queue,
+            attempt=attempt,
+            enqueued_ms=enqueued,
+            not_before_ms=not_before,
+            key=key,
+            errors=tuple(_error_record(e) for e in errors) if errors else (),
+        )
 
     def failed(self, record: ErrorRecord) -> Job:
         """The envelope for the next attempt: attempt + 1 and the error appended to the history."""
@@ -130,3 +170,41 @@ class Job:
 
 class MalformedJob(ValueError):
     """A stream entry that is not a valid envelope. It is dead-lettered with its raw bytes."""
+
+
+def _text_field(data: dict[str, Any], name: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not value:
+        raise MalformedJob(f"entry lacks a valid field: {name!r} must be a non-empty string")
+    return value
+
+
+def _int_field(data: dict[str, Any], name: str, default: int, least: int) -> int:
+    value = data.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise MalformedJob(
+            f"entry lacks a valid field: {name!r} must be an integer of at least {least}"
+        )
+    return value
+
+
+def _error_record(data: Any) -> ErrorRecord:
+    if not isinstance(data, dict):
+        raise MalformedJob("entry lacks a valid field: 'errors' must hold objects")
+    try:
+        return ErrorRecord(
+            type=_plain_text(data, "type"),
+            message=_plain_text(data, "message"),
+            attempt=_int_field(data, "attempt", 0, 0),
+            at_ms=_int_field(data, "at_ms", 0, 0),
+            traceback=_plain_text(data, "traceback"),
+        )
+    except MalformedJob as exc:
+        raise MalformedJob(f"{exc} (in 'errors')") from None
+
+
+def _plain_text(data: dict[str, Any], name: str) -> str:
+    value = data.get(name, "")
+    if not isinstance(value, str):
+        raise MalformedJob(f"entry lacks a valid field: {name!r} must be a string")
+    return value

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -78,10 +79,25 @@ class _QueueCollector(Collector):
             yield family
 
 
-class Metrics(Observer):
-    """Counts what happens to jobs (as a worker :class:`Observer`) and renders the exposition."""
+#: The ``task`` label of jobs whose task name is not a registered one.
+UNKNOWN_TASK = "unknown"
+#: Without a list of registered tasks, at most this many distinct task labels are kept.
+MAX_TASK_LABELS = 200
+_TASK_LABEL_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,99}")
 
-    def __init__(self) -> None:
+
+class Metrics(Observer):
+    """Counts what happens to jobs (as a worker :class:`Observer`) and renders the exposition.
+
+    The ``task`` label comes from the job envelope, which any producer writes: a raw name would
+    let one bad producer mint a time series per job. With ``tasks`` (the registry's names) only
+    those become labels and every other name is counted as ``unknown``; without it, at most
+    :data:`MAX_TASK_LABELS` identifier-like names are kept, the rest are ``unknown``.
+    """
+
+    def __init__(self, tasks: Iterable[str] | None = None) -> None:
+        self._tasks: set[str] | None = set(tasks) if tasks is not None else None
+        self._seen_tasks: set[str] = set()
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
         self.jobs = Counter(
@@ -126,6 +142,17 @@ class Metrics(Observer):
         self._queues = _QueueCollector()
         reg.register(self._queues)
 
+    def task_label(self, task: str) -> str:
+        """The ``task`` label for a task name from an envelope (see the class docstring)."""
+        if self._tasks is not None:
+            return task if task in self._tasks else UNKNOWN_TASK
+        if task in self._seen_tasks:
+            return task
+        if len(self._seen_tasks) >= MAX_TASK_LABELS or not _TASK_LABEL_RE.fullmatch(task):
+            return UNKNOWN_TASK
+        self._seen_tasks.add(task)
+        return task
+
     # -- lifecycle hooks (sync, on the event loop: counter updates only) -------------------
 
     def job_started(self, task: str, queue: str, wait_ms: int | None) -> None:
@@ -134,6 +161,7 @@ class Metrics(Observer):
             self.wait.labels(queue).observe(max(0, wait_ms) / 1000)
 
     def job_finished(self, task: str, queue: str, outcome: str, duration_s: float) -> None:
+        task = self.task_label(task)
         self.jobs.labels(task, queue, outcome).inc()
         self.duration.labels(task, queue).observe(duration_s)
 
@@ -147,7 +175,7 @@ class Metrics(Observer):
         self.groups_recreated.labels(queue).inc()
 
     def rate_limit_wait(self, task: str, wait_s: float) -> None:
-        self.rate_limit_waits.labels(task).inc()
+        self.rate_limit_waits.labels(self.task_label(task)).inc()
 
     def cron_fired(self, schedule: str, count: int) -> None:
         self.cron_fires.labels(schedule).inc(count)

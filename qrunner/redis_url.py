@@ -122,7 +122,7 @@ def parse_redis_url(url: str) -> RedisTarget:
 
 
 def _db_segment(text: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise ConfigError(f"QRUNNER_REDIS_URL: database {text!r} is not a number")
     return int(text)
 

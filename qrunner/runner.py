@@ -17,11 +17,29 @@ import orjson
 
 from .consumer import Entry
 from .errors import InvalidPayload, RateLimited, UnknownTask
-from .job import Job, MalformedJob
-from .outcome import DeadLettered, Deferred, Outcome, Succeeded, classify, error_record
+from .job import MAX_ERROR_HISTORY, Job, MalformedJob
+from .names import shown
+from .outcome import (
+    TRACEBACK_TAIL_CHARS,
+    DeadLettered,
+    Deferred,
+    Outcome,
+    Succeeded,
+    classify,
+    error_record,
+)
 from .task import Context, Registry, Task
 
 log = logging.getLogger(__name__)
+
+#: ``Settings.max_payload_bytes`` by default.
+DEFAULT_MAX_PAYLOAD_BYTES = 512 * 1024
+#: How much an envelope may grow past the enqueue limit on its way through retries: its error
+#: history holds at most MAX_ERROR_HISTORY records of a 1000-character message and a
+#: TRACEBACK_TAIL_CHARS traceback each, every character up to 6 bytes once JSON-escaped.
+ERROR_HISTORY_ROOM_BYTES = MAX_ERROR_HISTORY * (1000 + TRACEBACK_TAIL_CHARS + 200) * 6
+#: How much of an oversized entry its dead letter keeps.
+OVERSIZED_KEEP_BYTES = 4096
 
 
 class RateGate(Protocol):
@@ -168,8 +186,13 @@ class Runner:
         gate: RateGate | None = None,
         *,
         thread_limit: int | None = None,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
         self.registry = registry
+        #: The enqueue side's limit (``QRUNNER_MAX_PAYLOAD_BYTES``); entries up to this plus
+        #: :data:`ERROR_HISTORY_ROOM_BYTES` are decoded, longer ones dead-lettered.
+        self.max_payload_bytes = max_payload_bytes
+        self.max_entry_bytes = max_payload_bytes + ERROR_HISTORY_ROOM_BYTES
         self.make_context = make_context
         self.gate = gate
         self.threads = HandlerThreads(thread_limit)
@@ -181,12 +204,35 @@ class Runner:
             task.cancel()
 
     def decode(self, entry: Entry) -> Job | DeadLettered:
-        if entry.body is None:
+        """The entry's envelope, or the dead letter it becomes when it is not a valid one.
+
+        The enqueue side refuses oversized and malformed jobs, but anything that can write to
+        Redis can add an entry, so the same limits are enforced here before a handler runs: an
+        entry over the size limit (plus room for its error history) is dead-lettered unparsed
+        with the first :data:`OVERSIZED_KEEP_BYTES` of it, and an envelope from another queue's
+        stream is refused.
+        """
+        body = entry.body
+        if body is None:
             return DeadLettered("malformed entry: no 'j' field", None, b"")
+        if len(body) > self.max_entry_bytes:
+            reason = (
+                f"malformed entry: {len(body)} bytes, over the {self.max_entry_bytes}-byte "
+                f"limit for an envelope (QRUNNER_MAX_PAYLOAD_BYTES={self.max_payload_bytes} "
+                f"plus room for the error history); first {OVERSIZED_KEEP_BYTES} bytes kept"
+            )
+            return DeadLettered(reason, None, bytes(body[:OVERSIZED_KEEP_BYTES]))
         try:
-            return Job.decode(entry.body)
+            job = Job.decode(body)
         except MalformedJob as exc:
-            return DeadLettered(f"malformed entry: {exc}", None, entry.body)
+            return DeadLettered(f"malformed entry: {exc}", None, body)
+        if job.queue != entry.queue:
+            reason = (
+                f"malformed entry: its envelope names queue {shown(job.queue)} but it was read "
+                f"from queue {entry.queue!r}"
+            )
+            return DeadLettered(reason, None, body)
+        return job
 
     async def run(self, entry: Entry, job: Job) -> Outcome:
         try:

@@ -34,6 +34,9 @@ class WorkerOptions:
     cron: bool = True
     schedules: Path = Path("schedules.yaml")
     weights: dict[str, int] | None = None
+    #: Refuse to start (ConfigError) instead of warning when ``queues`` names a queue that no
+    #: registered task uses: a typo there creates a queue nobody ever enqueues to.
+    strict: bool = False
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:
@@ -81,6 +84,7 @@ async def serve(opts: WorkerOptions, settings: Settings, stop: asyncio.Event | N
     registry = load_registry(opts.handlers)
     if not len(registry):
         raise ConfigError(f"no tasks registered by {opts.handlers!r}")
+    check_worker_queues(opts, registry)
     if opts.metrics_port is not None:
         from .http import check_bind_address
 
@@ -132,6 +136,23 @@ async def serve(opts: WorkerOptions, settings: Settings, stop: asyncio.Event | N
     return 0
 
 
+def check_worker_queues(opts: WorkerOptions, registry: Registry) -> None:
+    """Warn about (or with ``strict``, refuse) queues to read that no registered task uses."""
+    if not opts.queues:
+        return
+    used = registry.queues()
+    unused = [q for q in opts.queues if q not in used]
+    if not unused:
+        return
+    message = (
+        f"--queues: no registered task uses {', '.join(repr(q) for q in unused)} "
+        f"(tasks of {opts.handlers!r} use: {', '.join(used)})"
+    )
+    if opts.strict:
+        raise ConfigError(message)
+    log.warning("%s; reading it anyway (--strict refuses)", message)
+
+
 def _bind_state(fn: Callable[[Any, Any], None], state: Any) -> Callable[[Any], None]:
     def setup(app: Any) -> None:
         fn(app, state)
@@ -181,7 +202,7 @@ def _extras(
 ) -> tuple[Observer, list[Any]]:
     from .metrics import Metrics
 
-    metrics = Metrics()
+    metrics = Metrics(tasks=registry.names)
     loops: list[Any] = []
     if schedules:
         from .clock import RedisClock

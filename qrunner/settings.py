@@ -6,6 +6,7 @@ An unknown ``QRUNNER_*`` variable is an error rather than silence: a typo such a
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -20,7 +21,52 @@ def _int(v: str) -> int:
 
 
 def _float(v: str) -> float:
-    return float(v)
+    value = float(v)
+    if not math.isfinite(value):
+        raise ValueError("expected a finite number")
+    return value
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
+#: Shortest ``QRUNNER_HTTP_TOKEN``: it guards job results and queue contents on the network.
+MIN_HTTP_TOKEN_CHARS = 32
+
+
+def _log_level(v: str) -> str:
+    level = v.strip().upper()
+    if level == "WARN":
+        level = "WARNING"
+    if level not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def _log_format(v: str) -> str:
+    fmt = v.strip().lower()
+    if fmt not in LOG_FORMATS:
+        raise ValueError(f"expected one of {', '.join(LOG_FORMATS)}")
+    return fmt
+
+
+def check_redis_url(url: str) -> None:
+    """Refuse a ``QRUNNER_REDIS_URL`` that cannot be connected to as meant, with a
+    :class:`ConfigError` naming the problem and never the password: the grammar of
+    :mod:`qrunner.redis_url` (one server, a cluster, Sentinel), and for a single server the URL
+    options (``?socket_timeout=...``) as redis-py reads them."""
+    from .redis_url import parse_redis_url
+
+    try:
+        target = parse_redis_url(url)
+    except ValueError:  # e.g. a non-ASCII digit as the database: never echo the URL
+        raise ConfigError("QRUNNER_REDIS_URL: not a URL qrunner can read") from None
+    if target.kind == "single" and "?" in url:
+        from redis.asyncio.connection import parse_url
+
+        try:
+            parse_url(url)
+        except ValueError as exc:  # redis-py names the option, not the URL
+            raise ConfigError(f"QRUNNER_REDIS_URL: {exc}") from None
 
 
 def _bool(v: str) -> bool:
@@ -93,7 +139,13 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "loop_stall_limit_s": _float,
     "uvloop": _bool,
     "state_dir": Path,
+    "log_level": _log_level,
+    "log_format": _log_format,
+    "http_token": lambda v: v or None,
 }
+
+#: Settings whose value must never appear in an error message.
+_SECRET = {"redis_url", "http_token"}
 
 #: Provider credentials keep their vendors' conventional names.
 _UNPREFIXED = {
@@ -134,9 +186,15 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         try:
             values[name] = parse(raw)
         except ValueError as exc:
-            raise ConfigError(f"{var}={raw!r} is invalid: {exc}") from exc
+            shown = "" if name in _SECRET else f"={raw!r}"
+            raise ConfigError(f"{var}{shown} is invalid: {exc}") from exc
     values.update(overrides)
     settings = Settings(**values)
+    _check_values(settings)
+    return settings
+
+
+def _check_values(settings: Settings) -> None:
     if settings.concurrency < 1:
         raise ConfigError("QRUNNER_CONCURRENCY must be at least 1")
     if not 1 <= settings.block_ms <= 4_000:
@@ -145,4 +203,23 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         )
     if settings.lease_ms < 500:
         raise ConfigError("QRUNNER_LEASE_MS must be at least 500")
-    return settings
+    for name in ("reclaim_interval_ms", "promote_interval_ms", "max_payload_bytes"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"QRUNNER_{name.upper()}: must be at least 1")
+    for name in ("status_ttl_s", "result_ttl_s", "grace_s", "loop_stall_warn_s"):
+        if getattr(settings, name) < 0:
+            raise ConfigError(f"QRUNNER_{name.upper()}: must not be negative")
+    if settings.loop_stall_limit_s < 0:
+        raise ConfigError("QRUNNER_LOOP_STALL_LIMIT_S: must not be negative (0: never)")
+    if settings.log_level.upper() not in LOG_LEVELS:
+        raise ConfigError(f"QRUNNER_LOG_LEVEL: must be one of {', '.join(LOG_LEVELS)}")
+    if settings.log_format not in LOG_FORMATS:
+        raise ConfigError(f"QRUNNER_LOG_FORMAT: must be one of {', '.join(LOG_FORMATS)}")
+    if settings.redis_url:
+        check_redis_url(settings.redis_url)
+    if settings.http_token is not None and len(settings.http_token) < MIN_HTTP_TOKEN_CHARS:
+        raise ConfigError(
+            f"QRUNNER_HTTP_TOKEN: must be at least {MIN_HTTP_TOKEN_CHARS} characters "
+            f"(got {len(settings.http_token)}); e.g. python3 -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))'"
+        )

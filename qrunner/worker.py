@@ -26,6 +26,7 @@ import os
 import random
 import socket
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
@@ -40,6 +41,7 @@ from .finisher import Finisher
 from .job import Job, new_job_id
 from .outcome import DeadLettered, Deferred, Outcome, RetryLater, Succeeded
 from .queue import Client
+from .redact import mask
 from .runner import RateGate, Runner
 from .settings import Settings
 from .stalls import StallGuard
@@ -94,7 +96,9 @@ class Worker:
             status_ttl_s=self.settings.status_ttl_s,
         )
         self.consumer = Consumer(redis, self.name, self.queues)
-        self.runner = Runner(registry, self._context, gate)
+        self.runner = Runner(
+            registry, self._context, gate, max_payload_bytes=self.settings.max_payload_bytes
+        )
         status_on = self.settings.status_ttl_s > 0
         # status_ttl_s=0 turns status records off altogether (less Redis memory per job).
         self.status_ttl_ms = self.settings.status_ttl_s * 1000 if status_on else 0
@@ -475,11 +479,12 @@ class Worker:
                 fault,
             )
         except Exception:
-            log.exception(
+            log.error(
                 "%s %s: unexpected error while running it; it is redelivered after its lease "
-                "(and dead-lettered after max_deliveries)",
+                "(and dead-lettered after max_deliveries)\n%s",
                 job.task,
                 job.id,
+                mask(traceback.format_exc()),
             )
         return None
 
