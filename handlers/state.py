@@ -1,14 +1,17 @@
-"""What every handler gets through ``ctx.state``: the database pool and the provider clients.
+"""What every handler gets through ``ctx.state``: the database pool, the provider clients and
+the payment providers' webhook secrets.
 
 Built once per worker process by :func:`lifespan`; without provider credentials the clients are
-``None`` and messages go to the sandbox outbox table instead (the log says so once).
+``None`` and messages go to the sandbox outbox table instead (the log says so once). Secrets are
+checked first (:func:`handlers.secrets.load_provider_secrets`): a master secret that is too
+short, or a malformed provider secret, stops the worker with an error naming the variable.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 from redis.asyncio import Redis
@@ -18,6 +21,7 @@ from qrunner.db import create_pool
 
 from .providers.email import ResendEmail
 from .providers.sms import TwilioSms
+from .secrets import ProviderSecrets, load_provider_secrets
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +34,19 @@ class HandlerState:
     client: Client
     sms: TwilioSms | None
     email: ResendEmail | None
+    providers: ProviderSecrets = field(default_factory=ProviderSecrets)
 
 
 async def lifespan(args: LifespanArgs) -> AsyncIterator[HandlerState]:
     if args.database_url is None:
         raise RuntimeError("handlers need PostgreSQL: the registry must say requires_database=True")
     s = args.settings
+    providers = load_provider_secrets(s)
+    if not s.signing_secret:
+        log.warning(
+            "QRUNNER_SIGNING_SECRET is not set: unsubscribe links last only as long as this "
+            "process and qrunner-signed payment webhooks are refused"
+        )
     pool = await create_pool(args.database_url)
     sms: TwilioSms | None = None
     email: ResendEmail | None = None
@@ -54,7 +65,7 @@ async def lifespan(args: LifespanArgs) -> AsyncIterator[HandlerState]:
     else:
         log.warning("no RESEND_API_KEY: email goes to the sandbox outbox table, not to inboxes")
     try:
-        yield HandlerState(s, pool, args.redis, args.client, sms, email)
+        yield HandlerState(s, pool, args.redis, args.client, sms, email, providers)
     finally:
         if sms is not None:
             await sms.close()

@@ -17,6 +17,12 @@ pattern*, not the raw request path, so no spelling of a URL (``/hooks/../api/que
 escapes) can borrow a public prefix to reach a protected route.
 
 The module only serves what :class:`~qrunner.metrics.Metrics` collects; it adds no hooks itself.
+
+The server is public-facing when webhooks are mounted, so :class:`HttpLimits` bounds what one
+client can hold: a request line or header field over its size limit is answered 414 or 431
+(other unparsable requests 400), each as JSON and logged at DEBUG without a traceback; a
+connection idle for ``keepalive_timeout_s`` (including one that never completes a request) is
+closed; and past ``max_connections`` open connections a new one is answered 503 and closed.
 """
 
 from __future__ import annotations
@@ -25,12 +31,17 @@ import asyncio
 import hmac
 import ipaddress
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.typedefs import Middleware
+from aiohttp.web_request import BaseRequest
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.asyncio import Redis
 
@@ -54,6 +65,33 @@ LOOPBACK_NAMES = frozenset({"localhost"})
 
 #: A dependency that hangs is as unready as one that refuses; a probe must answer in time.
 READINESS_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class HttpLimits:
+    """What one client may send or hold open. The defaults suit a public webhook endpoint."""
+
+    #: Longest request target (URL); longer is answered 414.
+    max_url_bytes: int = 8_192
+    #: Longest header field, name and value together; longer is answered 431. Keep it
+    #: different from ``max_url_bytes``: the parser reports only the limit it hit, and equal
+    #: limits make every oversized request a 431.
+    max_header_bytes: int = 16_384
+    #: More header fields than this is answered 431.
+    max_headers: int = 100
+    #: A connection with no request in progress for this long is closed (also one that opened
+    #: and never sent a whole request).
+    keepalive_timeout_s: float = 75.0
+    #: Open connections beyond this are answered 503 and closed at once.
+    max_connections: int = 1_000
+    #: Connections the kernel queues before they are accepted.
+    backlog: int = 128
+
+    def __post_init__(self) -> None:
+        if min(self.max_url_bytes, self.max_header_bytes, self.max_headers) < 1:
+            raise ConfigError("HTTP size limits must be positive")
+        if self.keepalive_timeout_s <= 0 or self.max_connections < 1 or self.backlog < 1:
+            raise ConfigError("HTTP keep-alive timeout, connection cap and backlog must be > 0")
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -241,6 +279,106 @@ def build_app(
     return app
 
 
+def _client_error(exc: HttpProcessingError, limits: HttpLimits) -> tuple[int, str]:
+    """Status and message for a request the parser refused."""
+    if isinstance(exc, LineTooLong):
+        limit = exc.args[1] if len(exc.args) > 1 else None
+        if limit == limits.max_url_bytes and limits.max_url_bytes != limits.max_header_bytes:
+            return 414, f"request URL longer than {limits.max_url_bytes} bytes"
+        return 431, f"request header field longer than {limits.max_header_bytes} bytes"
+    if "too many headers" in exc.message.lower():
+        return 431, f"more than {limits.max_headers} request header fields"
+    return 400, "malformed HTTP request"
+
+
+class _NoAccessLog(AbstractAccessLogger):
+    """No access log: a scrape every few seconds would drown the job log lines."""
+
+    def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
+        return None
+
+    @property
+    def enabled(self) -> bool:
+        return False
+
+
+class _Handler(web.RequestHandler):
+    """aiohttp's connection handler with :class:`HttpLimits`, answering requests the parser
+    refused with a JSON 4xx and a DEBUG line instead of a 400 and an ERROR traceback."""
+
+    def __init__(
+        self, manager: web.Server, *, loop: asyncio.AbstractEventLoop, limits: HttpLimits
+    ) -> None:
+        super().__init__(
+            manager,
+            loop=loop,
+            keepalive_timeout=limits.keepalive_timeout_s,
+            max_line_size=limits.max_url_bytes,
+            max_field_size=limits.max_header_bytes,
+            max_headers=limits.max_headers,
+            access_log_class=_NoAccessLog,
+        )
+        self.limits = limits
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status != 400 or not isinstance(exc, HttpProcessingError):
+            return super().handle_error(request, status, exc, message)
+        code, text = _client_error(exc, self.limits)
+        log.debug("refused a request from %s with %d: %s", request.remote, code, text)
+        response = _json({"error": text}, status=code)
+        response.force_close()
+        return response
+
+
+_BUSY_BODY = orjson.dumps({"error": "too many connections"})
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s"
+) % (len(_BUSY_BODY), _BUSY_BODY)
+
+
+class _Busy(asyncio.Protocol):
+    """Answers a connection over the cap with 503 and closes it without reading the request."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(_BUSY)
+        transport.close()
+
+
+class _Protocols:
+    """The listening socket's protocol factory: a limited handler per connection, or
+    :class:`_Busy` once ``max_connections`` are open (warned about at most once a minute)."""
+
+    def __init__(self, server: web.Server, limits: HttpLimits) -> None:
+        self.server = server
+        self.limits = limits
+        self.loop = asyncio.get_running_loop()
+        self.refused = 0
+        self._warned_at = float("-inf")
+
+    def __call__(self) -> asyncio.Protocol:
+        if len(self.server.connections) >= self.limits.max_connections:
+            self.refused += 1
+            now = time.monotonic()
+            if now - self._warned_at >= 60:
+                self._warned_at = now
+                log.warning(
+                    "http endpoint at its cap of %d connections: refusing new ones with 503 "
+                    "(%d refused so far)",
+                    self.limits.max_connections,
+                    self.refused,
+                )
+            return _Busy()
+        return _Handler(self.server, loop=self.loop, limits=self.limits)
+
+
 async def serve_http(
     app: web.Application,
     host: str,
@@ -248,24 +386,35 @@ async def serve_http(
     stop: asyncio.Event,
     *,
     on_bound: Callable[[list[tuple[str, int]]], None] | None = None,
+    limits: HttpLimits | None = None,
 ) -> None:
     """Serve ``app`` until ``stop`` is set or the task is cancelled: a worker ``extra_loops`` loop.
 
     ``port`` 0 picks a free port; ``on_bound`` receives the bound (host, port) pairs so a caller
-    (a test, a supervisor) can learn it without racing for a port itself.
+    (a test, a supervisor) can learn it without racing for a port itself. ``limits`` default to
+    :class:`HttpLimits`' defaults.
     """
     check_bind_address(host, token_required=app.get(TOKEN_REQUIRED_KEY, False))
-    # No access log: a scrape every few seconds would drown the job log lines.
+    limits = limits or HttpLimits()
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
+    listener: asyncio.Server | None = None
     try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = [(str(a[0]), int(a[1])) for a in runner.addresses]
+        assert runner.server is not None
+        listener = await asyncio.get_running_loop().create_server(
+            _Protocols(runner.server, limits), host or None, port, backlog=limits.backlog
+        )
+        bound = [
+            (str(name[0]), int(name[1])) for name in (s.getsockname() for s in listener.sockets)
+        ]
         log.info("http endpoint listening on %s", ", ".join(f"{h}:{p}" for h, p in bound))
         if on_bound is not None:
             on_bound(bound)
         await stop.wait()
     finally:
+        if listener is not None:
+            listener.close()  # stop accepting; the runner closes the open connections
         await runner.cleanup()
+        if listener is not None:
+            await listener.wait_closed()
         log.info("http endpoint stopped")

@@ -1,16 +1,23 @@
-"""Unsubscribe links: HMAC-signed tokens and the one-click endpoint (RFC 8058).
+"""Unsubscribe links: signed, expiring tokens and the one-click endpoint (RFC 8058).
 
 Every email carries ``List-Unsubscribe: <{public_url}/unsubscribe?token=...>`` and
 ``List-Unsubscribe-Post: List-Unsubscribe=One-Click``. Mail clients POST to that URL; a person
 following the link gets a confirmation page (GET) whose button POSTs the same form. GET itself
 never unsubscribes, because mail scanners fetch every link in a message.
 
-Tokens have no expiry (an unsubscribe link must work in a years-old email) and are deterministic,
-so every attempt of a job renders byte-identical email and its Idempotency-Key stays valid. They
-are signed with ``QRUNNER_SIGNING_SECRET``; without one a random per-process secret is used and
-a warning says so: links then break on restart, and a retry landing on another worker process
-renders a different link (the provider refuses the changed payload). Set the secret in
-production.
+A token is ``base64url(payload) "." base64url(HMAC-SHA256)`` where the payload is
+``v2|unsubscribe|<expires, Unix seconds>|<subject>``: it says what it is for and when it stops
+working (:data:`TOKEN_TTL_DAYS` after the day it was issued). The key is derived from
+``QRUNNER_SIGNING_SECRET`` for this purpose only (:mod:`handlers.secrets`), so no other secret
+(a payment webhook's, say) can mint one. The expiry is counted from the start of the UTC day of
+issue, so every attempt of a job on the same day renders byte-identical email and its
+Idempotency-Key stays valid; pass ``issued_at`` to pin it to something else.
+
+Tokens of the first format (no version, no expiry, signed with the master secret itself) are
+refused with a page that says the link is out of date. Without a master secret a random
+per-process key is used and a warning says so: links then break on restart, and a retry landing
+on another worker process renders a different link (the provider refuses the changed payload).
+Set the secret in production.
 """
 
 from __future__ import annotations
@@ -21,12 +28,15 @@ import hmac
 import html
 import logging
 import secrets
+import time
 from dataclasses import dataclass, field
+from typing import Literal
 from urllib.parse import quote
 
 from aiohttp import web
 
 from handlers.providers.redact import mask_email
+from handlers.secrets import UNSUBSCRIBE, derive_key
 from handlers.state import HandlerState
 from qrunner import Settings
 
@@ -35,6 +45,12 @@ from .recipients import record_opt_out
 log = logging.getLogger(__name__)
 
 PATH = "/unsubscribe"
+VERSION = "v2"
+PURPOSE = "unsubscribe"
+#: How long a link works, counted from the start of the UTC day it was issued.
+TOKEN_TTL_DAYS = 90
+_DAY_S = 86_400
+_MAX_TOKEN_CHARS = 1024
 
 
 def _b64(data: bytes) -> str:
@@ -67,15 +83,31 @@ class Subject:
         return None
 
 
+Problem = Literal["invalid", "expired", "old_format"]
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """What :meth:`Signer.check` found: the subject, or why the token is refused."""
+
+    subject: Subject | None = None
+    problem: Problem | None = None
+
+
+def expiry_for(issued_at: float) -> int:
+    """When a token issued at ``issued_at`` stops working (Unix seconds, end of a UTC day)."""
+    return (int(issued_at) // _DAY_S + 1 + TOKEN_TTL_DAYS) * _DAY_S
+
+
 @dataclass
 class Signer:
-    """Signs and checks tokens; holds the per-process fallback secret when none is configured."""
+    """Signs and checks tokens; holds the per-process fallback key when no secret is set."""
 
     _generated: bytes | None = field(default=None, repr=False)
 
-    def _secret(self, settings: Settings) -> bytes:
+    def _key(self, settings: Settings) -> bytes:
         if settings.signing_secret:
-            return settings.signing_secret.encode()
+            return derive_key(settings.signing_secret, UNSUBSCRIBE)
         if self._generated is None:
             self._generated = secrets.token_bytes(32)
             log.warning(
@@ -84,27 +116,60 @@ class Signer:
             )
         return self._generated
 
-    def _mac(self, settings: Settings, payload: str) -> str:
-        digest = hmac.new(self._secret(settings), f"unsubscribe|{payload}".encode(), hashlib.sha256)
-        return _b64(digest.digest()[:18])
+    def _mac(self, settings: Settings, encoded: str) -> str:
+        return _b64(hmac.new(self._key(settings), encoded.encode(), hashlib.sha256).digest())
 
-    def token(self, settings: Settings, subject: Subject) -> str:
-        payload = subject.encode()
-        return f"{_b64(payload.encode())}.{self._mac(settings, payload)}"
+    def token(self, settings: Settings, subject: Subject, *, issued_at: float | None = None) -> str:
+        expires = expiry_for(time.time() if issued_at is None else issued_at)
+        payload = f"{VERSION}|{PURPOSE}|{expires}|{subject.encode()}"
+        encoded = _b64(payload.encode())
+        return f"{encoded}.{self._mac(settings, encoded)}"
 
-    def verify(self, settings: Settings, token: str) -> Subject | None:
-        encoded, _, mac = token.partition(".")
+    def check(self, settings: Settings, token: str, *, now: float | None = None) -> Checked:
+        encoded, dot, mac = token.partition(".")
+        if not dot or len(token) > _MAX_TOKEN_CHARS or not token.isascii():
+            return Checked(problem="invalid")
         try:
             payload = _unb64(encoded).decode()
         except (ValueError, UnicodeDecodeError):
-            return None
-        if not hmac.compare_digest(mac.encode(), self._mac(settings, payload).encode()):
-            return None
-        return Subject.decode(payload)
+            return Checked(problem="invalid")
+        parts = payload.split("|", 3)
+        if len(parts) != 4 or parts[0] != VERSION:
+            # The first format was the bare subject; it is not checked (its key was the master
+            # secret itself), only recognised so the page can say why it no longer works.
+            old = len(parts) == 1 and Subject.decode(payload) is not None
+            return Checked(problem="old_format" if old else "invalid")
+        if not hmac.compare_digest(mac.encode(), self._mac(settings, encoded).encode()):
+            return Checked(problem="invalid")
+        _, purpose, expires, subject_text = parts
+        subject = Subject.decode(subject_text)
+        if purpose != PURPOSE or not expires.isdigit() or subject is None:
+            return Checked(problem="invalid")
+        if int(expires) <= (time.time() if now is None else now):
+            return Checked(problem="expired")
+        return Checked(subject=subject)
 
-    def url(self, settings: Settings, subject: Subject) -> str:
-        token = self.token(settings, subject)
+    def verify(self, settings: Settings, token: str, *, now: float | None = None) -> Subject | None:
+        return self.check(settings, token, now=now).subject
+
+    def url(self, settings: Settings, subject: Subject, *, issued_at: float | None = None) -> str:
+        token = self.token(settings, subject, issued_at=issued_at)
         return f"{settings.public_url.rstrip('/')}{PATH}?token={quote(token, safe='')}"
+
+
+_REFUSALS: dict[Problem, tuple[str, str]] = {
+    "invalid": ("Invalid link", "This unsubscribe link is not valid."),
+    "expired": (
+        "Link expired",
+        f"Unsubscribe links work for {TOKEN_TTL_DAYS} days. Use the link in a more recent "
+        "email from us, or reply to any of our emails to stop them.",
+    ),
+    "old_format": (
+        "Link out of date",
+        "This unsubscribe link comes from an older email and no longer works. Use the link "
+        "in a more recent email from us, or reply to any of our emails to stop them.",
+    ),
+}
 
 
 def _page(title: str, body: str, status: int = 200) -> web.Response:
@@ -122,12 +187,21 @@ class UnsubscribeRoutes:
         self.state = state
         self.signer = signer
 
-    def _subject(self, request: web.Request) -> Subject | None:
-        return self.signer.verify(self.state.settings, request.query.get("token", ""))
+    def _check(self, request: web.Request) -> Checked:
+        return self.signer.check(self.state.settings, request.query.get("token", ""))
+
+    @staticmethod
+    def _refuse(request: web.Request, problem: Problem) -> web.Response:
+        """400 as a page for people, as JSON for programs that ask for it."""
+        title, text = _REFUSALS[problem]
+        if "application/json" in request.headers.get("Accept", ""):
+            return web.json_response({"error": text, "reason": problem}, status=400)
+        return _page(title, f"<p>{html.escape(text)}</p>", 400)
 
     async def confirm_page(self, request: web.Request) -> web.Response:
-        if self._subject(request) is None:
-            return _page("Invalid link", "<p>This unsubscribe link is not valid.</p>", 400)
+        checked = self._check(request)
+        if checked.subject is None:
+            return self._refuse(request, checked.problem or "invalid")
         action = html.escape(f"{PATH}?token={quote(request.query['token'], safe='')}")
         form = (
             f"<form method='post' action='{action}'>"
@@ -138,9 +212,10 @@ class UnsubscribeRoutes:
         return _page("Unsubscribe", form)
 
     async def one_click(self, request: web.Request) -> web.Response:
-        subject = self._subject(request)
+        checked = self._check(request)
+        subject = checked.subject
         if subject is None:
-            return _page("Invalid link", "<p>This unsubscribe link is not valid.</p>", 400)
+            return self._refuse(request, checked.problem or "invalid")
         async with self.state.db.acquire() as conn, conn.transaction():
             if subject.user_id is not None:
                 exists = await conn.fetchval(

@@ -12,14 +12,21 @@ one transaction that first waits for any SMS to that user still in flight (see
 
 STOP and START get an empty TwiML answer: Twilio's own opt-out handling already confirms them
 to the sender, and a second confirmation would be a duplicate text. HELP is answered here.
+
+Twilio posts ``application/x-www-form-urlencoded`` UTF-8; ``multipart/form-data`` with text
+fields is read too. A body that is neither, or cannot be decoded, is answered 400 with a JSON
+error before anything else; refusals are JSON too (``{"error": ...}``).
 """
 
 from __future__ import annotations
 
 import logging
+from urllib.parse import parse_qsl
 
 import asyncpg  # type: ignore[import-untyped]
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
+from multidict import MultiDict
 from twilio.request_validator import RequestValidator  # type: ignore[import-untyped]
 from twilio.twiml.messaging_response import MessagingResponse  # type: ignore[import-untyped]
 
@@ -49,6 +56,59 @@ def keyword(body: str) -> str | None:
     return None
 
 
+class MalformedForm(ValueError):
+    pass
+
+
+def _error(message: str, status: int) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _brief(exc: BaseException) -> str:
+    """An exception's message, shortened and quoted: it may quote the sender's bytes."""
+    return repr(str(exc)[:100])
+
+
+def _checked(fields: MultiDict[str]) -> MultiDict[str]:
+    # PostgreSQL text cannot hold NUL, and no SMS field contains one.
+    if any("\x00" in key or "\x00" in value for key, value in fields.items()):
+        raise MalformedForm("form field contains a NUL character")
+    return fields
+
+
+async def read_form(request: web.Request) -> MultiDict[str]:
+    """The posted fields, every value of a repeated name kept (Twilio signs them all).
+
+    Raises :class:`MalformedForm` for anything that is not a well-formed UTF-8 form, and
+    aiohttp's ``HTTPRequestEntityTooLarge`` for a body over the application's size limit.
+    """
+    ctype = request.content_type
+    charset = (request.charset or "utf-8").lower()
+    if charset not in ("utf-8", "utf8"):
+        raise MalformedForm(f"unsupported charset {charset[:40]!r}")
+    if ctype == "application/x-www-form-urlencoded":
+        try:
+            text = (await request.read()).decode("utf-8")
+            pairs = parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="strict")
+        except (UnicodeDecodeError, ValueError, RequestPayloadError) as exc:
+            raise MalformedForm(f"form body is not UTF-8 form encoding: {_brief(exc)}") from None
+        return _checked(MultiDict(pairs))
+    if ctype == "multipart/form-data":
+        fields: MultiDict[str] = MultiDict()
+        try:
+            form = await request.post()
+        # aiohttp raises ValueError, LookupError (a bad charset), RuntimeError (a bad
+        # transfer encoding) or AssertionError on malformed multipart bodies.
+        except (ValueError, LookupError, RuntimeError, AssertionError, RequestPayloadError) as exc:
+            raise MalformedForm(f"multipart body is malformed: {_brief(exc)}") from None
+        for name, value in form.items():
+            if not isinstance(value, str):
+                raise MalformedForm(f"field {name[:40]!r} is a file upload")
+            fields.add(name, value)
+        return _checked(fields)
+    raise MalformedForm(f"expected application/x-www-form-urlencoded, got {ctype[:60]!r}")
+
+
 def _twiml(message: str | None = None) -> web.Response:
     response = MessagingResponse()
     if message:
@@ -61,24 +121,30 @@ class TwilioInbound:
         self.state = state
         self.options = options
 
-    def _verified(self, request: web.Request, params: dict[str, str]) -> bool:
+    def _verified(self, request: web.Request, form: MultiDict[str]) -> bool:
         token = self.state.settings.twilio_auth_token
         signature = request.headers.get("X-Twilio-Signature", "")
-        if not token or not signature:
+        if not token or not signature or not signature.isascii():
             return False
         url = self.state.settings.public_url.rstrip("/") + str(request.rel_url)
-        return bool(RequestValidator(token).validate(url, params, signature))
+        return bool(RequestValidator(token).validate(url, form, signature))
 
     async def handle(self, request: web.Request) -> web.Response:
-        form = await request.post()
-        params = {key: str(form.getone(key)) for key in form}
-        if not self._verified(request, params):
+        try:
+            form = await read_form(request)
+        except MalformedForm as exc:
+            log.warning("inbound sms refused: %s", exc)
+            return _error(str(exc), 400)
+        except web.HTTPRequestEntityTooLarge:
+            return _error("body too large", 413)
+        if not self._verified(request, form):
             log.warning("inbound sms refused: missing or invalid X-Twilio-Signature")
-            return web.Response(status=403, text="invalid signature")
+            return _error("invalid signature", 403)
+        params = {key: form.getone(key) for key in form}
         sid = params.get("MessageSid") or params.get("SmsSid")
         phone = params.get("From", "")
         if not sid or not phone:
-            return web.Response(status=400, text="MessageSid and From are required")
+            return _error("MessageSid and From are required", 400)
         word = keyword(params.get("Body", ""))
         async with self.state.db.acquire() as conn, conn.transaction():
             event_id = await conn.fetchval(

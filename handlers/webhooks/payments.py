@@ -3,6 +3,9 @@
 Receiving and applying are split: the route only verifies, stores and enqueues, so it answers
 the provider within milliseconds, and all state changes happen in a job that qrunner retries.
 
+Each provider is verified with its own scheme and secret (see :mod:`.signature`): a body signed
+for one provider is refused on another's path, and no provider secret is the master secret.
+
 Once-per-event holds at two levels. ``inbound_events`` is unique per (provider, event id), so
 a redelivered webhook stores nothing new; and ``process_payment_event`` locks its event row and
 skips it once ``processed_at`` is set, applying the change and setting the stamp in the same
@@ -14,7 +17,7 @@ is confirmed by messaging's ``send_credit_purchase_confirmation`` (payload ``{"p
 from __future__ import annotations
 
 import logging
-import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +29,16 @@ from pydantic import BaseModel
 from handlers.state import HandlerState
 from qrunner import BackendUnavailable, Context, Permanent, Registry, Retry
 
-from .signature import SIGNATURE_HEADER, MalformedEvent, PaymentEvent, parse_event, verify
+from .events import MalformedEvent, PaymentEvent, parse_event
+from .signature import (
+    DEFAULT_TOLERANCE_S,
+    PROVIDER_NAME,
+    RESERVED_PROVIDERS,
+    UNTIMED,
+    NotConfigured,
+    SignatureError,
+    authenticate,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +46,13 @@ registry = Registry(requires_database=True)
 
 QUEUE = "default"
 EVENT_KEY_TTL_S = 7 * 24 * 3600
-_PROVIDER = re.compile(r"^[a-z0-9_-]{1,32}$")
-SUCCEEDED = frozenset({"payment.succeeded", "charge.succeeded", "charge.success"})
-FAILED = frozenset({"payment.failed", "charge.failed"})
+#: Paystack and Flutterwave sign no timestamp: an event qrunner acts on must be dated (in its
+#: signed body) within this many seconds. Longer than Paystack's 72 hours of retries.
+UNTIMED_MAX_AGE_S = 7 * 24 * 3600
+
+
+def _error(message: str, status: int) -> web.Response:
+    return web.json_response({"error": message}, status=status)
 
 
 # -- receiving ---------------------------------------------------------------------------------
@@ -44,32 +60,53 @@ FAILED = frozenset({"payment.failed", "charge.failed"})
 
 class PaymentHook:
     """``POST /hooks/payments/{provider}``: public (no bearer token), so the signature is the
-    only authentication. Answers: 200 stored or duplicate, 400 signed but malformed, 401 bad
-    or missing signature, 404 unknown provider name, 503 not configured or queue unreachable
-    (the provider retries; the retry finds the stored event and enqueues it)."""
+    only authentication. Answers (always JSON): 200 stored or duplicate, 400 signed but
+    malformed or out of date, 401 bad, missing or expired signature, 404 unknown provider
+    name, 503 not configured or queue unreachable (the provider retries; the retry finds the
+    stored event and enqueues it)."""
 
-    def __init__(self, state: HandlerState) -> None:
+    def __init__(self, state: HandlerState, *, tolerance_s: float = DEFAULT_TOLERANCE_S) -> None:
         self.state = state
+        self.tolerance_s = tolerance_s
 
     async def handle(self, request: web.Request) -> web.Response:
         provider = request.match_info["provider"]
-        if not _PROVIDER.match(provider):
-            raise web.HTTPNotFound()
-        secret = self.state.settings.signing_secret
-        if not secret:
-            log.error("payment webhook refused: QRUNNER_SIGNING_SECRET is not set")
-            return web.json_response({"error": "webhooks are not configured"}, status=503)
-        body = await request.read()
-        if not verify(secret, body, request.headers.get(SIGNATURE_HEADER)):
-            log.warning(
-                "payment webhook from %s refused: bad or missing %s", provider, SIGNATURE_HEADER
-            )
-            return web.json_response({"error": "invalid signature"}, status=401)
+        if not PROVIDER_NAME.match(provider) or provider in RESERVED_PROVIDERS:
+            return _error("unknown provider", 404)
         try:
-            event = parse_event(body)
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _error("body too large", 413)
+        now = time.time()
+        try:
+            authenticate(
+                provider,
+                body,
+                request.headers,
+                master=self.state.settings.signing_secret,
+                providers=self.state.providers,
+                now=now,
+                tolerance_s=self.tolerance_s,
+            )
+        except NotConfigured as exc:
+            log.error("payment webhook from %s refused: %s", provider, exc)
+            return _error("webhooks are not configured", 503)
+        except SignatureError as exc:
+            log.warning("payment webhook from %s refused: %s", provider, exc)
+            return _error(str(exc), 401)
+        try:
+            event = parse_event(provider, body)
         except MalformedEvent as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        event_row, fresh, processed = await self._store(provider, event)
+            return _error(str(exc), 400)
+        stale = self._stale(provider, event, now)
+        if stale:
+            log.warning("payment webhook from %s refused: %s", provider, stale)
+            return _error(stale, 400)
+        try:
+            event_row, fresh, processed = await self._store(provider, event)
+        except asyncpg.DataError as exc:  # e.g. a NUL character, which PostgreSQL text refuses
+            log.warning("payment webhook from %s not storable: %s", provider, exc)
+            return _error("event cannot be stored", 400)
         if fresh or not processed:
             # A stored but unprocessed duplicate means an earlier delivery may have died before
             # its enqueue; enqueueing again is safe because the key drops a second copy.
@@ -82,9 +119,20 @@ class PaymentHook:
                 )
             except BackendUnavailable as exc:
                 log.error("payment event %s stored but not queued: %s", event_row, exc)
-                return web.json_response({"error": "queue unavailable"}, status=503)
+                return _error("queue unavailable", 503)
         status = "accepted" if fresh else "duplicate"
         return web.json_response({"status": status, "event_id": event_row})
+
+    def _stale(self, provider: str, event: PaymentEvent, now: float) -> str | None:
+        """Why an event of a scheme without a signed timestamp is too old (or too far in the
+        future) to act on; events qrunner ignores anyway are not judged."""
+        if provider not in UNTIMED or event.outcome is None or event.created_at is None:
+            return None
+        if event.created_at < now - UNTIMED_MAX_AGE_S:
+            return f"event dated {event.created_at:.0f} is older than {UNTIMED_MAX_AGE_S}s"
+        if event.created_at > now + self.tolerance_s:
+            return f"event dated {event.created_at:.0f} is in the future"
+        return None
 
     async def _store(self, provider: str, event: PaymentEvent) -> tuple[int, bool, bool]:
         """(row id, inserted now, already processed)."""
@@ -183,7 +231,7 @@ async def process_payment_event(
 
 def parse_event_row(ev: asyncpg.Record) -> PaymentEvent:
     try:
-        return parse_event(orjson.dumps(ev["payload"]))
+        return parse_event(ev["provider"], orjson.dumps(ev["payload"]))
     except MalformedEvent as exc:  # stored events were parsed once; this means a hand edit
         raise Permanent(f"inbound event {ev['id']} is malformed: {exc}") from None
 
@@ -191,7 +239,7 @@ def parse_event_row(ev: asyncpg.Record) -> PaymentEvent:
 async def _completed_purchase(
     conn: asyncpg.Connection, provider: str, event: PaymentEvent
 ) -> int | None:
-    if event.type not in SUCCEEDED or event.reference is None:
+    if event.outcome != "succeeded" or event.reference is None:
         return None
     purchase_id: int | None = await conn.fetchval(
         "SELECT id FROM credit_purchases"
@@ -203,7 +251,7 @@ async def _completed_purchase(
 
 
 async def _apply(conn: asyncpg.Connection, provider: str, event: PaymentEvent) -> Applied:
-    if event.type not in SUCCEEDED | FAILED:
+    if event.outcome is None:
         return Applied("ignored")
     if event.reference is not None:
         purchase = await conn.fetchrow(
@@ -234,7 +282,7 @@ def _short_paid(event: PaymentEvent, amount: Any, currency: str) -> str | None:
 async def _apply_purchase(
     conn: asyncpg.Connection, p: asyncpg.Record, event: PaymentEvent
 ) -> Applied:
-    if event.type in FAILED:
+    if event.outcome == "failed":
         done = await conn.execute(
             "UPDATE credit_purchases SET status = 'failed' WHERE id = $1 AND status = 'pending'",
             p["id"],
@@ -266,7 +314,7 @@ async def _apply_order(conn: asyncpg.Connection, event: PaymentEvent) -> Applied
     )
     if order is None:
         raise Retry(60, f"order {event.order_id} does not exist (yet)")
-    if event.type in FAILED or order["status"] != "pending":
+    if event.outcome == "failed" or order["status"] != "pending":
         return Applied(f"order_{order['status']}", order_id=order["id"])
     problem = _short_paid(event, order["total"], order["currency"])
     if problem:
