@@ -37,6 +37,16 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+#: A Redis Cluster failing over or resharding: redis-py refreshes its slot map and the next
+#: attempt goes to the new owner.
+_TOPOLOGY_CHANGING: tuple[type[BaseException], ...] = (
+    rx.ClusterDownError,
+    rx.SlotNotCoveredError,
+    rx.MovedError,
+    rx.AskError,
+)
+
+
 def error_code(exc: rx.ResponseError) -> str:
     """The RESP error code of a reply error (``NOGROUP``), or "" when it has none."""
     code = getattr(exc, "status_code", None)
@@ -56,6 +66,8 @@ def classify(exc: BaseException) -> RedisFault | None:
         return OutOfMemory(f"Redis is out of memory: {exc}")
     if isinstance(exc, rx.BusyLoadingError | rx.ReadOnlyError | rx.TryAgainError):
         return ServerBusy(f"Redis is busy: {exc}")
+    if isinstance(exc, _TOPOLOGY_CHANGING):
+        return ServerBusy(f"the cluster is changing (failover, resharding): {exc}")
     if isinstance(exc, rx.ResponseError):
         code = error_code(exc)
         if code in _MISSING:

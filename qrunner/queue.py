@@ -7,6 +7,7 @@ HTTP server, so an app process stays small.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import keys
+from .connection import describe
 from .errors import (
     BackendUnavailable,
     ConnectionLost,
@@ -25,6 +27,7 @@ from .errors import (
     EnqueueUncertain,
     InvalidPayload,
     JobNotFound,
+    NotReplicated,
     OutOfMemory,
     PayloadTooLarge,
     ServerBusy,
@@ -32,8 +35,11 @@ from .errors import (
 )
 from .faults import classify
 from .job import Job, new_job_id
+from .names import MAX_DELAY_S, InvalidDelay, check_delay, check_key, check_queue_name
 from .scripts import Script
 from .task import Registry
+
+log = logging.getLogger(__name__)
 
 #: Jobs per script call in bulk enqueues; several calls go out in one pipeline.
 BULK_CHUNK = 500
@@ -111,9 +117,17 @@ class QueueStats:
         }
 
 
+def _check_at(at: Any) -> None:
+    if not isinstance(at, datetime):
+        raise InvalidDelay("at", f"must be a datetime, got {type(at).__name__}")
+    if at.tzinfo is None:
+        raise InvalidDelay("at", "must be a timezone-aware datetime")
+    if at.timestamp() - time.time() > MAX_DELAY_S:
+        raise InvalidDelay("at", f"must be at most 366 days ahead, got {at.isoformat()}")
+
+
 def _where(redis: Redis) -> str:
-    kw = redis.connection_pool.connection_kwargs
-    return str(kw.get("path") or f"{kw.get('host', '?')}:{kw.get('port', '?')}")
+    return describe(redis)
 
 
 def _redis_down(redis: Redis, exc: Exception) -> BackendUnavailable:
@@ -148,12 +162,19 @@ class Client:
         *,
         max_payload_bytes: int = 512 * 1024,
         status_ttl_s: int = 7 * 24 * 3600,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
     ) -> None:
+        """``wait_replicas=N`` makes :meth:`enqueue` durable against a failover: it returns only
+        once N replicas hold the job (Redis ``WAIT``), else raises :class:`NotReplicated`."""
         self.redis = redis
         self.registry = registry
         self.max_payload_bytes = max_payload_bytes
         self.status_ttl_ms = status_ttl_s * 1000
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self._known_queues: set[str] = set()
+        self._node_clients: dict[str, Redis] = {}
 
     async def enqueue(
         self,
@@ -171,17 +192,73 @@ class Client:
         spec = JobSpec(task, payload, queue, delay_s, at, key, key_ttl_s, job_id)
         queue_name, job_keys, args = self._prepare(spec)
 
+        script_keys = [keys.stream(queue_name), keys.delayed(queue_name), *job_keys]
+
         async def send() -> Any:
             if queue_name not in self._known_queues:
                 await self._register_queues([queue_name])
-            return await self._enqueue(
-                self.redis,
-                [keys.stream(queue_name), keys.delayed(queue_name), *job_keys],
-                [*self._script_head(), *args],
-            )
+            if self.wait_replicas > 0:
+                return await self._durable(script_keys, [*self._script_head(), *args])
+            return await self._enqueue(self.redis, script_keys, [*self._script_head(), *args])
 
         res = await self._send([args[0]], send)
         return _text(res[0]) or ""
+
+    async def _durable(self, script_keys: list[str], argv: list[Any]) -> Any:
+        """Enqueue, then WAIT for replicas on the same connection (WAIT counts the writes of the
+        connection it is sent on, so both go in one pipeline to the node owning the queue)."""
+        node = await self._owner(script_keys[0])
+        try:
+            await self._enqueue.ensure_loaded(node)
+            pipe = node.pipeline(transaction=False)
+            self._enqueue.queue_in(pipe, script_keys, argv)
+            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+            res, acked = await pipe.execute()
+        except Exception as exc:
+            if isinstance(classify(exc), ConnectionLost | ServerBusy):
+                await self._refresh_topology()  # the owner may have failed over
+            raise
+        if int(acked) < self.wait_replicas:
+            raise NotReplicated(_text(res[0]) or "", int(acked), self.wait_replicas)
+        return res
+
+    async def _owner(self, key: str) -> Redis:
+        """The client to send ``key``'s writes on: the node owning its slot on a cluster."""
+        manager = getattr(self.redis, "nodes_manager", None)
+        if manager is None:
+            return self.redis
+        cluster: Any = self.redis
+        await cluster.initialize()
+        node = cluster.get_node_from_key(key)
+        client = self._node_clients.get(node.name)
+        if client is None:
+            kw = manager.connection_kwargs
+            client = self._node_clients[node.name] = Redis(
+                host=node.host,
+                port=node.port,
+                username=kw.get("username"),
+                password=kw.get("password"),
+                ssl=kw.get("connection_class") is not None
+                and "SSL" in kw["connection_class"].__name__,
+                socket_timeout=kw.get("socket_timeout"),
+                socket_connect_timeout=kw.get("socket_connect_timeout"),
+            )
+        return client
+
+    async def _refresh_topology(self) -> None:
+        manager = getattr(self.redis, "nodes_manager", None)
+        if manager is None:
+            return
+        await self.aclose_node_clients()
+        try:
+            await manager.initialize()
+        except Exception as exc:  # no node answers yet: the next attempt tries again
+            log.debug("refreshing the cluster's slot map failed: %s", exc)
+
+    async def aclose_node_clients(self) -> None:
+        for client in self._node_clients.values():
+            await client.aclose()
+        self._node_clients.clear()
 
     def _script_head(self) -> list[Any]:
         return ["", self.status_ttl_ms, ID_MARKER_TTL_MS]
@@ -234,8 +311,7 @@ class Client:
 
         async def send() -> list[Any]:
             await self._register_queues(by_queue)
-            await self._enqueue.ensure_loaded(self.redis)
-            pipe = self.redis.pipeline(transaction=False)
+            calls: list[tuple[list[str], list[Any]]] = []
             order.clear()
             for queue, items in by_queue.items():
                 for start in range(0, len(items), BULK_CHUNK):
@@ -245,9 +321,24 @@ class Client:
                     for _, job_keys, args in chunk:
                         ks.extend(job_keys)
                         argv.extend(args)
-                    self._enqueue.queue_in(pipe, ks, argv)
+                    calls.append((ks, argv))
                     order.append([i for i, _, _ in chunk])
-            results: list[Any] = await pipe.execute(raise_on_error=False)
+            results: list[Any]
+            if hasattr(self.redis, "nodes_manager"):
+                # A cluster pipeline refuses scripts: each chunk (one queue, so one slot) goes
+                # to its node on its own, all at once.
+                results = list(
+                    await asyncio.gather(
+                        *(self._enqueue(self.redis, ks, argv) for ks, argv in calls),
+                        return_exceptions=True,
+                    )
+                )
+            else:
+                await self._enqueue.ensure_loaded(self.redis)
+                pipe = self.redis.pipeline(transaction=False)
+                for ks, argv in calls:
+                    self._enqueue.queue_in(pipe, ks, argv)
+                results = await pipe.execute(raise_on_error=False)
             for res in results:
                 if isinstance(res, Exception):
                     written = sum(
@@ -267,19 +358,32 @@ class Client:
         return out
 
     def _prepare(self, spec: JobSpec) -> tuple[str, list[str], list[Any]]:
+        """Validate one job and build its script arguments; raises an :class:`EnqueueError`
+        (see :mod:`qrunner.names` for the grammar of queue names, keys and delays)."""
+        check_key(spec.task, "task")
+        if spec.payload is not None and not isinstance(spec.payload, Mapping):
+            raise InvalidPayload(
+                f"payload: must be a mapping (a JSON object), got {type(spec.payload).__name__}"
+            )
+        if spec.queue is not None:
+            check_queue_name(spec.queue)
+        if spec.key is not None:
+            check_key(spec.key)
+        if spec.job_id is not None:
+            check_key(spec.job_id, "job_id")
+        if spec.delay_s is not None and spec.at is not None:
+            raise EnqueueError("give either delay_s or at, not both")
+        if spec.delay_s is not None:
+            check_delay(spec.delay_s)
+        if spec.at is not None:
+            _check_at(spec.at)
         payload = dict(spec.payload or {})
         queue = spec.queue
         if self.registry is not None:
             task = self.registry.get(spec.task)
             queue = queue or task.queue
             task.validate(payload)
-        queue = queue or "default"
-        if spec.delay_s is not None and spec.at is not None:
-            raise EnqueueError("give either delay_s or at, not both")
-        if spec.delay_s is not None and spec.delay_s < 0:
-            raise EnqueueError(f"delay_s must not be negative, got {spec.delay_s}")
-        if spec.at is not None and spec.at.tzinfo is None:
-            raise EnqueueError("at must be a timezone-aware datetime")
+        queue = check_queue_name(queue or "default")
         job = Job(
             id=spec.job_id or new_job_id(),
             task=spec.task,
@@ -298,8 +402,8 @@ class Client:
         dedup_ttl = ""
         if spec.key:
             ttl = spec.key_ttl_s if spec.key_ttl_s is not None else DEFAULT_DEDUP_TTL_S
-            if ttl <= 0:
-                raise InvalidPayload("key_ttl_s must be positive")
+            if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl < 1e15:
+                raise InvalidPayload("key_ttl_s: must be a positive number of seconds")
             dedup_ttl = str(int(ttl * 1000))
         delay = "" if spec.delay_s is None else str(int(spec.delay_s * 1000))
         at = "" if spec.at is None else str(int(spec.at.timestamp() * 1000))

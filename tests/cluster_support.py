@@ -43,6 +43,8 @@ from typing import Any
 import redis
 from redis import Redis as SyncRedis
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from qrunner.embedded import redis_binary
 
@@ -337,6 +339,7 @@ class LocalNode:
                 decode_responses=True,
                 socket_timeout=5,
                 socket_connect_timeout=2,
+                retry=Retry(NoBackoff(), 0),  # callers poll; redis-py's backoff only slows them
             )
         return self._client
 
