@@ -314,13 +314,13 @@ class Worker:
                     "unless Redis persistence kept them.",
                     q,
                 )
-                self.observer.group_recreated(q)
                 try:
                     await self.consumer.record_alarm(
                         {"kind": "group_recreated", "queue": q, "worker": self.name}
                     )
-                except RedisFault:
-                    pass
+                except RedisFault as fault:
+                    log.warning("could not record the alarm in %s: %s", keys.alarms(), fault)
+                self.observer.group_recreated(q)
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -16,6 +16,8 @@ from qrunner.worker import Worker
 from tests.helpers import core_tasks
 from tests.worker_fixtures import FAST
 
+pytestmark = pytest.mark.both_topologies
+
 ROOT = Path(__file__).resolve().parent.parent
 HANDLERS = "tests.helpers.core_tasks"
 
