@@ -302,6 +302,8 @@ class LoopWatchdog:
                 )
                 stall_beat = None
             stalled = max(0.0, now - beat - self.interval_s)
+            if stalled <= min(self.on_stall_after_s, self.warn_s):
+                stall_failures = 0  # healthy: the next stall logs its first failure again
             if self._on_stall is not None and stalled > self.on_stall_after_s:
                 try:
                     self._on_stall(stalled)
@@ -312,7 +314,6 @@ class LoopWatchdog:
             if stalled > self.warn_s:
                 if stall_beat is None:
                     stall_beat = beat
-                    stall_failures = 0
                     log.warning(
                         "event loop blocked for %.1fs: no handler, timeout, lease renewal or "
                         "signal can run; blocking asyncio task: %s; jobs in flight: %s; loop "

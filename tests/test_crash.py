@@ -87,7 +87,9 @@ async def test_kill_9_mid_batch_second_worker_finishes_everything(
             first.kill()
     summary = await redis.xpending(keys.stream("crash"), keys.GROUP)
     in_flight = int(summary["pending"])
-    assert 1 <= in_flight <= 8
+    # Pending at the kill: the running jobs (at most the concurrency, 8) plus finished ones whose
+    # batched ack had not gone out yet (at most one more batch).
+    assert 1 <= in_flight <= 2 * 8
     second = start_worker(redis_url, "--queues", "crash", "--concurrency", "8", "--burst")
     await asyncio.to_thread(second.wait, 60)
     assert second.returncode == 0, stderr_of(second)
