@@ -38,6 +38,8 @@ from redis.asyncio import Redis
 from .ratelimit import Admission, LineView, RateLimiter, RateLimitSpec
 from .task import Registry, Task
 
+#: Most jobs sent to Redis in one admission call.
+_MAX_BATCH = 256
 #: Buckets remembered per task for :meth:`TokenBucketGate.line_view` (per-key limits).
 _LINES_PER_TASK = 1024
 #: A bucket not heard of for this long no longer counts towards a task's waiting jobs.
@@ -88,6 +90,17 @@ class _Gated:
     bucket: str
     #: Monotonic time before which the queue is not read.
     open_at: float = 0.0
+    #: True once the worker reads the queue through :meth:`TokenBucketGate.plan_reads`; until
+    #: then its jobs are admitted as in any other queue (turns recorded, no refusals).
+    planned: bool = False
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Admissions of one bucket and cost waiting to go to Redis together."""
+
+    spec: RateLimitSpec
+    items: list[tuple[str | None, int, asyncio.Future[Admission]]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -136,6 +149,10 @@ class TokenBucketGate:
         self.counts: dict[str, AdmissionCounts] = {}
         self.holding = 0
         self._lines: dict[str, _Lines] = {}
+        self._batches: dict[tuple[str, int, bool, bool], _Batch] = {}
+        self._sending: set[asyncio.Task[None]] = set()
+        #: Buckets this process throttled: monotonic time the pause ends.
+        self._paused: dict[str, float] = {}
         self._gated: dict[str, _Gated] = {}
         by_queue: dict[str, list[Task]] = {}
         for t in registry:
@@ -163,26 +180,28 @@ class TokenBucketGate:
             return 0.0, None
         cost = task.rate_limit.cost(payload) if task.rate_limit.cost else 1
         bucket = bucket_name(task, payload)
-        gated = task.queue in self._gated
+        gate = self._gated.get(task.queue)
+        gated = gate is not None and gate.planned
         # A place among the jobs waiting in place is taken before asking, so that concurrent
         # admissions cannot all be told to wait in place past max_holding.
         may_hold = self.holding < self.max_holding
         if may_hold:
             self.holding += 1
         try:
-            admission = await self.limiter.reserve(
-                bucket,
-                spec,
-                max(1, cost),
-                job_id=job_id,
-                hold_ms=self.hold_ms if may_hold else 0,
-                reserve=not gated,
-                max_wait_ms=self.max_wait_ms if job_id else 0,
-                stale_ms=self.stale_ms,
+            admission = await self._reserve(
+                bucket, spec, max(1, cost), job_id, self.hold_ms if may_hold else 0, not gated
             )
             self._note(task.name, bucket, admission)
             if admission.kind == "hold":
                 await asyncio.sleep(admission.wait_ms / 1000)
+                # A provider said "slow down" meanwhile (seen by this process): the turn waited
+                # for was given before the pause, so ask again once the pause is over.
+                paused = self._paused.get(bucket)
+                if paused is not None:
+                    left = paused - self.clock()
+                    if left > 0:
+                        return left, bucket
+                    del self._paused[bucket]
         finally:
             if may_hold:
                 self.holding -= 1
@@ -190,11 +209,71 @@ class TokenBucketGate:
             return 0.0, bucket
         return admission.wait_ms / 1000, bucket
 
+    async def _reserve(
+        self,
+        bucket: str,
+        spec: RateLimitSpec,
+        cost: int,
+        job_id: str | None,
+        hold_ms: int,
+        reserve: bool,
+    ) -> Admission:
+        """One admission, sent to Redis together with the others of the same bucket asked for
+        in the same turn of the event loop (a batch of jobs read together becomes one call)."""
+        loop = asyncio.get_running_loop()
+        key = (bucket, cost, reserve, job_id is None)
+        batch = self._batches.get(key)
+        if batch is None:
+            batch = self._batches[key] = _Batch(spec)
+            loop.call_soon(self._send, key)
+        answer: asyncio.Future[Admission] = loop.create_future()
+        batch.items.append((job_id, hold_ms, answer))
+        if len(batch.items) >= _MAX_BATCH:
+            self._send(key)
+        return await answer
+
+    def _send(self, key: tuple[str, int, bool, bool]) -> None:
+        batch = self._batches.pop(key, None)
+        if batch is not None:
+            sending = asyncio.get_running_loop().create_task(self._send_batch(key, batch))
+            self._sending.add(sending)
+            sending.add_done_callback(self._sending.discard)
+
+    async def _send_batch(self, key: tuple[str, int, bool, bool], batch: _Batch) -> None:
+        bucket, cost, reserve, anonymous = key
+        try:
+            answers = await self.limiter.reserve_many(
+                bucket,
+                batch.spec,
+                [(job_id, hold_ms) for job_id, hold_ms, _ in batch.items],
+                cost,
+                reserve=reserve,
+                max_wait_ms=0 if anonymous else self.max_wait_ms,
+                stale_ms=self.stale_ms,
+            )
+        except asyncio.CancelledError:
+            for _, _, waiter in batch.items:
+                waiter.cancel()
+            raise
+        except Exception as exc:
+            for _, _, waiter in batch.items:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            return
+        for (_, _, waiter), answer in zip(batch.items, answers, strict=True):
+            if not waiter.done():
+                waiter.set_result(answer)
+
     async def throttle(self, task: Task, payload: Any, bucket: str | None, seconds: float) -> None:
-        """Pause the bucket for ``seconds`` on every worker; the jobs in its line move back."""
-        await self.limiter.throttle(
-            bucket or bucket_name(task, payload), seconds, spec=self.specs.get(task.name)
-        )
+        """Pause the bucket for ``seconds`` on every worker; the jobs in its line move back.
+
+        Jobs of this process waiting in place for a turn ask again once the pause is over;
+        those of other processes (at most ``hold_s`` of turns) run, and meet the provider's
+        "slow down" themselves.
+        """
+        name = bucket or bucket_name(task, payload)
+        await self.limiter.throttle(name, seconds, spec=self.specs.get(task.name))
+        self._paused[name] = max(self._paused.get(name, 0.0), self.clock() + seconds)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -229,6 +308,7 @@ class TokenBucketGate:
                 reads.append((queue, free))
                 wait_queues.append(queue)
                 continue
+            gate.planned = True
             now = self.clock()
             if gate.open_at > now:
                 held = gate.open_at - now

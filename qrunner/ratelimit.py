@@ -18,8 +18,11 @@ Jobs that find no token take their place in the bucket's line (:meth:`RateLimite
 ``lua/reserve_turn.lua``): they are charged at once and told when their turn comes, so a backlog
 above the limit costs one deferral per job rather than one per refill. A job whose turn lies
 ahead is recorded under its id and runs without a second charge when it comes back. Turns are
-given out strictly in the order jobs ask, so the bucket's rate and burst hold for the turns; a job
-that comes back late (its workers busy) still runs, late, on its turn.
+given out strictly in the order jobs ask, so the bucket's rate and burst hold for the turns. A
+turn that has come is a token set aside for its job until the job comes back (its workers may be
+busy); set-aside tokens count against the bucket's capacity, so late jobs never run more at once
+than the burst, and turns that come while the bucket is full of them lapse (their jobs queue
+again).
 """
 
 from __future__ import annotations
@@ -264,26 +267,57 @@ class RateLimiter:
         overdue by more than ``stale_ms`` are forgotten. ``now_ms`` replaces the Redis clock
         (tests only).
         """
+        answers = await self.reserve_many(
+            bucket,
+            spec,
+            [(job_id, hold_ms)],
+            cost,
+            reserve=reserve,
+            max_wait_ms=max_wait_ms,
+            stale_ms=stale_ms,
+            now_ms=now_ms,
+        )
+        return answers[0]
+
+    async def reserve_many(
+        self,
+        bucket: str,
+        spec: RateLimitSpec,
+        jobs: Sequence[tuple[str | None, int]],
+        cost: int = 1,
+        *,
+        reserve: bool = True,
+        max_wait_ms: int = 0,
+        stale_ms: int = 3_600_000,
+        now_ms: int | None = None,
+    ) -> list[Admission]:
+        """:meth:`reserve` for several jobs of one bucket and cost, given as ``(job_id,
+        hold_ms)``, in one round trip; judged in order, as separate calls would judge them."""
         spec.check_cost(cost)
         bucket_keys = self._window_keys(bucket, spec)
         bucket_keys += [keys.ratelimit_block(bucket), turns_key(bucket), line_key(bucket)]
         args: list[int | str] = [
             cost,
             "" if now_ms is None else now_ms,
-            job_id or "",
-            max(0, hold_ms),
             1 if reserve else 0,
             max(0, max_wait_ms),
             max(0, stale_ms),
-            *self._window_args(spec),
+            len(jobs),
         ]
+        for job_id, hold_ms in jobs:
+            args += [job_id or "", max(0, hold_ms)]
+        args += self._window_args(spec)
         try:
-            code, wait_ms, waiting, next_ms = await self._reserve(self._redis, bucket_keys, args)
+            reply = await self._reserve(self._redis, bucket_keys, args)
         except ResponseError as exc:
             if "QRCOSTOVERCAPACITY" in str(exc) or "QRBADARGS" in str(exc):
                 raise ConfigError(f"rate limit {bucket!r}: {exc}") from exc
             raise
-        return Admission(_ADMISSION_KINDS[int(code)], int(wait_ms), int(waiting), int(next_ms))
+        waiting, next_ms = int(reply[-2]), int(reply[-1])
+        return [
+            Admission(_ADMISSION_KINDS[int(reply[2 * i])], int(reply[2 * i + 1]), waiting, next_ms)
+            for i in range(len(jobs))
+        ]
 
     async def allowance(
         self,

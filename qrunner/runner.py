@@ -10,8 +10,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -30,6 +30,10 @@ from .outcome import (
 )
 from .task import Context, Registry, Task
 
+if TYPE_CHECKING:
+    from .admission import ReadPlan
+    from .ratelimit import LineView
+
 log = logging.getLogger(__name__)
 
 #: ``Settings.max_payload_bytes`` by default.
@@ -45,12 +49,24 @@ OVERSIZED_KEEP_BYTES = 4096
 class RateGate(Protocol):
     """Admission control for rate-limited tasks (implemented over Redis token buckets)."""
 
-    async def admit(self, task: Task, payload: Any) -> tuple[float, str | None]:
-        """Seconds to wait before this job may run (0.0 = go now) and the bucket judged."""
+    async def admit(
+        self, task: Task, payload: Any, job_id: str | None = None
+    ) -> tuple[float, str | None]:
+        """Seconds to wait before this job may run (0.0 = go now) and the bucket judged; the
+        job id lets a deferred job find the turn it was given when it comes back."""
         ...
 
     async def throttle(self, task: Task, payload: Any, bucket: str | None, seconds: float) -> None:
         """A provider said "slow down": block the bucket for ``seconds`` on every worker."""
+        ...
+
+    async def plan_reads(self, queues: Sequence[str], free: int) -> ReadPlan:
+        """Which queues to read this round and how much of each: a queue whose every job waits
+        for one exhausted bucket is left unread until its turn comes within reach."""
+        ...
+
+    def line_view(self, task: str) -> LineView | None:
+        """Jobs of ``task`` waiting for a turn and the time to the next one, for the logs."""
         ...
 
 
@@ -250,7 +266,7 @@ class Runner:
         except InvalidPayload as exc:
             return DeadLettered(str(exc), job.with_error(error_record(exc, job.attempt, now_ms())))
         if self.gate is not None and task.rate_limit is not None:
-            wait_s, bucket = await self.gate.admit(task, arg)
+            wait_s, bucket = await self.gate.admit(task, arg, job.id)
             if wait_s > 0:
                 return Deferred(int(wait_s * 1000) + 1, job, "rate limited", bucket)
         ctx = self.make_context(job, entry.deliveries)

@@ -120,7 +120,7 @@ async def serve(opts: WorkerOptions, settings: Settings, stop: asyncio.Event | N
                 settings=settings,
                 state=state,
                 observer=observer,
-                gate=_gate(redis, registry),
+                gate=_gate(redis, registry, opts.concurrency or settings.concurrency),
                 weights=opts.weights,
                 extra_loops=loops,
                 signal_escape=escape,
@@ -173,12 +173,13 @@ def _postgres_check(db_url: str) -> Callable[[], Awaitable[None]]:
     return postgres
 
 
-def _gate(redis: Redis, registry: Registry) -> Any:
+def _gate(redis: Redis, registry: Registry, concurrency: int) -> Any:
     if not any(t.rate_limit for t in registry):
         return None
     from .admission import TokenBucketGate
 
-    return TokenBucketGate(redis, registry)
+    # Jobs waiting in place for a turn under a second away never take more than half the slots.
+    return TokenBucketGate(redis, registry, max_holding=max(1, concurrency // 2))
 
 
 def _load_schedules(opts: WorkerOptions, registry: Registry) -> list[Any]:

@@ -177,6 +177,7 @@ def schedule(
     now_ms: int,
     cost: int,
     blocked_until_ms: int | None = None,
+    set_aside: int = 0,
 ) -> Turn:
     """The turn of a job of ``cost`` tokens that joins the bucket's line at ``now_ms``.
 
@@ -184,6 +185,9 @@ def schedule(
     from the window's stored time when that lies ahead (a window paused by a throttle earns
     nothing before it). The job's turn is the latest of its windows' and of the block. Every
     window is charged whatever the turn, so the credit may go below zero: that is the line.
+
+    ``set_aside`` tokens belong to jobs whose turn has come and who have not claimed it yet;
+    they count against each window's capacity, so its credit is at most capacity less them.
 
     It grants exactly when :func:`take_all` does, except that a stored time ahead of ``now_ms``
     (a pause, or a clock that went backwards) postpones the turn to it instead of granting from
@@ -201,9 +205,10 @@ def schedule(
                 f"cost {cost} exceeds capacity {limit.capacity}; it can never be granted"
             )
         current = refill(limit, state, now_ms)
+        credit = min(current.credit, limit.full_credit - set_aside * limit.period_ms)
         start = max(now_ms, current.last_ms)
-        turn = max(turn, start + wait_ms(limit, current.credit, cost))
-        after.append(WindowState(current.credit - cost * limit.period_ms, current.last_ms))
+        turn = max(turn, start + wait_ms(limit, credit, cost))
+        after.append(WindowState(credit - cost * limit.period_ms, current.last_ms))
     if blocked_until_ms is not None:
         turn = max(turn, blocked_until_ms)
     return Turn(turn, tuple(after))

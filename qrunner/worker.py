@@ -41,6 +41,7 @@ from .finisher import Finisher
 from .job import Job, new_job_id
 from .outcome import DeadLettered, Deferred, Outcome, RetryLater, Succeeded
 from .queue import Client
+from .ratelimit import DeferralLog
 from .redact import mask
 from .runner import RateGate, Runner
 from .settings import Settings
@@ -99,6 +100,9 @@ class Worker:
         self.runner = Runner(
             registry, self._context, gate, max_payload_bytes=self.settings.max_payload_bytes
         )
+        self.gate = gate
+        #: Rate-limit deferrals: DEBUG per job, one INFO summary per task per minute.
+        self.deferrals = DeferralLog(log, line=gate.line_view if gate is not None else None)
         status_on = self.settings.status_ttl_s > 0
         # status_ttl_s=0 turns status records off altogether (less Redis memory per job).
         self.status_ttl_ms = self.settings.status_ttl_s * 1000 if status_on else 0
@@ -233,6 +237,7 @@ class Worker:
         finally:
             watchdog.stop()
             await self._release_self()
+        self.deferrals.flush()
         log.info("worker %s stopped after %d job(s)", self.name, self.processed)
 
     async def _start_up(self) -> bool:
@@ -342,17 +347,37 @@ class Worker:
             await self._wait_any(self._slot_free)
             return 0.0
         sent = time.monotonic()
-        entries = await self.consumer.read_available(
-            self._read_order(), free, status_ttl_ms=self.status_ttl_ms
-        )
+        if self.gate is None:
+            entries = await self.consumer.read_available(
+                self._read_order(), free, status_ttl_ms=self.status_ttl_ms
+            )
+            wait_queues, wait_count, max_wait_ms = self.queues, free, None
+        else:
+            # A queue whose jobs all wait for one exhausted rate limit is read only as far as
+            # the limit has turns; every worker leaves it alone until then.
+            plan = await self.gate.plan_reads(self._read_order(), free)
+            entries = []
+            for queue, count in plan.reads:
+                count = min(count, free - len(entries))
+                if count <= 0:
+                    break
+                entries += await self.consumer.read_available(
+                    [queue], count, status_ttl_ms=self.status_ttl_ms
+                )
+            wait_queues, wait_count = plan.wait_queues, min(free, plan.wait_count)
+            max_wait_ms = plan.max_wait_ms
         if not entries:
             if self.burst and await self._drained():
                 log.info("worker %s: burst mode and nothing left; stopping", self.name)
                 self._stop.set()
                 return None
             block = min(self.settings.block_ms, 200 if self.burst else self.settings.block_ms)
+            if max_wait_ms is not None:
+                block = max(1, min(block, max_wait_ms))
+            if not wait_queues:
+                return block / 1000
             sent = time.monotonic()
-            entries = await self.consumer.read_blocking(self.queues, free, block)
+            entries = await self.consumer.read_blocking(wait_queues, wait_count, block)
         if entries and (time.monotonic() - sent) * 1000 > self.settings.lease_ms / 2:
             entries = await self._still_ours(entries)
         if entries:
@@ -547,9 +572,18 @@ class Worker:
             self.observer.job_finished(task, entry.queue, "deferred", duration)
             if outcome.reason == "rate limited":
                 self.observer.rate_limit_wait(task, outcome.delay_ms / 1000)
-            log.info(
-                "deferred %s %s by %.1fs: %s", task, job_id, outcome.delay_ms / 1000, outcome.reason
-            )
+            if outcome.reason == "rate limited" or outcome.bucket is not None:
+                # One INFO line per task per minute, not one per job: a backlog above a limit
+                # defers thousands of jobs.
+                self.deferrals.deferred(task, job_id, outcome.delay_ms / 1000, outcome.reason)
+            else:
+                log.info(
+                    "deferred %s %s by %.1fs: %s",
+                    task,
+                    job_id,
+                    outcome.delay_ms / 1000,
+                    outcome.reason,
+                )
         elif isinstance(outcome, DeadLettered):
             self.observer.job_finished(task, entry.queue, "dead", duration)
             log.warning("dead-lettered %s %s: %s", task, job_id, outcome.reason)
@@ -563,6 +597,7 @@ class Worker:
         return self._reading_stopped.is_set() and not self._held
 
     async def _promote_step(self) -> float:
+        self.deferrals.tick()
         soonest = self.settings.promote_interval_ms / 1000
         for q in self.queues:
             moved, wait_ms = await self.consumer.promote(q)
