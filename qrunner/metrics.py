@@ -19,9 +19,10 @@ import asyncio
 import logging
 import re
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
@@ -86,6 +87,44 @@ MAX_TASK_LABELS = 200
 _TASK_LABEL_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,99}")
 
 
+class _RateLimitCollector(Collector):
+    """Rate-limit state read from the worker's gate at scrape time: jobs waiting for a turn per
+    task, and what admission did (granted, held in place, deferred) with the seconds waited."""
+
+    def __init__(self) -> None:
+        self.gate: Any = None
+
+    def collect(self) -> Iterator[Metric]:
+        gate = self.gate
+        if gate is None:
+            return
+        waiting = GaugeMetricFamily(
+            "qrunner_rate_limit_waiting",
+            "Jobs deferred to a recorded rate-limit turn, per task (as last read from Redis).",
+            labels=["task"],
+        )
+        admissions = CounterMetricFamily(
+            "qrunner_rate_limit_admissions",
+            "Rate-limit admissions by this process, by what happened to the job.",
+            labels=["task", "kind"],
+        )
+        waited = CounterMetricFamily(
+            "qrunner_rate_limit_wait_seconds",
+            "Seconds jobs spent waiting for a rate-limit turn (held in place, or deferred).",
+            labels=["task", "how"],
+        )
+        for task, counts in sorted(gate.counts.items()):
+            view = gate.line_view(task)
+            waiting.add_metric([task], float(view.waiting) if view is not None else 0.0)
+            for kind in ("granted", "claimed", "held", "deferred", "refused"):
+                admissions.add_metric([task, kind], float(getattr(counts, kind)))
+            waited.add_metric([task, "held"], counts.held_s)
+            waited.add_metric([task, "deferred"], counts.deferred_s)
+        yield waiting
+        yield admissions
+        yield waited
+
+
 class Metrics(Observer):
     """Counts what happens to jobs (as a worker :class:`Observer`) and renders the exposition.
 
@@ -141,6 +180,12 @@ class Metrics(Observer):
         )
         self._queues = _QueueCollector()
         reg.register(self._queues)
+        self._limits = _RateLimitCollector()
+        reg.register(self._limits)
+
+    def watch_gate(self, gate: Any) -> None:
+        """Export the rate-limit gate's state (waiting jobs, admissions, time waited)."""
+        self._limits.gate = gate
 
     def task_label(self, task: str) -> str:
         """The ``task`` label for a task name from an envelope (see the class docstring)."""

@@ -111,6 +111,10 @@ async def serve(opts: WorkerOptions, settings: Settings, stop: asyncio.Event | N
             observer, loops = _extras(
                 opts, settings, registry, redis, client, state, schedules, db_url
             )
+            gate = _gate(redis, registry, opts.concurrency or settings.concurrency)
+            watch = getattr(observer, "watch_gate", None)
+            if gate is not None and watch is not None:
+                watch(gate)
             worker = Worker(
                 redis,
                 registry,
@@ -120,7 +124,7 @@ async def serve(opts: WorkerOptions, settings: Settings, stop: asyncio.Event | N
                 settings=settings,
                 state=state,
                 observer=observer,
-                gate=_gate(redis, registry, opts.concurrency or settings.concurrency),
+                gate=gate,
                 weights=opts.weights,
                 extra_loops=loops,
                 signal_escape=escape,

@@ -630,3 +630,44 @@ def test_deferral_log_tick_emits_what_is_due(caplog: pytest.LogCaptureFixture) -
     deferrals.tick()
 
     assert [r.getMessage().split(": ")[2][:1] for r in caplog.records] == ["1", "1"]
+
+
+async def test_rate_limit_state_is_exported_as_metrics(redis: Redis) -> None:
+    """Given a backlog above a limit run by a worker with the gate and the metrics observer, the
+    exposition shows admissions, time waited and the jobs waiting per task."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from qrunner.admission import TokenBucketGate
+    from qrunner.metrics import Metrics
+    from qrunner.queue import Client
+    from qrunner.worker import Worker
+    from tests.helpers import limited_tasks
+    from tests.worker_fixtures import FAST
+
+    client = Client(redis, limited_tasks.registry)
+    await client.enqueue_many([("mixed_limited", {}) for _ in range(30)])
+    gate = TokenBucketGate(redis, limited_tasks.registry)
+    metrics = Metrics(tasks=limited_tasks.registry.names)
+    metrics.watch_gate(gate)
+    await Worker(
+        redis,
+        limited_tasks.registry,
+        burst=True,
+        settings=FAST,
+        gate=gate,
+        observer=metrics,
+        queues=["mixed"],
+    ).run()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(metrics.exposition().decode())
+        for s in family.samples
+    }
+    granted = samples[
+        ("qrunner_rate_limit_admissions_total", (("kind", "granted"), ("task", "mixed_limited")))
+    ]
+    waited = [
+        v for (name, _), v in samples.items() if name == "qrunner_rate_limit_wait_seconds_total"
+    ]
+    assert granted >= 1 and sum(waited) > 0
+    assert ("qrunner_rate_limit_waiting", (("task", "mixed_limited"),)) in samples
