@@ -221,6 +221,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     a real 3-master cluster."""
     if metafunc.definition.get_closest_marker("both_topologies") is None:
         return
+    if metafunc.definition.get_closest_marker("single_topology") is not None:
+        return  # a test of one server's internals (transactions, keyspace events)
     if "redis_url" in metafunc.fixturenames:
         metafunc.parametrize("redis_url", ["single", "cluster"], indirect=True)
 

@@ -24,6 +24,8 @@ from qrunner.ratelimit import Rate, RateLimiter, RateLimitSpec, parse_rate
 from qrunner.scripts import Script
 from qrunner.tokenbucket import Limit, WindowState, idle_ttl_ms, take_all
 
+pytestmark = pytest.mark.both_topologies
+
 T0 = 1_700_000_000_000
 WORKER = Path(__file__).parent / "helpers" / "ratelimit_worker.py"
 
@@ -196,6 +198,7 @@ def mirror_cases() -> list[MirrorCase]:
     return cases
 
 
+@pytest.mark.single_topology  # one server's transactions and keyspace events
 async def test_lua_script_agrees_with_the_pure_maths_on_every_case(redis: Redis) -> None:
     script = Script("take_tokens")
     await script.ensure_loaded(redis)
@@ -301,6 +304,7 @@ async def test_acquire_on_the_redis_clock_grants_without_now_ms(redis: Redis) ->
 # --- throttle -------------------------------------------------------------------------------
 
 
+@pytest.mark.single_topology  # one server's transactions and keyspace events
 async def test_throttle_blocks_every_caller_until_its_time(redis: Redis, redis_url: str) -> None:
     other = Redis.from_url(redis_url)
     try:
@@ -324,6 +328,7 @@ async def test_throttle_blocks_every_caller_until_its_time(redis: Redis, redis_u
         await other.aclose()
 
 
+@pytest.mark.single_topology  # one server's transactions and keyspace events
 async def test_throttle_on_the_redis_clock_holds_grants_until_the_block_ends(
     redis: Redis, redis_url: str
 ) -> None:
@@ -353,6 +358,7 @@ async def test_throttle_on_the_redis_clock_holds_grants_until_the_block_ends(
 # --- idle keys vanish -----------------------------------------------------------------------
 
 
+@pytest.mark.single_topology  # one server's transactions and keyspace events
 async def test_idle_bucket_keys_expire_once_full_again_and_read_as_full(redis: Redis) -> None:
     limiter = RateLimiter(redis)
     spec = RateLimitSpec.parse("5/100ms")
@@ -369,6 +375,7 @@ async def test_idle_bucket_keys_expire_once_full_again_and_read_as_full(redis: R
     assert await limiter.acquire("idle", spec, cost=5) == 0.0
 
 
+@pytest.mark.single_topology  # one server's transactions and keyspace events
 async def test_lifted_throttle_leaves_no_key(redis: Redis) -> None:
     await RateLimiter(redis).throttle("idle", 0.05)
     key = keys.ratelimit_block("idle")

@@ -8,6 +8,7 @@ import math
 import signal
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
 from qrunner import Client, keys
@@ -16,6 +17,8 @@ from qrunner.ratelimit import turns_key
 from tests.helpers import limited_tasks
 from tests.helpers.waiting import wait_for
 from tests.test_crash import start_worker, stderr_of
+
+pytestmark = pytest.mark.both_topologies
 
 
 async def redis_ms(redis: Redis) -> int:

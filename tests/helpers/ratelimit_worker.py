@@ -22,6 +22,7 @@ import signal
 from redis.asyncio import Redis
 
 from qrunner.ratelimit import RateLimiter, RateLimitSpec
+from qrunner.runtime import connect_redis
 
 
 async def redis_ms(redis: Redis) -> int:
@@ -30,7 +31,7 @@ async def redis_ms(redis: Redis) -> int:
 
 
 async def run(args: argparse.Namespace) -> None:
-    redis = Redis.from_url(args.url)
+    redis = await connect_redis(args.url)
     try:
         limiter = RateLimiter(redis)
         spec = RateLimitSpec.parse(args.rate, burst=args.burst)
