@@ -3,7 +3,6 @@ error that never shows the password. Sentinel is tested against a real master + 
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import time
 from collections.abc import Iterator
@@ -11,15 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from qrunner import Client, keys
 from qrunner.embedded import RedisProcess, _free_port, _redis_call
 from qrunner.errors import ConfigError
 from qrunner.redis_url import parse_redis_url
-from qrunner.runtime import connect_redis
-from qrunner.worker import Worker
 from tests.conftest import server_binary_under_test
-from tests.helpers import core_tasks
-from tests.worker_fixtures import FAST
+from tests.helpers.round_trip import round_trip
 
 
 def test_single_cluster_and_sentinel_urls_are_read() -> None:
@@ -100,15 +95,5 @@ async def test_a_worker_runs_jobs_through_sentinel(
     sentinel_setup: tuple[RedisProcess, int],
 ) -> None:
     """Given only a sentinel's address, the client and a worker find the master and run jobs."""
-    master, sentinel_port = sentinel_setup
-    redis = await connect_redis(f"redis+sentinel://127.0.0.1:{sentinel_port}/qmaster")
-    try:
-        client = Client(redis, core_tasks.registry)
-        job_id = await client.enqueue("record", {})
-        await asyncio.wait_for(
-            Worker(redis, core_tasks.registry, burst=True, settings=FAST).run(), 30
-        )
-        assert (await client.status(job_id)).state == "succeeded"
-        assert master.port and await redis.xlen(keys.stream("default")) == 0
-    finally:
-        await redis.aclose()
+    _, sentinel_port = sentinel_setup
+    await round_trip(f"redis+sentinel://127.0.0.1:{sentinel_port}/qmaster")

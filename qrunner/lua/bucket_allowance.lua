@@ -33,68 +33,33 @@ if nwin < 1 or #ARGV ~= 3 + 3 * nwin then
     #KEYS .. " keys and " .. #ARGV .. " args")
 end
 
-local function int_at_least(value, low, what)
-  local n = tonumber(value)
-  if n == nil or n < low or n ~= math.floor(n) then
-    error({err = "QRBADARGS " .. what .. " must be an integer >= " .. low .. ", got '" ..
-      tostring(value) .. "'"})
-  end
-  return n
-end
-
-local function ceil_div(a, b)
-  local q = math.floor(a / b)
-  while q * b < a do q = q + 1 end
-  while (q - 1) * b >= a do q = q - 1 end
-  return q
-end
-
-local function floor_div(a, b)
-  local q = math.floor(a / b)
-  while q * b > a do q = q - 1 end
-  while (q + 1) * b <= a do q = q + 1 end
-  return q
-end
-
 local now
 if ARGV[1] == "" then
   local t = redis.call("TIME")
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 else
-  now = int_at_least(ARGV[1], 0, "now_ms")
+  now = qr_int(ARGV[1], 0, "now_ms")
 end
-local horizon_end = now + int_at_least(ARGV[2], 0, "horizon_ms")
-local settle_ms = int_at_least(ARGV[3], 0, "settle_ms")
+local horizon_end = now + qr_int(ARGV[2], 0, "horizon_ms")
+local settle_ms = qr_int(ARGV[3], 0, "settle_ms")
 
 local first = now
 local count = nil
 for i = 1, nwin do
-  local tokens = int_at_least(ARGV[3 * i + 1], 1, "tokens of window " .. i)
-  local period = int_at_least(ARGV[3 * i + 2], 1, "period_ms of window " .. i)
-  local capacity = int_at_least(ARGV[3 * i + 3], 1, "capacity of window " .. i)
+  local tokens = qr_int(ARGV[3 * i + 1], 1, "tokens of window " .. i)
+  local period = qr_int(ARGV[3 * i + 2], 1, "period_ms of window " .. i)
+  local capacity = qr_int(ARGV[3 * i + 3], 1, "capacity of window " .. i)
   local full = capacity * period
-  local state = redis.call("HMGET", KEYS[i], "credit", "ts")
-  local credit, ts
-  if state[1] == false or state[2] == false then
-    credit, ts = full, now
-  else
-    credit, ts = tonumber(state[1]), tonumber(state[2])
-    if now <= ts then
-      credit = math.min(credit, full)
-    else
-      credit = math.min(full, credit + (now - ts) * tokens)
-      ts = now
-    end
-  end
+  local credit, ts = qr_window(KEYS[i], full, now, tokens)
   local start = math.max(now, ts)
   if credit < period then
-    first = math.max(first, start + ceil_div(period - credit, tokens))
+    first = math.max(first, start + qr_ceil_div(period - credit, tokens))
   else
     first = math.max(first, start)
   end
   local served = 0
   if horizon_end >= start then
-    served = math.max(0, floor_div(credit + (horizon_end - start) * tokens, period))
+    served = math.max(0, qr_floor_div(credit + (horizon_end - start) * tokens, period))
   end
   if count == nil or served < count then count = served end
 end

@@ -55,23 +55,6 @@
     QRCOSTOVERCAPACITY   cost above a window's capacity; it could never be granted
 ]]
 
-local function int_at_least(value, low, what)
-  local n = tonumber(value)
-  if n == nil or n < low or n ~= math.floor(n) then
-    error({err = "QRBADARGS " .. what .. " must be an integer >= " .. low .. ", got '" ..
-      tostring(value) .. "'"})
-  end
-  return n
-end
-
-local function ceil_div(a, b)
-  -- Exact ceiling of a / b for integers below 2^53: the double quotient can be off by one.
-  local q = math.floor(a / b)
-  while q * b < a do q = q + 1 end
-  while (q - 1) * b >= a do q = q - 1 end
-  return q
-end
-
 local nwin = #KEYS - 3
 local njobs = tonumber(ARGV[6])
 if nwin < 1 or njobs == nil or njobs < 1 or #ARGV ~= 6 + 2 * njobs + 3 * nwin then
@@ -80,17 +63,17 @@ if nwin < 1 or njobs == nil or njobs < 1 or #ARGV ~= 6 + 2 * njobs + 3 * nwin th
 end
 
 local block_key, turns_key, line_key = KEYS[nwin + 1], KEYS[nwin + 2], KEYS[nwin + 3]
-local cost = int_at_least(ARGV[1], 1, "cost")
+local cost = qr_int(ARGV[1], 1, "cost")
 local now
 if ARGV[2] == "" then
   local t = redis.call("TIME")
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 else
-  now = int_at_least(ARGV[2], 0, "now_ms")
+  now = qr_int(ARGV[2], 0, "now_ms")
 end
 local reserve = ARGV[3] == "1"
-local max_wait = int_at_least(ARGV[4], 0, "max_wait_ms")
-local stale_ms = int_at_least(ARGV[5], 0, "stale_ms")
+local max_wait = qr_int(ARGV[4], 0, "max_wait_ms")
+local stale_ms = qr_int(ARGV[5], 0, "stale_ms")
 
 local blocked_until = tonumber(redis.call("GET", block_key) or "")
 if blocked_until ~= nil and blocked_until <= now then blocked_until = nil end
@@ -134,27 +117,15 @@ local function load_windows()
   windows = {}
   for i = 1, nwin do
     local base = 4 + 2 * njobs + 3 * i
-    local tokens = int_at_least(ARGV[base], 1, "tokens of window " .. i)
-    local period = int_at_least(ARGV[base + 1], 1, "period_ms of window " .. i)
-    local capacity = int_at_least(ARGV[base + 2], 1, "capacity of window " .. i)
+    local tokens = qr_int(ARGV[base], 1, "tokens of window " .. i)
+    local period = qr_int(ARGV[base + 1], 1, "period_ms of window " .. i)
+    local capacity = qr_int(ARGV[base + 2], 1, "capacity of window " .. i)
     if cost > capacity then
       error({err = "QRCOSTOVERCAPACITY cost " .. cost .. " exceeds capacity " .. capacity ..
         " of window " .. KEYS[i] .. "; it could never be granted"})
     end
     local full = capacity * period
-    local state = redis.call("HMGET", KEYS[i], "credit", "ts")
-    local credit, ts
-    if state[1] == false or state[2] == false then
-      credit, ts = full, now
-    else
-      credit, ts = tonumber(state[1]), tonumber(state[2])
-      if now <= ts then
-        credit = math.min(credit, full)
-      else
-        credit = math.min(full, credit + (now - ts) * tokens)
-        ts = now
-      end
-    end
+    local credit, ts = qr_window(KEYS[i], full, now, tokens)
     -- Tokens set aside for jobs whose turn is due count against the capacity: what the window
     -- would have earned past it is lost, as a full bucket loses it.
     if credit > full - set_aside * cost * period then
@@ -172,7 +143,7 @@ local last_turn = nil
 
 for j = 1, njobs do
   local job_id = ARGV[5 + 2 * j]
-  local hold_ms = int_at_least(ARGV[6 + 2 * j], 0, "hold_ms")
+  local hold_ms = qr_int(ARGV[6 + 2 * j], 0, "hold_ms")
   local code, wait = nil, 0
 
   -- A job coming back for its turn. One overdue by more than stale_ms is a newcomer again.
@@ -216,7 +187,7 @@ for j = 1, njobs do
       local w = windows[i]
       local start = math.max(now, w.ts)
       if w.credit < w.need then
-        turn = math.max(turn, start + ceil_div(w.need - w.credit, w.tokens))
+        turn = math.max(turn, start + qr_ceil_div(w.need - w.credit, w.tokens))
       else
         turn = math.max(turn, start)
       end
@@ -253,7 +224,7 @@ if dirty then
       "ts", string.format("%d", w.ts))
     -- Until full again (idle_ttl_ms), counted from the stored time when that lies ahead.
     redis.call("PEXPIRE", KEYS[i],
-      math.max(0, w.ts - now) + ceil_div(w.full - w.credit, w.tokens) + 1)
+      math.max(0, w.ts - now) + qr_ceil_div(w.full - w.credit, w.tokens) + 1)
   end
 end
 if last_turn ~= nil then

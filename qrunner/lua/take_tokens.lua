@@ -35,23 +35,7 @@ if nwin < 1 or #ARGV ~= 2 + 3 * nwin then
     #KEYS .. " keys and " .. #ARGV .. " args")
 end
 
-local function positive_int(value, what)
-  local n = tonumber(value)
-  if n == nil or n < 1 or n ~= math.floor(n) then
-    error({err = "QRBADARGS " .. what .. " must be an integer >= 1, got '" .. tostring(value) .. "'"})
-  end
-  return n
-end
-
-local function ceil_div(a, b)
-  -- Exact ceiling of a / b for integers below 2^53: the double quotient can be off by one.
-  local q = math.floor(a / b)
-  while q * b < a do q = q + 1 end
-  while q > 0 and (q - 1) * b >= a do q = q - 1 end
-  return q
-end
-
-local cost = positive_int(ARGV[1], "cost")
+local cost = qr_int(ARGV[1], 1, "cost")
 local now
 if ARGV[2] == "" then
   local t = redis.call("TIME")
@@ -69,9 +53,9 @@ local after_ts = {}
 local limits = {}
 for i = 1, nwin do
   local base = 3 * i
-  local tokens = positive_int(ARGV[base], "tokens of window " .. i)
-  local period = positive_int(ARGV[base + 1], "period_ms of window " .. i)
-  local capacity = positive_int(ARGV[base + 2], "capacity of window " .. i)
+  local tokens = qr_int(ARGV[base], 1, "tokens of window " .. i)
+  local period = qr_int(ARGV[base + 1], 1, "period_ms of window " .. i)
+  local capacity = qr_int(ARGV[base + 2], 1, "capacity of window " .. i)
   if cost > capacity then
     return redis.error_reply("QRCOSTOVERCAPACITY cost " .. cost .. " exceeds capacity " ..
       capacity .. " of window " .. KEYS[i] .. "; it could never be granted")
@@ -80,26 +64,14 @@ for i = 1, nwin do
   limits[i] = {tokens, full}
 
   -- refill(): a missing window is full; a clock going backwards earns nothing.
-  local state = redis.call("HMGET", KEYS[i], "credit", "ts")
-  local credit, ts
-  if state[1] == false or state[2] == false then
-    credit, ts = full, now
-  else
-    credit, ts = tonumber(state[1]), tonumber(state[2])
-    if now <= ts then
-      credit = math.min(credit, full)
-    else
-      credit = math.min(full, credit + (now - ts) * tokens)
-      ts = now
-    end
-  end
+  local credit, ts = qr_window(KEYS[i], full, now, tokens)
 
   -- take(): deduct when enough, else wait until enough.
   local need = cost * period
   if credit >= need then
     after_credit[i] = credit - need
   else
-    local wait = ceil_div(need - credit, tokens)
+    local wait = qr_ceil_div(need - credit, tokens)
     if wait > longest then longest = wait end
     after_credit[i] = credit
   end
@@ -120,6 +92,6 @@ for i = 1, nwin do
   redis.call("HSET", KEYS[i], "credit", string.format("%d", after_credit[i]),
     "ts", string.format("%d", after_ts[i]))
   -- idle_ttl_ms(): once full again the key carries no information, so let it vanish.
-  redis.call("PEXPIRE", KEYS[i], ceil_div(full - after_credit[i], tokens) + 1)
+  redis.call("PEXPIRE", KEYS[i], qr_ceil_div(full - after_credit[i], tokens) + 1)
 end
 return {1, 0}

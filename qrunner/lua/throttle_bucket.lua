@@ -65,13 +65,6 @@ if nwin == 0 or block_ms == 0 then
   return untilms
 end
 
-local function ceil_div(a, b)
-  local q = math.floor(a / b)
-  while q * b < a do q = q + 1 end
-  while (q - 1) * b >= a do q = q - 1 end
-  return q
-end
-
 -- The pause runs from the end of any block already in force (or now) to the new end.
 local start = now
 if existing ~= nil and existing > now then start = existing end
@@ -85,22 +78,10 @@ for i = 1, nwin do
     return redis.error_reply("QRBADARGS window " .. i .. " needs tokens, period_ms, capacity")
   end
   local full = capacity * period
-  local state = redis.call("HMGET", key, "credit", "ts")
-  local credit, ts
-  if state[1] == false or state[2] == false then
-    credit, ts = full, now
-  else
-    credit, ts = tonumber(state[1]), tonumber(state[2])
-    if now <= ts then
-      credit = math.min(credit, full)
-    else
-      credit = math.min(full, credit + (now - ts) * tokens)
-      ts = now
-    end
-  end
+  local credit, ts = qr_window(key, full, now, tokens)
   ts = math.max(ts, start) + delta
   redis.call("HSET", key, "credit", string.format("%d", credit), "ts", string.format("%d", ts))
-  redis.call("PEXPIRE", key, ts - now + ceil_div(full - credit, tokens) + 1)
+  redis.call("PEXPIRE", key, ts - now + qr_ceil_div(full - credit, tokens) + 1)
 end
 
 -- Every recorded turn moves back by the pause; the keys live as much longer.
