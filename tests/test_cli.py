@@ -158,6 +158,7 @@ def test_dlq_dangerous_commands_need_explicit_target(redis_url: str, sub: list[s
     assert out.returncode == 2
 
 
+@pytest.mark.needs_admin
 async def test_dlq_list_show_replay_purge(redis: Redis, redis_url: str) -> None:
     client = Client(redis, core_tasks.registry)
     perm = await client.enqueue("permanent", {})

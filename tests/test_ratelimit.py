@@ -138,6 +138,7 @@ def test_spec_rejects_unusable_configurations(
         RateLimitSpec.parse(rates, burst=burst)
 
 
+@pytest.mark.needs_admin
 async def test_cost_above_capacity_is_a_config_error_not_an_endless_wait(redis: Redis) -> None:
     spec = RateLimitSpec.parse(["10/s", "2/min"], burst=10)
 
@@ -198,6 +199,7 @@ def mirror_cases() -> list[MirrorCase]:
     return cases
 
 
+@pytest.mark.needs_admin
 @pytest.mark.single_topology  # one server's transactions and keyspace events
 async def test_lua_script_agrees_with_the_pure_maths_on_every_case(redis: Redis) -> None:
     script = Script("take_tokens")
@@ -358,6 +360,7 @@ async def test_throttle_on_the_redis_clock_holds_grants_until_the_block_ends(
 # --- idle keys vanish -----------------------------------------------------------------------
 
 
+@pytest.mark.needs_admin
 @pytest.mark.single_topology  # one server's transactions and keyspace events
 async def test_idle_bucket_keys_expire_once_full_again_and_read_as_full(redis: Redis) -> None:
     limiter = RateLimiter(redis)
@@ -375,6 +378,7 @@ async def test_idle_bucket_keys_expire_once_full_again_and_read_as_full(redis: R
     assert await limiter.acquire("idle", spec, cost=5) == 0.0
 
 
+@pytest.mark.needs_admin
 @pytest.mark.single_topology  # one server's transactions and keyspace events
 async def test_lifted_throttle_leaves_no_key(redis: Redis) -> None:
     await RateLimiter(redis).throttle("idle", 0.05)

@@ -375,6 +375,7 @@ async def test_poison_job_dead_lettered_after_max_deliveries(redis: Redis) -> No
     assert rec.redelivered == 1
 
 
+@pytest.mark.needs_admin
 async def test_flushall_under_running_worker_recovers_and_alarms(redis: Redis) -> None:
     client = Client(redis, core_tasks.registry)
     rec = Recorder()
@@ -469,6 +470,7 @@ async def test_stats_counts(redis: Redis, n: int) -> None:
     assert (row.depth, row.pending, row.delayed, row.dead) == (n, 0, 1, 0)
 
 
+@pytest.mark.needs_admin
 async def test_status_records_can_be_turned_off(redis: Redis) -> None:
     """With status_ttl_s=0 no job status record is written at enqueue, start or finish (less
     Redis memory per queued job), and jobs still run and ack."""
