@@ -198,14 +198,13 @@ async def test_failover_promotes_the_replica(failover_cluster: LocalCluster) -> 
 @pytest.mark.faults
 async def test_a_killed_masters_replica_takes_over(failover_cluster: LocalCluster) -> None:
     cluster = failover_cluster
-    client = RedisCluster(startup_nodes=cluster.startup_nodes, decode_responses=True)
-    try:
-        await client.set("job:1", "queued")
-    finally:
-        await client.aclose()
     master = cluster.node_for_key("job:1")
     (replica,) = cluster.replicas_of(master)
-    assert master.call("WAIT", 1, 5000) == 1
+    # WAIT counts the writes of the connection it is sent on: SET and WAIT share one pipeline.
+    pipe = master.client().pipeline(transaction=False)
+    pipe.set("job:1", "queued")
+    pipe.execute_command("WAIT", 1, 5000)
+    assert pipe.execute() == [True, 1]
 
     cluster.kill(master)
     began = time.monotonic()
