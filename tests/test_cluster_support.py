@@ -173,10 +173,12 @@ async def test_failover_promotes_the_replica(failover_cluster: LocalCluster) -> 
     assert len(cluster.masters) == 3 and len(cluster.replicas) == 3
     client = RedisCluster(startup_nodes=cluster.startup_nodes, decode_responses=True)
     try:
-        await client.set("job:1", "queued")
         master = cluster.node_for_key("job:1")
         (replica,) = cluster.replicas_of(master)
-        assert master.call("WAIT", 1, 5000) == 1
+        pipe = master.client().pipeline(transaction=False)  # WAIT counts its connection's writes
+        pipe.set("job:1", "queued")
+        pipe.execute_command("WAIT", 1, 5000)
+        assert pipe.execute() == [True, 1]
 
         began = time.monotonic()
         cluster.failover(replica)
