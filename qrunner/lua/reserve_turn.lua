@@ -64,13 +64,8 @@ end
 
 local block_key, turns_key, line_key = KEYS[nwin + 1], KEYS[nwin + 2], KEYS[nwin + 3]
 local cost = qr_int(ARGV[1], 1, "cost")
-local now
-if ARGV[2] == "" then
-  local t = redis.call("TIME")
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-else
-  now = qr_int(ARGV[2], 0, "now_ms")
-end
+-- The Redis clock unless the caller gave a time (tests do).
+local now = ARGV[2] == "" and qr_now("") or qr_int(ARGV[2], 0, "now_ms")
 local reserve = ARGV[3] == "1"
 local max_wait = qr_int(ARGV[4], 0, "max_wait_ms")
 local stale_ms = qr_int(ARGV[5], 0, "stale_ms")
