@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .context import Context, LifespanArgs
 from .deadletter import DeadJob, DeadLetters
 from .errors import (
     BackendUnavailable,
@@ -25,7 +26,7 @@ from .errors import (
 from .job import Job
 from .queue import Client, JobSpec, JobStatus, QueueStats
 from .settings import Settings, load_settings
-from .task import Context, LifespanArgs, Registry, Task
+from .task import Registry, Task
 
 if TYPE_CHECKING:
     from .worker import Worker

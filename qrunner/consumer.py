@@ -284,9 +284,7 @@ class Consumer:
         """(name, pending entries, ms since it last read or claimed) per consumer of the group."""
         async with translated(queue):
             flat = await self._group_consumers(self.redis, [keys.stream(queue)], [keys.GROUP])
-        return [
-            (_s(flat[i]), int(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat), 3)
-        ]
+        return [(_s(flat[i]), int(flat[i + 1]), int(flat[i + 2])) for i in range(0, len(flat), 3)]
 
     async def heartbeats(self, queue: str) -> dict[str, int]:
         """Consumer name -> last heartbeat (ms, Redis clock) of every consumer of the queue."""

@@ -179,9 +179,7 @@ class _Routes:
 
     async def readyz(self, request: web.Request) -> web.Response:
         # The Redis ping bounds its own wait so that a timeout still names host:port.
-        checks: list[tuple[str, ReadinessCheck, float | None]] = [
-            ("redis", self._ping_redis, None)
-        ]
+        checks: list[tuple[str, ReadinessCheck, float | None]] = [("redis", self._ping_redis, None)]
         for index, check in enumerate(self.readiness):
             name = getattr(check, "__name__", f"check_{index}")
             checks.append((name, check, READINESS_TIMEOUT_S))

@@ -34,15 +34,44 @@ log = logging.getLogger(__name__)
 
 #: Handler run time: from 1 ms (cache hit, no-op) to the 5-minute default task timeout.
 DURATION_BUCKETS_S = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
 )
 
 #: Enqueue-to-start: milliseconds when workers keep up; minutes to an hour for a backlog or a
 #: retry's backoff (the envelope keeps its first enqueue time, so retries count their delay).
 WAIT_BUCKETS_S = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
 )
 
 _QUEUE_GAUGES: tuple[tuple[str, str], ...] = (
@@ -140,43 +169,60 @@ class Metrics(Observer):
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
         self.jobs = Counter(
-            "qrunner_jobs_total", "Job runs by outcome (succeeded, retried, deferred, dead).",
-            ["task", "queue", "outcome"], registry=reg,
+            "qrunner_jobs_total",
+            "Job runs by outcome (succeeded, retried, deferred, dead).",
+            ["task", "queue", "outcome"],
+            registry=reg,
         )
         self.duration = Histogram(
-            "qrunner_job_duration_seconds", "Time from a handler's start to its outcome.",
-            ["task", "queue"], buckets=DURATION_BUCKETS_S, registry=reg,
+            "qrunner_job_duration_seconds",
+            "Time from a handler's start to its outcome.",
+            ["task", "queue"],
+            buckets=DURATION_BUCKETS_S,
+            registry=reg,
         )
         self.wait = Histogram(
-            "qrunner_job_wait_seconds", "Time from enqueue to the start of a run.",
-            ["queue"], buckets=WAIT_BUCKETS_S, registry=reg,
+            "qrunner_job_wait_seconds",
+            "Time from enqueue to the start of a run.",
+            ["queue"],
+            buckets=WAIT_BUCKETS_S,
+            registry=reg,
         )
         self.redeliveries = Counter(
             "qrunner_redeliveries_total",
             "Entries reclaimed from a worker whose lease lapsed; each will run again.",
-            ["queue"], registry=reg,
+            ["queue"],
+            registry=reg,
         )
         self.acks_refused = Counter(
             "qrunner_acks_refused_total",
             "Outcomes dropped because another worker owns the entry now (fencing).",
-            ["queue"], registry=reg,
+            ["queue"],
+            registry=reg,
         )
         self.groups_recreated = Counter(
             "qrunner_groups_recreated_total",
             "Streams or consumer groups found missing and recreated; jobs may have been lost.",
-            ["queue"], registry=reg,
+            ["queue"],
+            registry=reg,
         )
         self.rate_limit_waits = Counter(
-            "qrunner_rate_limit_waits_total", "Jobs deferred because a rate limit had no token.",
-            ["task"], registry=reg,
+            "qrunner_rate_limit_waits_total",
+            "Jobs deferred because a rate limit had no token.",
+            ["task"],
+            registry=reg,
         )
         self.cron_fires = Counter(
-            "qrunner_cron_fires_total", "Schedule slots enqueued by this process.",
-            ["schedule"], registry=reg,
+            "qrunner_cron_fires_total",
+            "Schedule slots enqueued by this process.",
+            ["schedule"],
+            registry=reg,
         )
         self.cron_misses = Counter(
-            "qrunner_cron_misses_total", "Schedule slots skipped by the catch-up policy.",
-            ["schedule"], registry=reg,
+            "qrunner_cron_misses_total",
+            "Schedule slots skipped by the catch-up policy.",
+            ["schedule"],
+            registry=reg,
         )
         self._queues = _QueueCollector()
         reg.register(self._queues)

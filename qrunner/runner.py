@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 
 from .consumer import Entry
+from .context import Context
 from .errors import InvalidPayload, RateLimited, UnknownTask
 from .job import MAX_ERROR_HISTORY, Job, MalformedJob
 from .names import shown
@@ -28,7 +29,7 @@ from .outcome import (
     classify,
     error_record,
 )
-from .task import Context, Registry, Task
+from .task import Registry, Task
 
 if TYPE_CHECKING:
     from .admission import ReadPlan

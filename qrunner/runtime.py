@@ -84,9 +84,7 @@ async def connect_redis(
             await client.ping()
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             await client.aclose()
-            raise BackendUnavailable(
-                f"Redis at {target.shown()} is unreachable: {exc}"
-            ) from exc
+            raise BackendUnavailable(f"Redis at {target.shown()} is unreachable: {exc}") from exc
     return client
 
 

@@ -15,11 +15,12 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from .context import LifespanArgs
 from .errors import ConfigError
 from .events import Observer
 from .queue import Client
 from .settings import Settings
-from .task import LifespanArgs, Registry
+from .task import Registry
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +222,7 @@ def _extras(
             on_fire=metrics.cron_fired,
             on_miss=metrics.cron_missed,
         )
+
         async def cron(stop: asyncio.Event) -> None:
             await scheduler.run(stop)
 

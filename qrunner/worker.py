@@ -34,6 +34,7 @@ from redis.asyncio import Redis
 
 from . import keys
 from .consumer import Completion, Consumer, Entry, Finish
+from .context import Context
 from .errors import RedisFault, StreamMissing
 from .events import Observer
 from .faults import translated
@@ -47,7 +48,7 @@ from .runner import RateGate, Runner
 from .settings import Settings
 from .stalls import StallGuard
 from .supervise import BACKOFF_CAP_S, LoopCrashed, supervised
-from .task import Context, Registry
+from .task import Registry
 from .watchdog import LoopWatchdog
 
 log = logging.getLogger(__name__)

@@ -24,12 +24,12 @@ from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import NoBackoff
 from yarl import URL
 
+from qrunner import Context, Registry
 from qrunner.errors import BackendUnavailable, ConfigError, Permanent
 from qrunner.http import build_app, check_bind_address, serve_http
 from qrunner.metrics import Metrics
 from qrunner.queue import Client
 from qrunner.settings import Settings
-from qrunner.task import Context, Registry
 from qrunner.worker import Worker
 
 pytestmark = pytest.mark.both_topologies
