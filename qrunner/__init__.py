@@ -25,10 +25,12 @@ from .errors import (
 )
 from .job import Job
 from .queue import Client, JobSpec, JobStatus, QueueStats
-from .settings import Settings, load_settings
+from .settings import Settings, build_settings, load_settings
 from .task import Registry, Task
 
 if TYPE_CHECKING:
+    from .runtime import connect_redis, load_registry
+    from .service import WorkerOptions, install_signal_handlers, serve
     from .worker import Worker
 
 __all__ = [
@@ -56,13 +58,31 @@ __all__ = [
     "Task",
     "UnknownTask",
     "Worker",
+    "WorkerOptions",
+    "build_settings",
+    "connect_redis",
+    "install_signal_handlers",
+    "load_registry",
     "load_settings",
+    "serve",
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "Worker":
-        from .worker import Worker
+#: Loaded on first use, so that ``from qrunner import Client`` stays light in web processes.
+_LAZY = {
+    "Worker": "worker",
+    "WorkerOptions": "service",
+    "serve": "service",
+    "install_signal_handlers": "service",
+    "connect_redis": "runtime",
+    "load_registry": "runtime",
+}
 
-        return Worker
-    raise AttributeError(name)
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(name)
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

@@ -103,16 +103,6 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {shown(text)}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number from 0, got {shown(text)}")
-    return value
-
-
 def _delay(text: str) -> float:
     try:
         return parse_delay(text)
@@ -179,13 +169,18 @@ def _weights(text: str) -> dict[str, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="qrunner", description="Job runtime on Redis Streams.")
+    p = _Parser(
+        prog="qrunner",
+        description="Job runtime on Redis Streams.",
+        epilog="An application adds commands of its own: qrunner --app MODULE COMMAND ARGS "
+        "(with QRUNNER_APP set, just qrunner COMMAND ARGS).",
+    )
+    p.add_argument("--version", action="version", version=f"qrunner {_version()}")
+    p.add_argument("--app", default="", help=APP_HELP)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     w = sub.add_parser("worker", help="run a worker")
-    w.add_argument(
-        "--handlers", default="handlers", help="modules with a `registry`, comma-separated"
-    )
+    _app_option(w)
     w.add_argument(
         "--queues",
         type=_queue_list,
@@ -203,14 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_int_in(1, 65535),
         help="serve /metrics, /healthz, /api on this port (1-65535)",
     )
-    w.add_argument("--no-cron", action="store_true", help="do not run the schedules.yaml loop")
-    w.add_argument(
-        "--schedules", default="schedules.yaml", help="cron file (default schedules.yaml)"
-    )
+    w.add_argument("--no-cron", action="store_true", help="do not run the cron loop")
+    w.add_argument("--schedules", help="cron file (default: the application's own, if any)")
     w.add_argument(
         "--weights",
         type=_weights,
-        help="anti-starvation read weights, e.g. sms_critical=8,default=1",
+        help="anti-starvation read weights, e.g. critical=8,default=1",
     )
 
     e = sub.add_parser("enqueue", help="enqueue jobs; prints one job id per line")
@@ -231,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the first id",
     )
     e.add_argument("--queue", type=_queue, help="override the task's queue")
-    e.add_argument("--handlers", default="handlers")
+    _app_option(e)
 
     s = sub.add_parser("status", help="a job's status as JSON")
     s.add_argument("job_id", type=_id)
@@ -259,18 +252,70 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--queue")
     dp.add_argument("--yes", action="store_true", help="required: purging cannot be undone")
 
-    sc = sub.add_parser("schedules", help="cron entries with their last and next fire")
-    sc.add_argument("--file", default="schedules.yaml")
-    sc.add_argument("--handlers", default="handlers")
-
-    sub.add_parser("migrate", help="apply PostgreSQL migrations")
-    dm = sub.add_parser("demo", help="worker + fake providers + a demo that enqueues work")
-    dm.add_argument(
-        "--seconds", type=_seconds, default=0, help="stop after this long (0: when done)"
+    h = sub.add_parser(
+        "http", help="serve the HTTP endpoint (API, metrics, the app's routes) without a worker"
     )
-    sv = sub.add_parser("servers", help="embedded Redis/PostgreSQL under ./.qrunner")
-    sv.add_argument("action", choices=["start", "stop", "urls"])
+    h.add_argument("--port", type=_int_in(1, 65535), required=True, help="1-65535")
+    _app_option(h)
+
+    sc = sub.add_parser("schedules", help="cron entries with their last and next fire")
+    sc.add_argument("--file", help="cron file (default: the application's own)")
+    _app_option(sc)
     return p
+
+
+APP_HELP = "modules with a `registry`, comma-separated (default: QRUNNER_APP)"
+
+
+def _app_option(parser: argparse.ArgumentParser) -> None:
+    # --handlers is the older name, kept working.
+    parser.add_argument("--app", "--handlers", dest="sub_app", default="", help=APP_HELP)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("qrunner")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+#: Commands of the runtime itself; any other word names a command of the application.
+BUILTIN_COMMANDS = ("worker", "enqueue", "status", "stats", "dlq", "schedules", "http")
+
+
+def _app_command(argv: list[str]) -> tuple[str, str, list[str]] | None:
+    """``(app, command, args)`` when ``argv`` names an application command, else ``None``.
+    Only a leading ``--app M`` may come before the command's name."""
+    app = ""
+    rest = list(argv)
+    if rest[:1] == ["--app"] and len(rest) >= 2:
+        app, rest = rest[1], rest[2:]
+    elif rest and rest[0].startswith("--app="):
+        app, rest = rest[0].split("=", 1)[1], rest[1:]
+    if not rest or rest[0].startswith("-") or rest[0] in BUILTIN_COMMANDS:
+        return None
+    return app, rest[0], rest[1:]
+
+
+async def run_app_command(app: str, name: str, args: list[str], settings: Settings) -> int:
+    """Run the command ``name`` that the application's registry declares."""
+    import inspect
+
+    from .runtime import load_registry
+    from .service import app_modules
+
+    modules = app_modules(app, settings)
+    registry = load_registry(modules)
+    spec = registry.commands.get(name)
+    if spec is None:
+        known = ", ".join([*BUILTIN_COMMANDS, *sorted(registry.commands)])
+        raise UsageError(f"usage: no command {shown(name)} (commands: {known})")
+    result = spec.fn(args, settings)
+    if inspect.isawaitable(result):
+        result = await result
+    return int(result)
 
 
 class JsonFormatter(logging.Formatter):
@@ -302,8 +347,6 @@ def _setup_logging(settings: Settings) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
-    # The twilio SDK logs every request at INFO, headers and account path included.
-    logging.getLogger("twilio").setLevel(max(level, logging.WARNING))
 
 
 def _run(coro: Coroutine[Any, Any, int], settings: Settings) -> int:
@@ -320,15 +363,21 @@ def _run(coro: Coroutine[Any, Any, int], settings: Settings) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Bad usage or input exits 2 with one line ``qrunner: <field>: <reason>``
     on stderr and nothing written; a runtime failure (Redis down, job not found) exits 1."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    app_command = _app_command(argv)
+    args = None if app_command is not None else build_parser().parse_args(argv)
     try:
         settings = load_settings()
     except ConfigError as exc:
         _fail(str(exc))
         return 2
     _setup_logging(settings)
-    handler = _COMMANDS[args.command]
     try:
+        if app_command is not None:
+            return _run(run_app_command(*app_command, settings), settings)
+        assert args is not None
+        args.app = getattr(args, "sub_app", "") or args.app
+        handler = _COMMANDS[args.command]
         return _run(handler(args, settings), settings)
     except ServerFull as exc:  # not the input's fault: Redis is out of memory
         _fail(str(exc))
@@ -427,7 +476,9 @@ async def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     if args.file and (args.payload is not None or args.key is not None):
         option = "--payload" if args.payload is not None else "--key"
         raise UsageError(f"{option}: applies to a single TASK; with --file give it per line")
-    registry = load_registry(args.handlers)
+    from .service import app_modules
+
+    registry = load_registry(app_modules(args.app, settings))
     jobs: list[tuple[str, JobSpec]] = []
     if args.file:
         jobs = _read_jobs_file(Path(args.file), args)
@@ -605,58 +656,29 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from .service import WorkerOptions, serve
 
     opts = WorkerOptions(
-        handlers=args.handlers,
+        app=args.app,
         queues=args.queues,
         concurrency=args.concurrency,
         burst=args.burst,
         metrics_port=args.metrics_port,
         cron=not args.no_cron,
-        schedules=Path(args.schedules),
+        schedules=None if args.schedules is None else Path(args.schedules),
         weights=args.weights,
         strict=args.strict,
     )
     return await serve(opts, settings)
 
 
+async def cmd_http(args: argparse.Namespace, settings: Settings) -> int:
+    from .service import serve_endpoint
+
+    return await serve_endpoint(args.app, args.port, settings)
+
+
 async def cmd_schedules(args: argparse.Namespace, settings: Settings) -> int:
     from .service import print_schedules
 
-    return await print_schedules(Path(args.file), args.handlers, settings)
-
-
-async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from .migrate import DEFAULT_MIGRATIONS_DIR, migrate
-    from .runtime import database_url
-
-    applied = await migrate(database_url(settings), DEFAULT_MIGRATIONS_DIR)
-    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
-    return 0
-
-
-async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    import importlib
-
-    showcase = importlib.import_module("handlers.showcase")
-    result: int = await showcase.run_demo(settings, seconds=args.seconds)
-    return result
-
-
-async def cmd_servers(args: argparse.Namespace, settings: Settings) -> int:
-    from . import embedded
-    from .runtime import redact_url
-
-    if args.action == "stop":
-        embedded.stop_all(settings.state_dir)
-        print("stopped embedded servers")
-        return 0
-    r = embedded.ensure_redis(settings.state_dir)
-    p = embedded.ensure_postgres(settings.state_dir)
-    folder = settings.state_dir
-    print(
-        f"redis      {redact_url(r)} (password in {folder / 'redis.password'})\n"
-        f"postgresql {redact_url(p)} (password in {folder / 'postgres.password'})"
-    )
-    return 0
+    return await print_schedules(None if args.file is None else Path(args.file), args.app, settings)
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]] = {
@@ -666,9 +688,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any
     "dlq": cmd_dlq,
     "worker": cmd_worker,
     "schedules": cmd_schedules,
-    "migrate": cmd_migrate,
-    "demo": cmd_demo,
-    "servers": cmd_servers,
+    "http": cmd_http,
 }
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ that neither has to import the other.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from .job import Job
+    from .progress import ProgressSink
     from .queue import Client
     from .settings import Settings
 
@@ -40,6 +42,9 @@ class Context(Generic[S]):
     settings: Settings
     deliveries: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Where :meth:`progress` goes: the job's status record in a worker, a list in eager
+    #: mode (:mod:`qrunner.testing`); None drops reports.
+    reporter: ProgressSink | None = None
 
     @property
     def job_id(self) -> str:
@@ -49,6 +54,32 @@ class Context(Generic[S]):
     def attempt(self) -> int:
         return self.job.attempt
 
+    async def progress(self, fraction: float, meta: Mapping[str, Any] | None = None) -> None:
+        """Report how far the job is, from 0.0 to 1.0, with optional JSON-able ``meta``.
+
+        Cheap to call in a tight loop: writes are throttled (see :mod:`qrunner.progress`) and
+        the last value is always written when the job ends. Raises ``ValueError`` for a
+        fraction outside 0..1 and ``TypeError`` for meta that is not JSON-serialisable.
+        """
+        if self.reporter is not None:
+            await self.reporter.report(fraction, meta)
+
+    @property
+    def upstream(self) -> dict[str, Any] | None:
+        """For an ``on_success`` / ``on_failure`` follow-up: the job that triggered it, as
+        ``{"id", "task", "state", "result", "error"}``; None for any other job."""
+        flow = self.job.flow or {}
+        up = flow.get("upstream")
+        return up if isinstance(up, dict) else None
+
+    @property
+    def group_results(self) -> list[dict[str, Any]] | None:
+        """For a group's callback: one ``{"id", "task", "state", "result", "error"}`` per
+        member, in the order the members were given; None for any other job."""
+        flow = self.job.flow or {}
+        got = flow.get("group_results")
+        return got if isinstance(got, list) else None
+
 
 @dataclass(frozen=True, slots=True)
 class LifespanArgs:
@@ -57,4 +88,3 @@ class LifespanArgs:
     settings: Settings
     redis: Redis
     client: Client
-    database_url: str | None

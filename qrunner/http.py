@@ -12,7 +12,7 @@ The endpoint exposes job payload results and queue internals, so it binds 127.0.
 bearer token is configured (:func:`check_bind_address`). With a token, every route needs it
 except ``/healthz`` (liveness probes carry no credentials) and routes whose pattern starts with
 one of ``public_prefixes``: callers that authenticate on their own terms, such as a provider's
-signed webhook or an unsubscribe link in an email. Publicness is judged on the *matched route's
+signed webhook or a link in a message. Publicness is judged on the *matched route's
 pattern*, not the raw request path, so no spelling of a URL (``/hooks/../api/queues``, percent
 escapes) can borrow a public prefix to reach a protected route.
 

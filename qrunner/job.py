@@ -67,6 +67,9 @@ class Job:
     not_before_ms: int = 0
     key: str | None = None
     errors: tuple[ErrorRecord, ...] = field(default_factory=tuple)
+    #: Workflow bookkeeping written by qrunner (follow-ups, group membership, the upstream
+    #: result handed to a follow-up); see :mod:`qrunner.workflow`. None for a plain job.
+    flow: dict[str, Any] | None = None
 
     def encode(self) -> bytes:
         data: dict[str, Any] = {
@@ -83,6 +86,8 @@ class Job:
             data["key"] = self.key
         if self.errors:
             data["errors"] = [e.to_dict() for e in self.errors]
+        if self.flow:
+            data["flow"] = self.flow
         try:
             return orjson.dumps(data)
         except TypeError as exc:
@@ -118,6 +123,9 @@ class Job:
             errors = ()
         elif not isinstance(errors, list):
             raise MalformedJob("entry lacks a valid field: 'errors' must be a list")
+        flow = data.get("flow")
+        if flow is not None and not isinstance(flow, dict):
+            raise MalformedJob("entry lacks a valid field: 'flow' must be an object")
         get = data.get
         job_id, task, queue = get("id"), get("task"), get("queue")
         attempt, enqueued, not_before = (
@@ -155,6 +163,7 @@ class Job:
             not_before_ms=not_before,
             key=key,
             errors=tuple(_error_record(e) for e in errors) if errors else (),
+            flow=flow,
         )
 
     def failed(self, record: ErrorRecord) -> Job:

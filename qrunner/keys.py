@@ -10,19 +10,6 @@ from __future__ import annotations
 PREFIX = "qr"
 GROUP = "workers"
 
-#: Queues of the systems qrunner replaces, highest priority first.
-DEFAULT_QUEUES: tuple[str, ...] = (
-    "sms_critical",
-    "sms_daily",
-    "email_reports",
-    "email_education",
-    "daily_outlook",
-    "reports",
-    "default",
-    "maintenance",
-)
-
-
 def stream(queue: str) -> str:
     return f"{PREFIX}:{{{queue}}}:stream"
 
@@ -97,3 +84,44 @@ def cron_slot(schedule: str, slot_ms: int) -> str:
 def alarms() -> str:
     """Stream of operational alarms (vanished streams/groups, ...), capped."""
     return f"{PREFIX}:alarms"
+
+
+def fair_ring(queue: str) -> str:
+    """List of the fairness keys of a queue that have parked jobs, in serving order."""
+    return f"{PREFIX}:{{{queue}}}:fair:ring"
+
+
+def fair_jobs(queue: str, fair_key: str) -> str:
+    """List of one fairness key's parked envelopes, oldest first."""
+    return f"{PREFIX}:{{{queue}}}:fair:k:{fair_key}"
+
+
+def fair_jobs_prefix(queue: str) -> str:
+    return f"{PREFIX}:{{{queue}}}:fair:k:"
+
+
+def fair_backlog(queue: str) -> str:
+    """How many undelivered entries the queue's stream may hold before parked fair jobs wait
+    (set by the workers that read the queue)."""
+    return f"{PREFIX}:{{{queue}}}:fair:backlog"
+
+
+def group(group_id: str) -> str:
+    """Hash of one job group (callback spec, member order, counters), under its own tag:
+    members may live in different queues, so in different cluster slots."""
+    return f"{PREFIX}:grp:{{{group_id}}}"
+
+
+def group_members(group_id: str) -> str:
+    """Set of the group's member job ids (its size is the group's total)."""
+    return f"{PREFIX}:grp:{{{group_id}}}:members"
+
+
+def group_done(group_id: str) -> str:
+    """Set of the member job ids whose completion has been counted (makes counting idempotent)."""
+    return f"{PREFIX}:grp:{{{group_id}}}:done"
+
+
+def group_results(group_id: str) -> str:
+    """Hash member job id -> its outcome (state and result) as JSON."""
+    return f"{PREFIX}:grp:{{{group_id}}}:results"

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import keys
+from . import keys, workflow
 from .connection import describe
 from .errors import (
     BackendUnavailable,
@@ -36,11 +36,15 @@ from .errors import (
 from .faults import classify
 from .job import Job, new_job_id
 from .names import MAX_DELAY_S, InvalidDelay, check_delay, check_key, check_queue_name
+from .progress import progress_fields
 from .scripts import Script
 from .task import Registry
 
 log = logging.getLogger(__name__)
 
+#: Undelivered entries a queue's stream may hold before parked fair jobs wait, until a
+#: worker of the queue has said how many it wants (its concurrency).
+FAIR_BACKLOG_DEFAULT = 10
 #: Jobs per script call in bulk enqueues; several calls go out in one pipeline.
 BULK_CHUNK = 500
 DEFAULT_DEDUP_TTL_S = 24 * 3600
@@ -65,6 +69,49 @@ class JobSpec:
     key: str | None = None
     key_ttl_s: float | None = None
     job_id: str | None = None
+    #: Follow-up jobs: enqueued when this job succeeds, or when it is dead-lettered. The
+    #: follow-up reads this job's outcome from ``ctx.upstream`` (see :mod:`qrunner.workflow`).
+    on_success: JobSpec | None = None
+    on_failure: JobSpec | None = None
+    #: Workflow bookkeeping written by qrunner itself (group membership, upstream outcome).
+    flow: Mapping[str, Any] | None = None
+
+    def to_flow(self) -> dict[str, Any]:
+        """The spec as stored in an envelope, for a follow-up or callback enqueued later."""
+        out: dict[str, Any] = {"task": self.task, "payload": dict(self.payload or {})}
+        if self.queue is not None:
+            out["queue"] = self.queue
+        if self.delay_s is not None:
+            out["delay_s"] = self.delay_s
+        if self.job_id is not None:
+            out["job_id"] = self.job_id
+        if self.on_success is not None:
+            out["on_success"] = self.on_success.to_flow()
+        if self.on_failure is not None:
+            out["on_failure"] = self.on_failure.to_flow()
+        return out
+
+    @classmethod
+    def from_flow(cls, data: Mapping[str, Any]) -> JobSpec:
+        ok, fail = data.get("on_success"), data.get("on_failure")
+        return cls(
+            task=str(data["task"]),
+            payload=data.get("payload") or {},
+            queue=data.get("queue"),
+            delay_s=data.get("delay_s"),
+            job_id=data.get("job_id"),
+            on_success=cls.from_flow(ok) if ok else None,
+            on_failure=cls.from_flow(fail) if fail else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """An enqueued group: its id (for :meth:`Client.group_status`) and its members' job ids."""
+
+    id: str
+    job_ids: list[str]
+    callback_job_id: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +127,12 @@ class JobStatus:
     result: Any
     last_error: str | None
     dlq_id: str | None
+    #: Last reported progress (0..1) and its meta (``ctx.progress``); None before any report.
+    progress: float | None = None
+    progress_meta: Any = None
+    #: For a job that enqueued children with ``parent=<its id>``: total, succeeded, failed and
+    #: remaining children; None for any other job.
+    children: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -94,6 +147,9 @@ class JobStatus:
             "result": self.result,
             "last_error": self.last_error,
             "dlq_id": self.dlq_id,
+            "progress": self.progress,
+            "progress_meta": self.progress_meta,
+            "children": self.children,
         }
 
 
@@ -154,6 +210,7 @@ class Client:
     """
 
     _enqueue = Script("enqueue")
+    _enqueue_fair = Script("enqueue_fair")
 
     def __init__(
         self,
@@ -187,31 +244,60 @@ class Client:
         key: str | None = None,
         key_ttl_s: float | None = None,
         job_id: str | None = None,
+        on_success: JobSpec | None = None,
+        on_failure: JobSpec | None = None,
     ) -> str:
-        """Enqueue one job and return its id (the first job's id when ``key`` deduplicated it)."""
-        spec = JobSpec(task, payload, queue, delay_s, at, key, key_ttl_s, job_id)
-        queue_name, job_keys, args = self._prepare(spec)
+        """Enqueue one job and return its id (the first job's id when ``key`` deduplicated it).
 
-        script_keys = [keys.stream(queue_name), keys.delayed(queue_name), *job_keys]
+        ``on_success`` / ``on_failure`` name a follow-up job, enqueued once when this job
+        succeeds / is dead-lettered; it reads this job's outcome from ``ctx.upstream``.
+        """
+        spec = JobSpec(
+            task, payload, queue, delay_s, at, key, key_ttl_s, job_id, on_success, on_failure
+        )
+        queue_name, job_keys, args = self._prepare(spec)
+        script, script_keys, argv = self._call_for(queue_name, [(job_keys, args)])
 
         async def send() -> Any:
             if queue_name not in self._known_queues:
                 await self._register_queues([queue_name])
             if self.wait_replicas > 0:
-                return await self._durable(script_keys, [*self._script_head(), *args])
-            return await self._enqueue(self.redis, script_keys, [*self._script_head(), *args])
+                return await self._durable(script_keys, argv, script)
+            return await script(self.redis, script_keys, argv)
 
         res = await self._send([args[0]], send)
         return _text(res[0]) or ""
 
-    async def _durable(self, script_keys: list[str], argv: list[Any]) -> Any:
+    def _call_for(
+        self, queue: str, jobs: Sequence[tuple[list[str], list[Any]]]
+    ) -> tuple[Script, list[str], list[Any]]:
+        """Script, KEYS and ARGV enqueuing ``jobs`` (all of one queue, all fair or none:
+        a fair job's keys end with its fairness key's list)."""
+        if jobs and len(jobs[0][0]) == 3:
+            ks = [keys.stream(queue), keys.fair_ring(queue), keys.fair_backlog(queue)]
+            argv: list[Any] = [*self._script_head(), FAIR_BACKLOG_DEFAULT, keys.GROUP]
+            for job_keys, args in jobs:
+                ks.extend(job_keys)
+                argv.extend((args[0], args[1], args[4], args[5]))
+            return self._enqueue_fair, ks, argv
+        ks = [keys.stream(queue), keys.delayed(queue)]
+        argv = self._script_head()
+        for job_keys, args in jobs:
+            ks.extend(job_keys)
+            argv.extend(args)
+        return self._enqueue, ks, argv
+
+    async def _durable(
+        self, script_keys: list[str], argv: list[Any], script: Script | None = None
+    ) -> Any:
         """Enqueue, then WAIT for replicas on the same connection (WAIT counts the writes of the
         connection it is sent on, so both go in one pipeline to the node owning the queue)."""
+        script = script or self._enqueue
         node = await self._owner(script_keys[0])
         try:
-            await self._enqueue.ensure_loaded(node)
+            await script.ensure_loaded(node)
             pipe = node.pipeline(transaction=False)
-            self._enqueue.queue_in(pipe, script_keys, argv)
+            script.queue_in(pipe, script_keys, argv)
             pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
             res, acked = await pipe.execute()
         except Exception as exc:
@@ -290,18 +376,36 @@ class Client:
         raise AssertionError("unreachable")
 
     async def enqueue_many(
-        self, jobs: Iterable[JobSpec | tuple[str, Mapping[str, Any] | None]]
+        self,
+        jobs: Iterable[JobSpec | tuple[str, Mapping[str, Any] | None]],
+        *,
+        parent: str | None = None,
     ) -> list[str]:
         """Enqueue many jobs, pipelined in chunks; returns ids in input order.
 
         Validation happens for every job before the first write, so a bad job in the middle of a
         batch refuses the whole batch instead of enqueuing half of it.
+
+        With ``parent=ctx.job_id`` (a handler fanning out) the jobs are counted as that job's
+        children: its status shows how many finished, failed and remain.
         """
-        prepared = [
-            self._prepare(j if isinstance(j, JobSpec) else JobSpec(j[0], j[1])) for j in jobs
-        ]
+        specs = [j if isinstance(j, JobSpec) else JobSpec(j[0], j[1]) for j in jobs]
+        group_id = None
+        if parent is not None:
+            check_key(parent, "parent")
+            group_id = workflow.fanout_group_id(parent)
+            specs = [replace(s, flow={**(s.flow or {}), "group": group_id}) for s in specs]
+        prepared = [self._prepare(s) for s in specs]
         if not prepared:
             return []
+        if group_id is not None:
+            await workflow.add_members(
+                self.redis,
+                group_id,
+                [args[0] for _, _, args in prepared],
+                self.status_ttl_ms,
+                parent=parent,
+            )
         by_queue: dict[str, list[tuple[int, list[str], list[Any]]]] = {}
         for index, (queue, job_keys, args) in enumerate(prepared):
             by_queue.setdefault(queue, []).append((index, job_keys, args))
@@ -311,33 +415,32 @@ class Client:
 
         async def send() -> list[Any]:
             await self._register_queues(by_queue)
-            calls: list[tuple[list[str], list[Any]]] = []
+            calls: list[tuple[Script, list[str], list[Any]]] = []
             order.clear()
-            for queue, items in by_queue.items():
-                for start in range(0, len(items), BULK_CHUNK):
-                    chunk = items[start : start + BULK_CHUNK]
-                    ks = [keys.stream(queue), keys.delayed(queue)]
-                    argv: list[Any] = self._script_head()
-                    for _, job_keys, args in chunk:
-                        ks.extend(job_keys)
-                        argv.extend(args)
-                    calls.append((ks, argv))
-                    order.append([i for i, _, _ in chunk])
+            for queue, all_items in by_queue.items():
+                fair = [it for it in all_items if len(it[1]) == 3]
+                plain = [it for it in all_items if len(it[1]) != 3]
+                for items in (plain, fair):
+                    for start in range(0, len(items), BULK_CHUNK):
+                        chunk = items[start : start + BULK_CHUNK]
+                        calls.append(self._call_for(queue, [(k, a) for _, k, a in chunk]))
+                        order.append([i for i, _, _ in chunk])
             results: list[Any]
             if hasattr(self.redis, "nodes_manager"):
                 # A cluster pipeline refuses scripts: each chunk (one queue, so one slot) goes
                 # to its node on its own, all at once.
                 results = list(
                     await asyncio.gather(
-                        *(self._enqueue(self.redis, ks, argv) for ks, argv in calls),
+                        *(script(self.redis, ks, argv) for script, ks, argv in calls),
                         return_exceptions=True,
                     )
                 )
             else:
-                await self._enqueue.ensure_loaded(self.redis)
+                for script in {script for script, _, _ in calls}:
+                    await script.ensure_loaded(self.redis)
                 pipe = self.redis.pipeline(transaction=False)
-                for ks, argv in calls:
-                    self._enqueue.queue_in(pipe, ks, argv)
+                for script, ks, argv in calls:
+                    script.queue_in(pipe, ks, argv)
                 results = await pipe.execute(raise_on_error=False)
             for res in results:
                 if isinstance(res, Exception):
@@ -378,11 +481,23 @@ class Client:
         if spec.at is not None:
             _check_at(spec.at)
         payload = dict(spec.payload or {})
+        flow = dict(spec.flow or {})
+        for name, follow in (("on_success", spec.on_success), ("on_failure", spec.on_failure)):
+            if follow is not None:
+                # Refused now rather than when it is due; stored with its queue resolved, so
+                # the worker that enqueues it needs no registry that knows its task.
+                follow_queue = self._prepare(follow)[0]
+                flow[name] = replace(follow, queue=follow_queue).to_flow()
         queue = spec.queue
+        fair: str | None = None
         if self.registry is not None:
             task = self.registry.get(spec.task)
             queue = queue or task.queue
-            task.validate(payload)
+            arg = task.validate(payload)
+            if task.fair_key is not None and spec.delay_s is None and spec.at is None:
+                # Jobs due now are parked per key and served round-robin (see
+                # qrunner.fairness); delayed ones enter the stream when due, as any job.
+                fair = check_key(task.fair_key(arg), "fair_key")
         queue = check_queue_name(queue or "default")
         job = Job(
             id=spec.job_id or new_job_id(),
@@ -391,6 +506,7 @@ class Client:
             queue=queue,
             enqueued_ms=int(time.time() * 1000),
             key=spec.key,
+            flow=flow or None,
         )
         envelope = job.encode()
         if len(envelope) > self.max_payload_bytes:
@@ -407,7 +523,10 @@ class Client:
             dedup_ttl = str(int(ttl * 1000))
         delay = "" if spec.delay_s is None else str(int(spec.delay_s * 1000))
         at = "" if spec.at is None else str(int(spec.at.timestamp() * 1000))
-        return queue, [id_key, uniq_key], [job.id, envelope, delay, at, dedup_ttl, spec.task]
+        job_keys = [id_key, uniq_key]
+        if fair is not None:
+            job_keys.append(keys.fair_jobs(queue, fair))
+        return queue, job_keys, [job.id, envelope, delay, at, dedup_ttl, spec.task]
 
     async def _register_queues(self, queues: Iterable[str]) -> None:
         new = [q for q in queues if q not in self._known_queues]
@@ -424,7 +543,8 @@ class Client:
         names = {_text(q) or "" for q in raw}
         if self.registry is not None:
             names.update(self.registry.queues())
-        ordered = [q for q in keys.DEFAULT_QUEUES if q in names]
+        order = self.registry.queue_order if self.registry is not None else ()
+        ordered = [q for q in order if q in names]
         return ordered + sorted(names - set(ordered))
 
     async def status(self, job_id: str, queue: str | None = None) -> JobStatus:
@@ -439,8 +559,88 @@ class Client:
             raise _redis_down(self.redis, exc) from exc
         for q, rec in zip(queues, records, strict=True):
             if rec:
-                return self._status_from(job_id, q, {_text(k) or "": v for k, v in rec.items()})
+                found = self._status_from(job_id, q, {_text(k) or "": v for k, v in rec.items()})
+                try:
+                    counts = await workflow.read_counts(
+                        self.redis, workflow.fanout_group_id(job_id)
+                    )
+                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                    raise _redis_down(self.redis, exc) from exc
+                if counts is None:
+                    return found
+                return replace(found, children=counts.to_dict())
         raise JobNotFound(job_id)
+
+    async def enqueue_group(
+        self,
+        jobs: Sequence[JobSpec],
+        *,
+        callback: JobSpec | None = None,
+        group_id: str | None = None,
+    ) -> Group:
+        """Enqueue jobs as a group whose ``callback`` runs once when every member has finished
+        (succeeded or dead-lettered), with the members' outcomes in ``ctx.group_results``.
+
+        The group record is written before any member is enqueued; members without a job id
+        get ``<group id>.<index>``, so repeating a call with the same ``group_id`` (after an
+        uncertain enqueue) writes nothing twice. An empty group enqueues its callback at once.
+        """
+        gid = group_id or new_job_id()
+        check_key(gid, "group_id")
+        members = [
+            replace(
+                s,
+                job_id=s.job_id or f"{gid}.{i}",
+                flow={**(s.flow or {}), "group": gid},
+            )
+            for i, s in enumerate(jobs)
+        ]
+        for m in members:
+            self._prepare(m)
+        cb_id = None
+        if callback is not None:
+            callback = replace(callback, queue=self._prepare(callback)[0])
+            cb_id = callback.job_id or workflow.callback_job_id(gid)
+        ids = [m.job_id or "" for m in members]
+        if callback is not None and not members:
+            await self.enqueue_follow_up(
+                callback.to_flow(), cb_id or "", {"group_id": gid, "group_results": []}
+            )
+            return Group(gid, [], cb_id)
+        await workflow.add_members(
+            self.redis,
+            gid,
+            ids,
+            self.status_ttl_ms,
+            callback=callback.to_flow() if callback is not None else None,
+        )
+        await self.enqueue_many(members)
+        return Group(gid, ids, cb_id)
+
+    async def group_status(self, group_id: str) -> workflow.GroupCounts:
+        """Total, succeeded, failed and remaining members of a group; raises
+        :class:`JobNotFound` when the group has no record."""
+        try:
+            counts = await workflow.read_counts(self.redis, group_id)
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise _redis_down(self.redis, exc) from exc
+        if counts is None:
+            raise JobNotFound(group_id)
+        return counts
+
+    async def enqueue_follow_up(
+        self, spec: Mapping[str, Any], job_id: str, flow: Mapping[str, Any]
+    ) -> str:
+        """Enqueue a follow-up or group callback stored as ``spec`` (see
+        :meth:`JobSpec.to_flow`) under a deterministic ``job_id`` (unless the spec names its
+        own), with ``flow`` (the upstream outcome) added to its envelope. A known id is
+        skipped, so calling this again after a crash enqueues nothing twice."""
+        follow = JobSpec.from_flow(spec)
+        follow = replace(
+            follow, job_id=follow.job_id or job_id, flow={**(follow.flow or {}), **flow}
+        )
+        ids = await self.enqueue_many([follow])
+        return ids[0]
 
     @staticmethod
     def _status_from(job_id: str, queue: str, rec: dict[str, Any]) -> JobStatus:
@@ -448,6 +648,7 @@ class Client:
 
         result_raw = rec.get("result")
         result = orjson.loads(result_raw) if result_raw else None
+        progress, progress_meta = progress_fields(rec)
         return JobStatus(
             id=job_id,
             queue=queue,
@@ -460,6 +661,8 @@ class Client:
             result=result,
             last_error=_text(rec.get("last_error")),
             dlq_id=_text(rec.get("dlq_id")),
+            progress=progress,
+            progress_meta=progress_meta,
         )
 
     async def stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:

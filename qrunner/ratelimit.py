@@ -1,6 +1,6 @@
 """Distributed rate limits: token buckets kept in Redis and shared by every worker.
 
-A bucket (``"twilio"``, ``"resend"``) has one or more windows, e.g. ``1/s`` and ``200/day``; a
+A bucket (``"provider-a"``, ``"provider-b"``) has one or more windows, e.g. ``1/s`` and ``200/day``; a
 take succeeds only when every window has the tokens, so a burst that fits the per-second window
 still cannot overrun the daily one. Each take is one Lua script judged on the Redis clock (G7),
 so workers on different hosts, with skewed clocks, share one limit. There is no lock or lease:
@@ -400,7 +400,7 @@ class DeferralLog:
     deferral of a task after a quiet interval is reported at once, then at most one summary per
     task per ``interval_s``::
 
-        rate limited: send_welcome_email: 9870 jobs waiting, next turn in 0.8 s (312 deferred
+        rate limited: send_receipt: 9870 jobs waiting, next turn in 0.8 s (312 deferred
         by this worker in the last 60 s, longest wait 3600.0 s)
 
     ``line`` (usually :meth:`qrunner.admission.TokenBucketGate.line_view`) supplies the jobs

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import re
 
-_EMAIL_RE = re.compile(r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+")
+_ADDRESS_RE = re.compile(r"[\w.+\-]+@[\w\-]+(?:\.[\w\-]+)+")
 _PHONE_RE = re.compile(r"\+\d(?:[\s.\-()]{0,2}\d){7,14}(?!\d)")
 _TOKEN_RE = re.compile(r"[\w\-]{24,}")
 _LETTER_RE = re.compile(r"[A-Za-z]")
 _DIGIT_RE = re.compile(r"\d")
 
 
-def mask_email(address: str) -> str:
+def mask_address(address: str) -> str:
     local, _, domain = address.rpartition("@")
     return f"{local[:1]}***@{domain}"
 
@@ -50,7 +50,7 @@ def mask(text: str) -> str:
     if not text:
         return text
     if "@" in text:
-        text = _EMAIL_RE.sub(lambda m: mask_email(m.group(0)), text)
+        text = _ADDRESS_RE.sub(lambda m: mask_address(m.group(0)), text)
     if "+" in text:
         text = _PHONE_RE.sub(lambda m: mask_phone(m.group(0)), text)
     return _TOKEN_RE.sub(_mask_token, text)

@@ -96,7 +96,7 @@ class HandlerThreads:
     Neither ``asyncio.to_thread`` nor a ``ThreadPoolExecutor`` is used, on purpose:
 
     - ``to_thread`` runs on the loop's default executor, which also serves ``getaddrinfo``
-      for every new Redis, PostgreSQL and HTTP connection. CPU-bound or hung handlers filling
+      for every new Redis, database and HTTP connection. CPU-bound or hung handlers filling
       it would stall DNS lookups and so the worker itself; a limit of our own keeps them apart.
     - A timed-out thread cannot be stopped. Executor threads are joined at interpreter exit
       (and ``asyncio.run`` waits for the default executor at shutdown), so one runaway body

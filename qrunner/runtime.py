@@ -40,19 +40,17 @@ def redact_url(url: str) -> str:
 
 
 def redis_url(settings: Settings) -> str:
-    if settings.redis_url:
-        return settings.redis_url
-    from .embedded import ensure_redis
-
-    return ensure_redis(settings.state_dir)
-
-
-def database_url(settings: Settings) -> str:
-    if settings.database_url:
-        return settings.database_url
-    from .embedded import ensure_postgres
-
-    return ensure_postgres(settings.state_dir)
+    """The Redis URL to use: ``QRUNNER_REDIS_URL``. The runtime never starts a server of its
+    own; development tooling that does sets the variable before calling in."""
+    url = settings.redis_url_value
+    if not url:
+        hint = (
+            ""
+            if settings.env == "production"
+            else " (for a private development server, run through bin/qrunner)"
+        )
+        raise ConfigError(f"QRUNNER_REDIS_URL: not set; give the Redis to use{hint}")
+    return url
 
 
 async def connect_redis(

@@ -5,12 +5,12 @@ it concerns: a typo in a schedule must stop the deploy, not surface as a job tha
 never runs (or runs every minute). The format::
 
     schedules:
-      - name: generate_daily_outlooks   # unique; [A-Za-z0-9_.-]; part of Redis keys and job ids
-        task: generate_daily_outlooks   # a registered task
+      - name: nightly_cleanup           # unique; [A-Za-z0-9_.-]; part of Redis keys and job ids
+        task: purge_expired             # a registered task
         cron: "0 5 * * *"               # 5 fields, or 6 with seconds last; or @daily etc.
         timezone: UTC                   # IANA zone the cron fields are read in (default UTC)
         payload: {}                     # passed to the task as configured
-        queue: daily_outlook            # optional; default: the task's own queue
+        queue: maintenance              # optional; default: the task's own queue
         catchup: latest                 # skip | latest | all, for slots missed in an outage
         catchup_window_s: 86400         # how old a missed slot may be and still fire
         jitter_s: 0                     # spread the fire over [0, jitter_s] seconds

@@ -27,9 +27,22 @@ def _read(name: str) -> str:
     return resources.files(_LUA_PACKAGE).joinpath(f"{name}.lua").read_text(encoding="utf-8")
 
 
+def _expand(text: str) -> str:
+    """Replace each ``--- @include "name"`` line with ``lua/name.lua`` (one level deep)."""
+    lines = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith('--- @include "') and stripped.endswith('"'):
+            lines.append(_read(stripped[len('--- @include "') : -1]))
+        else:
+            lines.append(line)
+    return "\n".join(lines)
+
+
 def read_source(name: str) -> str:
-    """The script as sent to Redis: the shared prelude, then the script itself."""
-    return _read("_prelude") + "\n" + _read(name)
+    """The script as sent to Redis: the shared prelude, then the script itself with its
+    ``--- @include "name"`` lines replaced by the shared parts they name."""
+    return _read("_prelude") + "\n" + _expand(_read(name))
 
 
 class Script:

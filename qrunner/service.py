@@ -27,13 +27,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class WorkerOptions:
-    handlers: str = "handlers"
+    #: Modules with a ``registry``, comma-separated (``--app``; default ``QRUNNER_APP``).
+    app: str = ""
     queues: Sequence[str] | None = None
     concurrency: int | None = None
     burst: bool = False
     metrics_port: int | None = None
     cron: bool = True
-    schedules: Path = Path("schedules.yaml")
+    #: The cron file; ``None``: the registry's own (``Registry(schedules=...)``), if any.
+    schedules: Path | None = None
+    #: Read weights per queue; ``None``: the registry's (``Registry(weights=...)``).
     weights: dict[str, int] | None = None
     #: Refuse to start (ConfigError) instead of warning when ``queues`` names a queue that no
     #: registered task uses: a typo there creates a queue nobody ever enqueues to.
@@ -57,20 +60,6 @@ def install_signal_handlers(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, on_signal, sig)
 
 
-async def prepare_database(registry: Registry, settings: Settings) -> str | None:
-    """The PostgreSQL URL for the handlers (embedded server started and migrated when needed)."""
-    if not registry.requires_database and not settings.database_url:
-        return None
-    from .migrate import DEFAULT_MIGRATIONS_DIR, migrate
-    from .runtime import database_url
-
-    url = database_url(settings)
-    applied = await migrate(url, DEFAULT_MIGRATIONS_DIR)
-    if applied:
-        log.info("applied %d migration(s): %s", len(applied), ", ".join(applied))
-    return url
-
-
 async def enter_lifespans(stack: AsyncExitStack, registry: Registry, args: LifespanArgs) -> Any:
     states = [await stack.enter_async_context(ls(args)) for ls in registry.lifespans]
     if not states:
@@ -82,14 +71,14 @@ async def serve(opts: WorkerOptions, settings: Settings, stop: asyncio.Event | N
     from .runtime import connect_redis, load_registry, redis_url, warn_on_eviction_policy
     from .worker import Worker
 
-    registry = load_registry(opts.handlers)
+    registry = load_registry(app_modules(opts.app, settings))
     if not len(registry):
-        raise ConfigError(f"no tasks registered by {opts.handlers!r}")
-    check_worker_queues(opts, registry)
+        raise ConfigError(f"no tasks registered by {opts.app or settings.app!r}")
+    check_worker_queues(opts, registry, opts.app or settings.app or "")
     if opts.metrics_port is not None:
         from .http import check_bind_address
 
-        check_bind_address(settings.http_host, token_required=bool(settings.http_token))
+        check_bind_address(settings.http_host, token_required=bool(settings.http_token_value))
     schedules = _load_schedules(opts, registry)
     escape = stop is None  # the process' signals are ours: a blocked loop must not hang SIGTERM
     if stop is None:
@@ -98,7 +87,6 @@ async def serve(opts: WorkerOptions, settings: Settings, stop: asyncio.Event | N
     redis = await connect_redis(redis_url(settings))
     await warn_on_eviction_policy(redis)
     try:
-        db_url = await prepare_database(registry, settings)
         client = Client(
             redis,
             registry,
@@ -106,12 +94,8 @@ async def serve(opts: WorkerOptions, settings: Settings, stop: asyncio.Event | N
             status_ttl_s=settings.status_ttl_s,
         )
         async with AsyncExitStack() as stack:
-            state = await enter_lifespans(
-                stack, registry, LifespanArgs(settings, redis, client, db_url)
-            )
-            observer, loops = _extras(
-                opts, settings, registry, redis, client, state, schedules, db_url
-            )
+            state = await enter_lifespans(stack, registry, LifespanArgs(settings, redis, client))
+            observer, loops = _extras(opts, settings, registry, redis, client, state, schedules)
             gate = _gate(redis, registry, opts.concurrency or settings.concurrency)
             watch = getattr(observer, "watch_gate", None)
             if gate is not None and watch is not None:
@@ -126,7 +110,7 @@ async def serve(opts: WorkerOptions, settings: Settings, stop: asyncio.Event | N
                 state=state,
                 observer=observer,
                 gate=gate,
-                weights=opts.weights,
+                weights=opts.weights if opts.weights is not None else registry.weights or None,
                 extra_loops=loops,
                 signal_escape=escape,
             )
@@ -141,7 +125,47 @@ async def serve(opts: WorkerOptions, settings: Settings, stop: asyncio.Event | N
     return 0
 
 
-def check_worker_queues(opts: WorkerOptions, registry: Registry) -> None:
+async def serve_endpoint(
+    app_name: str, port: int, settings: Settings, stop: asyncio.Event | None = None
+) -> int:
+    """The HTTP endpoint alone (``qrunner http``): metrics, health, the API and the routes the
+    application adds (webhooks, links), with the application's lifespans but no worker loops.
+    For a web-facing process that takes webhooks while workers run elsewhere."""
+    from .http import build_app, check_bind_address, serve_http
+    from .metrics import Metrics
+    from .runtime import connect_redis, load_registry, redis_url
+
+    registry = load_registry(app_modules(app_name, settings))
+    check_bind_address(settings.http_host, token_required=bool(settings.http_token_value))
+    if stop is None:
+        stop = asyncio.Event()
+        install_signal_handlers(stop)
+    redis = await connect_redis(redis_url(settings))
+    try:
+        client = Client(
+            redis,
+            registry,
+            max_payload_bytes=settings.max_payload_bytes,
+            status_ttl_s=settings.status_ttl_s,
+        )
+        async with AsyncExitStack() as stack:
+            state = await enter_lifespans(stack, registry, LifespanArgs(settings, redis, client))
+            app = build_app(
+                client=client,
+                metrics=Metrics(tasks=registry.names),
+                redis=redis,
+                token=settings.http_token_value,
+                setups=[_bind_state(fn, state) for fn in registry.http_setups],
+                readiness=[_bind_check(n, fn, state) for n, fn in registry.readiness_checks],
+                public_prefixes=registry.public_prefixes,
+            )
+            await serve_http(app, settings.http_host, port, stop)
+    finally:
+        await redis.aclose()
+    return 0
+
+
+def check_worker_queues(opts: WorkerOptions, registry: Registry, app: str = "") -> None:
     """Warn about (or with ``strict``, refuse) queues to read that no registered task uses."""
     if not opts.queues:
         return
@@ -151,7 +175,7 @@ def check_worker_queues(opts: WorkerOptions, registry: Registry) -> None:
         return
     message = (
         f"--queues: no registered task uses {', '.join(repr(q) for q in unused)} "
-        f"(tasks of {opts.handlers!r} use: {', '.join(used)})"
+        f"(tasks of {app!r} use: {', '.join(used)})"
     )
     if opts.strict:
         raise ConfigError(message)
@@ -165,17 +189,22 @@ def _bind_state(fn: Callable[[Any, Any], None], state: Any) -> Callable[[Any], N
     return setup
 
 
-def _postgres_check(db_url: str) -> Callable[[], Awaitable[None]]:
-    async def postgres() -> None:
-        from .db import connect
+def _bind_check(
+    name: str, fn: Callable[[Any], Awaitable[None]], state: Any
+) -> Callable[[], Awaitable[None]]:
+    async def check() -> None:
+        await fn(state)
 
-        conn = await connect(db_url, timeout_s=2.0)
-        try:
-            await conn.fetchval("SELECT 1")
-        finally:
-            await conn.close()
+    check.__name__ = name
+    return check
 
-    return postgres
+
+def app_modules(app: str, settings: Settings) -> str:
+    """The application modules to load: ``--app``, else ``QRUNNER_APP``."""
+    modules = app or settings.app
+    if not modules:
+        raise ConfigError("--app: no application given; pass --app MODULE or set QRUNNER_APP")
+    return modules
 
 
 def _gate(redis: Redis, registry: Registry, concurrency: int) -> Any:
@@ -188,11 +217,14 @@ def _gate(redis: Redis, registry: Registry, concurrency: int) -> Any:
 
 
 def _load_schedules(opts: WorkerOptions, registry: Registry) -> list[Any]:
-    if not opts.cron or not opts.schedules.exists():
+    path = opts.schedules if opts.schedules is not None else registry.schedules
+    if not opts.cron or path is None:
         return []
+    if not path.exists():
+        raise ConfigError(f"--schedules: {path} does not exist")
     from .schedules import load_schedules
 
-    entries = load_schedules(opts.schedules, known_tasks=set(registry.names))
+    entries = load_schedules(path, known_tasks=set(registry.names))
     return [e for e in entries if e.enabled]
 
 
@@ -204,7 +236,6 @@ def _extras(
     client: Client,
     state: Any,
     schedules: list[Any],
-    db_url: str | None,
 ) -> tuple[Observer, list[Any]]:
     from .metrics import Metrics
 
@@ -231,15 +262,15 @@ def _extras(
         from .http import build_app, serve_http
 
         setups = [_bind_state(fn, state) for fn in registry.http_setups]
-        readiness = [] if db_url is None else [_postgres_check(db_url)]
+        readiness = [_bind_check(name, fn, state) for name, fn in registry.readiness_checks]
         app = build_app(
             client=client,
             metrics=metrics,
             redis=redis,
-            token=settings.http_token,
+            token=settings.http_token_value,
             setups=setups,
             readiness=readiness,
-            public_prefixes=("/hooks/", "/unsubscribe"),
+            public_prefixes=registry.public_prefixes,
         )
         port = opts.metrics_port
 
@@ -250,12 +281,15 @@ def _extras(
     return metrics, loops
 
 
-async def print_schedules(path: Path, handlers: str, settings: Settings) -> int:
+async def print_schedules(path: Path | None, app: str, settings: Settings) -> int:
     from .runtime import connect_redis, load_registry, redis_url
     from .scheduler import describe_live
     from .schedules import load_schedules
 
-    registry = load_registry(handlers)
+    registry = load_registry(app_modules(app, settings))
+    path = path if path is not None else registry.schedules
+    if path is None:
+        raise ConfigError("--file: the application declares no schedules file; give one")
     entries = load_schedules(path, known_tasks=set(registry.names))
     redis = await connect_redis(redis_url(settings))
     try:

@@ -1,52 +1,41 @@
-"""One frozen settings object, built from an explicit environment mapping.
+"""The runtime's settings: a frozen pydantic-settings model read from ``QRUNNER_*`` variables.
 
-An unknown ``QRUNNER_*`` variable is an error rather than silence: a typo such as
-``QRUNNER_REDIS_ULR`` would otherwise send a worker to the embedded server unnoticed.
+Every value is validated, and a refusal names the variable (``QRUNNER_LOG_FORMAT: must be one
+of text, json``) and never echoes a secret. An unknown ``QRUNNER_*`` variable is an error rather
+than silence: a typo such as ``QRUNNER_REDIS_ULR`` would otherwise leave a worker without the
+Redis it was meant to use. Two name spaces are left to tooling: ``QRUNNER_TEST_*`` (test
+suites) and ``QRUNNER_DEV_*`` (development servers).
+
+These are the runtime's settings only. An application keeps its own (database, providers,
+secrets) in a model of its own with its own prefix.
 """
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import Any
+from collections.abc import Collection, Mapping
+from typing import Any, Literal, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from .errors import ConfigError
 
-
-def _int(v: str) -> int:
-    return int(v)
-
-
-def _float(v: str) -> float:
-    value = float(v)
-    if not math.isfinite(value):
-        raise ValueError("expected a finite number")
-    return value
-
-
+PREFIX = "QRUNNER_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
+ENVIRONMENTS = ("development", "production")
 #: Shortest ``QRUNNER_HTTP_TOKEN``: it guards job results and queue contents on the network.
 MIN_HTTP_TOKEN_CHARS = 32
-
-
-def _log_level(v: str) -> str:
-    level = v.strip().upper()
-    if level == "WARN":
-        level = "WARNING"
-    if level not in LOG_LEVELS:
-        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
-    return level
-
-
-def _log_format(v: str) -> str:
-    fmt = v.strip().lower()
-    if fmt not in LOG_FORMATS:
-        raise ValueError(f"expected one of {', '.join(LOG_FORMATS)}")
-    return fmt
+#: Variables with these prefixes belong to tooling, not to the runtime.
+TOOLING_PREFIXES = ("QRUNNER_TEST_", "QRUNNER_DEV_")
+#: Tooling variables that predate the prefixes above.
+_TOOLING = {"QRUNNER_BENCH", "QRUNNER_FAULT_REPORT"}
 
 
 def check_redis_url(url: str) -> None:
@@ -69,158 +58,174 @@ def check_redis_url(url: str) -> None:
             raise ConfigError(f"QRUNNER_REDIS_URL: {exc}") from None
 
 
-def _bool(v: str) -> bool:
-    low = v.strip().lower()
-    if low in {"1", "true", "yes", "on"}:
-        return True
-    if low in {"0", "false", "no", "off", ""}:
-        return False
-    raise ValueError(f"expected a boolean, got {v!r}")
+class Settings(BaseSettings):
+    """Runtime settings. ``Settings(...)`` takes values as keywords and reads no environment;
+    :func:`load_settings` reads them from an environment mapping."""
 
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX, frozen=True, extra="forbid", validate_default=True
+    )
 
-def _str(v: str) -> str:
-    return v
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    redis_url: str | None = None
-    database_url: str | None = None
-    state_dir: Path = Path(".qrunner")
-    concurrency: int = 100
-    lease_ms: int = 30_000
-    reclaim_interval_ms: int = 5_000
-    grace_s: float = 30.0
-    status_ttl_s: int = 7 * 24 * 3600
-    result_ttl_s: int = 24 * 3600
-    max_payload_bytes: int = 512 * 1024
-    block_ms: int = 1_000
-    promote_interval_ms: int = 250
+    #: ``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://``, ``redis+sentinel://``.
+    redis_url: SecretStr | None = None
+    #: The application: a module with a ``registry`` (``myapp.tasks``), or several, comma-separated.
+    app: str | None = None
+    #: ``production`` forbids conveniences meant for a laptop (tooling reads it; see README).
+    env: Literal["development", "production"] = "development"
+    concurrency: int = Field(100, ge=1)
+    lease_ms: int = Field(30_000, ge=500)
+    reclaim_interval_ms: int = Field(5_000, ge=1)
+    grace_s: float = Field(30.0, ge=0, allow_inf_nan=False)
+    status_ttl_s: int = Field(7 * 24 * 3600, ge=0)
+    result_ttl_s: int = Field(24 * 3600, ge=0)
+    max_payload_bytes: int = Field(512 * 1024, ge=1)
+    #: A blocking read asks for at most this; a reply is awaited 5 s at most.
+    block_ms: int = Field(1_000, ge=1, le=4_000)
+    promote_interval_ms: int = Field(250, ge=1)
     #: The event-loop watchdog logs a stall longer than this (the blocking code's stack)...
-    loop_stall_warn_s: float = 2.0
+    loop_stall_warn_s: float = Field(2.0, ge=0, allow_inf_nan=False)
     #: ...and past this ends the process so its jobs are redelivered (0 = never).
-    loop_stall_limit_s: float = 60.0
+    loop_stall_limit_s: float = Field(60.0, ge=0, allow_inf_nan=False)
     log_level: str = "INFO"
     log_format: str = "text"
     uvloop: bool = True
     http_host: str = "127.0.0.1"
-    http_token: str | None = None
-    public_url: str = "http://127.0.0.1:8080"
-    signing_secret: str | None = None
-    twilio_base_url: str | None = None
-    email_base_url: str | None = None
-    email_from: str = "qrunner <no-reply@example.com>"
-    quiet_hours: str = "21:00-08:00"
-    twilio_account_sid: str | None = None
-    twilio_auth_token: str | None = None
-    twilio_from_number: str | None = None
-    resend_api_key: str | None = None
+    http_token: SecretStr | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Only keywords: the environment is read by load_settings, from the mapping it is given.
+        return (init_settings,)
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        level = "WARNING" if level == "WARN" else level
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return level
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        fmt = value.strip().lower()
+        if fmt not in LOG_FORMATS:
+            raise ValueError(f"must be one of {', '.join(LOG_FORMATS)}")
+        return fmt
+
+    @field_validator("http_token", "redis_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("http_token")
+    @classmethod
+    def _token_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_HTTP_TOKEN_CHARS:
+            raise ValueError(
+                f"must be at least {MIN_HTTP_TOKEN_CHARS} characters (got "
+                f"{len(value.get_secret_value())}); e.g. python3 -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))'"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _redis_url_readable(self) -> Settings:
+        if self.redis_url is not None:
+            check_redis_url(self.redis_url.get_secret_value())
+        return self
 
     @property
-    def has_twilio(self) -> bool:
-        return bool(self.twilio_account_sid and self.twilio_auth_token and self.twilio_from_number)
+    def redis_url_value(self) -> str | None:
+        return None if self.redis_url is None else self.redis_url.get_secret_value()
 
     @property
-    def has_email(self) -> bool:
-        return bool(self.resend_api_key)
+    def http_token_value(self) -> str | None:
+        return None if self.http_token is None else self.http_token.get_secret_value()
 
 
-_PARSERS: dict[str, Callable[[str], Any]] = {
-    "concurrency": _int,
-    "lease_ms": _int,
-    "reclaim_interval_ms": _int,
-    "grace_s": _float,
-    "status_ttl_s": _int,
-    "result_ttl_s": _int,
-    "max_payload_bytes": _int,
-    "block_ms": _int,
-    "promote_interval_ms": _int,
-    "loop_stall_warn_s": _float,
-    "loop_stall_limit_s": _float,
-    "uvloop": _bool,
-    "state_dir": Path,
-    "log_level": _log_level,
-    "log_format": _log_format,
-    "http_token": lambda v: v or None,
-}
+class _MappingEnv(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping instead of ``os.environ``."""
 
-#: Settings whose value must never appear in an error message.
-_SECRET = {"redis_url", "http_token"}
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        self._env = env
+        super().__init__(settings_cls)
 
-#: Provider credentials keep their vendors' conventional names.
-_UNPREFIXED = {
-    "TWILIO_ACCOUNT_SID": "twilio_account_sid",
-    "TWILIO_AUTH_TOKEN": "twilio_auth_token",
-    "TWILIO_FROM_NUMBER": "twilio_from_number",
-    "RESEND_API_KEY": "resend_api_key",
-}
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {k.lower(): v for k, v in self._env.items()}
 
-#: Variables read by test tooling, not by the runtime, that share the prefix.
-_IGNORED = {
-    "QRUNNER_TEST_REDIS_URL",
-    "QRUNNER_TEST_REDIS_SERVER",
-    "QRUNNER_TEST_DATABASE_URL",
-    "QRUNNER_BENCH",
-    "QRUNNER_FAULT_REPORT",
-    "QRUNNER_TEST_ACL",
-}
+
+#: Settings whose value never appears in an error message.
+_SECRET = ("redis_url", "http_token")
+
+
+def is_tooling_variable(name: str) -> bool:
+    return name in _TOOLING or name.startswith(TOOLING_PREFIXES)
 
 
 def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-    """Build settings from ``env`` (default: ``os.environ``); keyword overrides win."""
+    """Build settings from ``env`` (default: ``os.environ``); keyword overrides win.
+
+    Raises :class:`ConfigError` naming the first variable that is unknown or invalid.
+    """
     env = os.environ if env is None else env
-    names = {f.name for f in fields(Settings)}
-    values: dict[str, Any] = {}
+    return build_settings(Settings, PREFIX, env, overrides, secret_fields=_SECRET)
+
+
+M = TypeVar("M", bound=BaseSettings)
+
+
+def build_settings(
+    model: type[M],
+    prefix: str,
+    env: Mapping[str, str],
+    overrides: Mapping[str, Any],
+    *,
+    secret_fields: Collection[str] = (),
+    aliases: Mapping[str, str] | None = None,
+) -> M:
+    """``model`` built from the ``prefix``-ed variables of ``env`` (and unprefixed ``aliases``:
+    variable -> field) plus ``overrides``, with a :class:`ConfigError` naming the variable for an
+    unknown name or an invalid value. Shared by the runtime's settings and an application's."""
+    aliases = aliases or {}
+    fields = set(model.model_fields)
+    relevant: dict[str, str] = {}
     for var, raw in env.items():
-        if var in _UNPREFIXED:
-            values[_UNPREFIXED[var]] = raw or None
+        if var in aliases:
+            relevant[prefix + aliases[var].upper()] = raw
             continue
-        if not var.startswith("QRUNNER_") or var in _IGNORED:
+        if not var.startswith(prefix) or is_tooling_variable(var):
             continue
-        name = var[len("QRUNNER_") :].lower()
-        if name not in names or name in _UNPREFIXED.values():
-            known = ", ".join(
-                sorted(f"QRUNNER_{n.upper()}" for n in names - set(_UNPREFIXED.values()))
-            )
+        if var[len(prefix) :].lower() not in fields:
+            known = ", ".join(sorted(f"{prefix}{n.upper()}" for n in fields))
             raise ConfigError(f"unknown setting {var}; known: {known}")
-        parse = _PARSERS.get(name, _str)
-        try:
-            values[name] = parse(raw)
-        except ValueError as exc:
-            shown = "" if name in _SECRET else f"={raw!r}"
-            raise ConfigError(f"{var}{shown} is invalid: {exc}") from exc
+        relevant[var] = raw
+    values = _MappingEnv(model, relevant)()
     values.update(overrides)
-    settings = Settings(**values)
-    _check_values(settings)
-    return settings
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        raise ConfigError(_first_problem(exc, prefix, secret_fields, aliases)) from None
 
 
-def _check_values(settings: Settings) -> None:
-    if settings.concurrency < 1:
-        raise ConfigError("QRUNNER_CONCURRENCY must be at least 1")
-    if not 1 <= settings.block_ms <= 4_000:
-        raise ConfigError(
-            "QRUNNER_BLOCK_MS must be from 1 to 4000 (a reply is awaited 5 s at most)"
-        )
-    if settings.lease_ms < 500:
-        raise ConfigError("QRUNNER_LEASE_MS must be at least 500")
-    for name in ("reclaim_interval_ms", "promote_interval_ms", "max_payload_bytes"):
-        if getattr(settings, name) < 1:
-            raise ConfigError(f"QRUNNER_{name.upper()}: must be at least 1")
-    for name in ("status_ttl_s", "result_ttl_s", "grace_s", "loop_stall_warn_s"):
-        if getattr(settings, name) < 0:
-            raise ConfigError(f"QRUNNER_{name.upper()}: must not be negative")
-    if settings.loop_stall_limit_s < 0:
-        raise ConfigError("QRUNNER_LOOP_STALL_LIMIT_S: must not be negative (0: never)")
-    if settings.log_level.upper() not in LOG_LEVELS:
-        raise ConfigError(f"QRUNNER_LOG_LEVEL: must be one of {', '.join(LOG_LEVELS)}")
-    if settings.log_format not in LOG_FORMATS:
-        raise ConfigError(f"QRUNNER_LOG_FORMAT: must be one of {', '.join(LOG_FORMATS)}")
-    if settings.redis_url:
-        check_redis_url(settings.redis_url)
-    if settings.http_token is not None and len(settings.http_token) < MIN_HTTP_TOKEN_CHARS:
-        raise ConfigError(
-            f"QRUNNER_HTTP_TOKEN: must be at least {MIN_HTTP_TOKEN_CHARS} characters "
-            f"(got {len(settings.http_token)}); e.g. python3 -c 'import secrets; "
-            "print(secrets.token_urlsafe(32))'"
-        )
+def _first_problem(
+    exc: ValidationError, prefix: str, secret_fields: Collection[str], aliases: Mapping[str, str]
+) -> str:
+    err = exc.errors(include_url=False)[0]
+    field = str(err["loc"][0]) if err["loc"] else ""
+    by_field = {f: v for v, f in aliases.items()}
+    var = by_field.get(field, f"{prefix}{field.upper()}")
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return f"unknown setting {var}"
+    if field in secret_fields or "input" not in err:
+        return f"{var}: {message}"
+    return f"{var}={err['input']!r}: {message}"

@@ -18,13 +18,13 @@ import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel
 
 from .context import LifespanArgs
 from .errors import ConfigError, InvalidPayload, UnknownTask
-from .keys import DEFAULT_QUEUES
 
 #: ``async def fn(ctx, payload)``: runs on the event loop.
 Handler = Callable[..., Awaitable[Any]]
@@ -58,6 +58,9 @@ class Task:
     max_deliveries: int = 5
     rate_limit: RateLimitOptions | None = None
     run_in_thread: bool = False
+    #: Fairness key of a job (from its validated payload): jobs of different keys are served
+    #: round-robin within the queue (see :mod:`qrunner.fairness`).
+    fair_key: Callable[[Any], str] | None = None
 
     def validate(self, payload: Mapping[str, Any]) -> Any:
         """The handler's argument: the payload model instance, or the dict when there is no model.
@@ -80,18 +83,44 @@ class Task:
 
 Lifespan = Callable[[LifespanArgs], AbstractAsyncContextManager[Any]]
 HttpSetup = Callable[[Any, Any], None]
+#: ``async def check(state)``: raises when the application is not ready (``/ready`` says 503).
+ReadinessCheck = Callable[[Any], Awaitable[None]]
+#: ``def command(args, settings) -> int``: a CLI command an application adds; ``args`` are the
+#: words after the command's name. It may be ``async``.
+Command = Callable[[list[str], Any], "int | Awaitable[int]"]
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    name: str
+    fn: Command
+    help: str
 
 
 class Registry:
     """Named tasks and their options, plus an optional lifespan that builds handler state."""
 
-    def __init__(self, tasks: Iterable[Task] = (), *, requires_database: bool = False) -> None:
+    def __init__(
+        self,
+        tasks: Iterable[Task] = (),
+        *,
+        queue_order: Sequence[str] = (),
+        weights: Mapping[str, int] | None = None,
+        schedules: str | Path | None = None,
+    ) -> None:
+        """``queue_order``: queues read first, highest priority first (others follow
+        alphabetically). ``weights``: the worker's default read weights per queue.
+        ``schedules``: the application's cron file (a path; an application ships it as package
+        data and passes ``Path(__file__).parent / "schedules.yaml"``)."""
         self._tasks: dict[str, Task] = {}
         self._lifespans: list[Lifespan] = []
         self._http_setups: list[HttpSetup] = []
-        #: When true the worker resolves a PostgreSQL URL (starting the embedded server if
-        #: none is configured) and migrates it before the lifespans run.
-        self.requires_database = requires_database
+        self._public_prefixes: list[str] = []
+        self._readiness: list[tuple[str, ReadinessCheck]] = []
+        self._commands: dict[str, CommandSpec] = {}
+        self.queue_order: tuple[str, ...] = tuple(queue_order)
+        self.weights: dict[str, int] = dict(weights or {})
+        self.schedules: Path | None = None if schedules is None else Path(schedules)
         for t in tasks:
             self.add(t)
 
@@ -130,6 +159,7 @@ class Registry:
         rate_key: Callable[[Any], str] | None = None,
         rate_cost: Callable[[Any], int] | None = None,
         run_in_thread: bool = False,
+        fair_key: Callable[[Any], str] | None = None,
     ) -> Callable[[F], F]:
         """Declare a task: ``async def fn(ctx: Context[S], payload: Model) -> Any``.
 
@@ -170,6 +200,7 @@ class Registry:
                     max_deliveries=max_deliveries,
                     rate_limit=limit,
                     run_in_thread=run_in_thread,
+                    fair_key=fair_key,
                 )
             )
             return fn
@@ -188,15 +219,68 @@ class Registry:
     def lifespans(self) -> tuple[Lifespan, ...]:
         return tuple(self._lifespans)
 
-    def http_setup(self, fn: HttpSetup) -> HttpSetup:
+    @overload
+    def http_setup(self, fn: HttpSetup, *, public_prefixes: Sequence[str] = ()) -> HttpSetup: ...
+
+    @overload
+    def http_setup(
+        self, fn: None = None, *, public_prefixes: Sequence[str] = ()
+    ) -> Callable[[HttpSetup], HttpSetup]: ...
+
+    def http_setup(
+        self, fn: HttpSetup | None = None, *, public_prefixes: Sequence[str] = ()
+    ) -> HttpSetup | Callable[[HttpSetup], HttpSetup]:
         """Register ``fn(app, state)`` to add routes (webhooks, unsubscribe links) to the
-        worker's HTTP endpoint. ``state`` is what the lifespans yielded."""
-        self._http_setups.append(fn)
-        return fn
+        worker's HTTP endpoint. ``state`` is what the lifespans yielded. Routes under
+        ``public_prefixes`` answer without the endpoint's token (they check their own
+        signatures). Usable as ``@registry.http_setup`` or
+        ``@registry.http_setup(public_prefixes=["/hooks/"])``."""
+
+        def register(f: HttpSetup) -> HttpSetup:
+            self._http_setups.append(f)
+            self._public_prefixes.extend(
+                p for p in public_prefixes if p not in self._public_prefixes
+            )
+            return f
+
+        return register if fn is None else register(fn)
 
     @property
     def http_setups(self) -> tuple[HttpSetup, ...]:
         return tuple(self._http_setups)
+
+    @property
+    def public_prefixes(self) -> tuple[str, ...]:
+        return tuple(self._public_prefixes)
+
+    def readiness(self, name: str) -> Callable[[ReadinessCheck], ReadinessCheck]:
+        """Register ``async def check(state)`` run by ``/ready``; it raises when not ready."""
+
+        def register(fn: ReadinessCheck) -> ReadinessCheck:
+            self._readiness.append((name, fn))
+            return fn
+
+        return register
+
+    @property
+    def readiness_checks(self) -> tuple[tuple[str, ReadinessCheck], ...]:
+        return tuple(self._readiness)
+
+    def command(self, name: str, *, help: str = "") -> Callable[[Command], Command]:
+        """Register a CLI command: ``qrunner --app myapp NAME ARGS...`` calls
+        ``fn(ARGS, settings)`` and exits with what it returns."""
+
+        def register(fn: Command) -> Command:
+            if name in self._commands:
+                raise ConfigError(f"command {name!r} is registered twice")
+            self._commands[name] = CommandSpec(name, fn, help)
+            return fn
+
+        return register
+
+    @property
+    def commands(self) -> dict[str, CommandSpec]:
+        return dict(self._commands)
 
     def get(self, name: str) -> Task:
         try:
@@ -218,15 +302,30 @@ class Registry:
         return sorted(self._tasks)
 
     def queues(self) -> list[str]:
-        """Queues these tasks use, in priority order (known queues first, others alphabetically)."""
+        """Queues these tasks use, in priority order (``queue_order`` first, others
+        alphabetically)."""
         used = {t.queue for t in self._tasks.values()}
-        ordered = [q for q in DEFAULT_QUEUES if q in used]
+        ordered = [q for q in self.queue_order if q in used]
         return ordered + sorted(used - set(ordered))
 
     def merge(self, other: Registry) -> Registry:
+        """Both registries' tasks, lifespans, routes, checks and commands; ``self``'s queue
+        order and schedules first."""
         merged = Registry(
-            [*self, *other], requires_database=self.requires_database or other.requires_database
+            [*self, *other],
+            queue_order=[
+                *self.queue_order,
+                *(q for q in other.queue_order if q not in self.queue_order),
+            ],
+            weights={**other.weights, **self.weights},
+            schedules=self.schedules or other.schedules,
         )
         merged._lifespans = [*self._lifespans, *other._lifespans]
         merged._http_setups = [*self._http_setups, *other._http_setups]
+        merged._public_prefixes = [
+            *dict.fromkeys([*self._public_prefixes, *other._public_prefixes])
+        ]
+        merged._readiness = [*self._readiness, *other._readiness]
+        for spec in [*self._commands.values(), *other._commands.values()]:
+            merged.command(spec.name, help=spec.help)(spec.fn)
         return merged

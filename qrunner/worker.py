@@ -32,15 +32,16 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from . import keys
+from . import fairness, keys
 from .consumer import Completion, Consumer, Entry, Finish
 from .context import Context
-from .errors import RedisFault, StreamMissing
+from .errors import QrunnerError, RedisFault, StreamMissing
 from .events import Observer
 from .faults import translated
 from .finisher import Finisher
 from .job import Job, new_job_id
 from .outcome import DeadLettered, Deferred, Outcome, RetryLater, Succeeded
+from .progress import RedisProgress
 from .queue import Client
 from .ratelimit import DeferralLog
 from .redact import mask
@@ -50,6 +51,7 @@ from .stalls import StallGuard
 from .supervise import BACKOFF_CAP_S, LoopCrashed, supervised
 from .task import Registry
 from .watchdog import LoopWatchdog
+from .workflow import FollowUps
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +119,23 @@ class Worker:
             recover=self._recover,
         )
         self._held: dict[tuple[str, str], asyncio.Task[None]] = {}
+        #: Queues this worker reads that hold tasks with a fairness key (qrunner.fairness).
+        self._fair_queues = [
+            q for q in self.queues if any(t.fair_key and t.queue == q for t in registry)
+        ]
+        #: Progress reporters of running jobs, flushed when each job ends.
+        self._progress: dict[str, RedisProgress] = {}
+        #: Follow-ups and group callbacks are enqueued with a registry-less client: the spec
+        #: names its queue, and its task may be one only another worker knows.
+        self.follow_ups = FollowUps(
+            Client(
+                redis,
+                None,
+                max_payload_bytes=self.settings.max_payload_bytes,
+                status_ttl_s=self.settings.status_ttl_s,
+            ),
+            self.status_ttl_ms,
+        )
         #: (task, job id) of every job whose handler is running, for the watchdog's reports.
         #: Plain data only: the watchdog thread reads it while the loop may be blocked.
         self.running: dict[tuple[str, str], tuple[str, str]] = {}
@@ -161,6 +180,9 @@ class Worker:
     # -- wiring -----------------------------------------------------------------------------
 
     def _context(self, job: Job, deliveries: int) -> Context[Any]:
+        reporter = None
+        if self.status_ttl_ms:
+            reporter = self._progress[job.id] = RedisProgress(self.redis, job.queue, job.id)
         return Context(
             job=job,
             redis=self.redis,
@@ -168,7 +190,31 @@ class Worker:
             state=self.state,
             settings=self.settings,
             deliveries=deliveries,
+            reporter=reporter,
         )
+
+    async def _after_run(self, job: Job, outcome: Outcome | None) -> Outcome | None:
+        """Before a job's outcome is written: its last progress report, then its workflow
+        steps (follow-up, group count; see :mod:`qrunner.workflow`). None when those could
+        not be written: the entry then stays pending and the job re-runs (both are idempotent).
+        """
+        reporter = self._progress.pop(job.id, None)
+        if reporter is not None:
+            await reporter.flush()
+        if job.flow and isinstance(outcome, Succeeded | DeadLettered):
+            try:
+                await self.follow_ups.finished(job, outcome)
+            except QrunnerError as exc:
+                log.warning(
+                    "%s %s: its follow-up could not be recorded (%s: %s); it is redelivered "
+                    "after its lease",
+                    job.task,
+                    job.id,
+                    type(exc).__name__,
+                    mask(str(exc)),
+                )
+                return None
+        return outcome
 
     def _supervise(
         self, name: str, step: Callable[[], Awaitable[float | None]], until: asyncio.Event
@@ -248,6 +294,8 @@ class Worker:
             try:
                 for q in self.queues:
                     await self.consumer.ensure_group(q)
+                for q in self._fair_queues:
+                    await fairness.announce(self.redis, q, self.concurrency)
                 async with translated():
                     await self.redis.sadd(keys.queues_set(), *self.queues)
                 return True
@@ -347,6 +395,8 @@ class Worker:
             self._slot_free.clear()
             await self._wait_any(self._slot_free)
             return 0.0
+        for q in self._fair_queues:
+            await fairness.release(self.redis, q, self.concurrency)
         sent = time.monotonic()
         if self.gate is None:
             entries = await self.consumer.read_available(
@@ -418,6 +468,7 @@ class Worker:
             for q in self.queues:
                 pipe.xlen(keys.stream(q))
                 pipe.zcard(keys.delayed(q))
+                pipe.llen(keys.fair_ring(q))
             counts = await pipe.execute()
         return not self._held and not self.finisher.backlog and not any(counts)
 
@@ -473,10 +524,13 @@ class Worker:
                 outcome = await self._run(entry, job)
                 if isinstance(outcome, DeadLettered) and entry.deliveries > 1:
                     outcome = await self._with_stall_note(entry.queue, job, outcome)
+                outcome = await self._after_run(job, outcome)
         finally:
             self._active -= 1
             self._slot_free.set()
             self.running.pop(key, None)
+            if job is not None:
+                self._progress.pop(job.id, None)
             if outcome is None:  # cancelled, or not admitted: the entry stays pending
                 self._held.pop(key, None)
         duration = time.perf_counter() - t0

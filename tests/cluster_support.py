@@ -10,7 +10,7 @@ know it, and :meth:`LocalCluster.wait_ok` returns only when every running node r
 whom, every slot is served by a running master, and every replica's link is up.
 
 The binary is ``QRUNNER_TEST_REDIS_SERVER`` when set, else the default of
-:func:`qrunner.embedded.redis_binary` (the same choice the rest of the suite makes).
+:func:`qrunner_devservers.embedded.redis_binary` (the same choice the rest of the suite makes).
 
 Ports: a cluster node also listens on its port + 10000 (the cluster bus; Redis 6.2 cannot move
 it), so client ports are drawn from 12000-21999 and bus ports land in 22000-31999, below the
@@ -41,12 +41,11 @@ from types import TracebackType
 from typing import Any
 
 import redis
+from qrunner_devservers.embedded import redis_binary
 from redis import Redis as SyncRedis
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-
-from qrunner.embedded import redis_binary
 
 __all__ = [
     "BAD_FLAGS",

@@ -41,9 +41,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from qrunner_devservers.embedded import PostgresProcess, RedisProcess, redis_binary
 from redis import Redis as SyncRedis
-
-from qrunner.embedded import PostgresProcess, RedisProcess, redis_binary
 
 SERVER_ENV = "QRUNNER_TEST_REDIS_SERVER"
 ACL_ENV = "QRUNNER_TEST_ACL"

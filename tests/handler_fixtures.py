@@ -16,15 +16,16 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import asyncpg  # type: ignore[import-untyped]
+from notifyhub.db import create_pool
+from notifyhub.migrate import DEFAULT_MIGRATIONS_DIR, migrate
+from notifyhub.settings import AppSettings
+from notifyhub.state import HandlerState
 from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
 
-from handlers.state import HandlerState
 from qrunner import Client, Context, Registry, Settings, Worker
-from qrunner.db import create_pool
-from qrunner.migrate import migrate
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS = DEFAULT_MIGRATIONS_DIR
 
 #: What a stand-in does with each job: given the task name, the job's context and its payload.
 Record = Callable[[str, Context[Any], BaseModel], Awaitable[None]]
@@ -90,7 +91,7 @@ async def handler_stack(
     await migrate(database_url, MIGRATIONS)
     pool = await create_pool(database_url, max_size=4)
     registry = handlers.merge(standins)
-    config = Settings(state_dir=tmp_path, block_ms=100, promote_interval_ms=20, **settings)
+    config = AppSettings(exports_dir=tmp_path / "exports", **settings)
     client = Client(redis, registry)
     try:
         yield HandlerStack(
@@ -117,7 +118,7 @@ class HandlerEnv:
             self.registry,
             burst=True,
             concurrency=4,
-            settings=self.state.settings,
+            settings=Settings(block_ms=100, promote_interval_ms=20),
             state=self.state,
         )
         await asyncio.wait_for(worker.run(), 30)

@@ -13,26 +13,26 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
-from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from notifyhub.db import create_pool
+from notifyhub.fakeproviders import FakeResend, FakeTwilio
+from notifyhub.messaging import MessagingOptions, build_registry
+from notifyhub.migrate import DEFAULT_MIGRATIONS_DIR, migrate
+from notifyhub.providers.email import ResendEmail
+from notifyhub.providers.sms import TwilioSms
+from notifyhub.settings import AppSettings
+from notifyhub.state import HandlerState
 from redis.asyncio import Redis
 from twilio.request_validator import RequestValidator
 
-from fakeproviders import FakeResend, FakeTwilio
-from handlers.messaging import MessagingOptions, build_registry
-from handlers.providers.email import ResendEmail
-from handlers.providers.sms import TwilioSms
-from handlers.state import HandlerState
 from qrunner import Client, JobNotFound, JobStatus, Registry, Settings, Worker
-from qrunner.db import create_pool
-from qrunner.migrate import migrate
 
 T = TypeVar("T")
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS = DEFAULT_MIGRATIONS_DIR
 PUBLIC_URL = "https://hooks.example.test"
 FROM_NUMBER = "+15005550006"
 
@@ -180,6 +180,8 @@ async def messaging_env(
             promote_interval_ms=20,
             grace_s=3.0,
             concurrency=concurrency,
+        )
+        app_settings = AppSettings(
             public_url=PUBLIC_URL,
             signing_secret="test-signing-secret",
             twilio_base_url=twilio.base_url,
@@ -200,7 +202,7 @@ async def messaging_env(
             stack.push_async_callback(sms.close)
             stack.push_async_callback(email.close)
         client = Client(redis, registry)
-        state = HandlerState(settings, pool, redis, client, sms, email)
+        state = HandlerState(app_settings, pool, redis, client, sms, email)
         app = web.Application()
         for setup in registry.http_setups:
             setup(app, state)

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from qrunner_devservers.embedded import RedisProcess
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError, ResponseError
@@ -32,7 +33,6 @@ from qrunner.admission import TokenBucketGate
 from qrunner.clock import RedisClock
 from qrunner.consumer import Consumer
 from qrunner.deadletter import DeadLetters
-from qrunner.embedded import RedisProcess
 from qrunner.errors import NotReplicated
 from qrunner.runtime import connect_redis, warn_on_eviction_policy
 from qrunner.scheduler import Scheduler, describe_live

@@ -11,10 +11,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from qrunner_devservers.embedded import RedisProcess
 from redis.asyncio import Redis
 
 from qrunner import Client, keys
-from qrunner.embedded import RedisProcess
 from tests.helpers import core_tasks
 from tests.helpers.waiting import wait_for
 

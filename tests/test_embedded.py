@@ -22,11 +22,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
-from redis import Redis as SyncRedis
-from redis.exceptions import AuthenticationError, NoPermissionError
-
-from qrunner import embedded
-from qrunner.embedded import (
+from qrunner_devservers import embedded
+from qrunner_devservers.embedded import (
     PostgresProcess,
     RedisProcess,
     ensure_postgres,
@@ -35,6 +32,9 @@ from qrunner.embedded import (
     redis_binary,
     stop_all,
 )
+from redis import Redis as SyncRedis
+from redis.exceptions import AuthenticationError, NoPermissionError
+
 from qrunner.errors import BackendUnavailable
 
 
@@ -153,7 +153,7 @@ def test_ensure_redis_twice_returns_same_url_and_one_process(state_dir: Path) ->
 
 def test_concurrent_ensure_redis_from_two_processes_starts_one_server(state_dir: Path) -> None:
     # Given two commands started at the same moment in the same folder
-    code = "import sys, pathlib; from qrunner.embedded import ensure_redis; "
+    code = "import sys, pathlib; from qrunner_devservers.embedded import ensure_redis; "
     code += "print(ensure_redis(pathlib.Path(sys.argv[1])))"
     commands = [
         subprocess.Popen(

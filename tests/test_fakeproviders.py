@@ -15,8 +15,7 @@ from collections.abc import AsyncIterator, Mapping
 import aiohttp
 import orjson
 import pytest
-
-from fakeproviders import FailureKind, FakeResend, FakeTwilio, count_segments
+from notifyhub.fakeproviders import FailureKind, FakeResend, FakeTwilio, count_segments
 
 TO = "+15551234567"
 FROM = "+15557654321"
@@ -346,7 +345,7 @@ async def test_main_prints_base_urls_and_serves_both_fakes(http: aiohttp.ClientS
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "fakeproviders",
+        "notifyhub.fakeproviders",
         "--twilio-port",
         "0",
         "--resend-port",
@@ -359,7 +358,7 @@ async def test_main_prints_base_urls_and_serves_both_fakes(http: aiohttp.ClientS
         settings = dict(line.strip().split("=", 1) for line in lines)
 
         # When both control endpoints are asked for their messages
-        for name in ("QRUNNER_TWILIO_BASE_URL", "QRUNNER_EMAIL_BASE_URL"):
+        for name in ("NOTIFYHUB_TWILIO_BASE_URL", "NOTIFYHUB_EMAIL_BASE_URL"):
             async with http.get(f"{settings[name]}/_fake/messages") as response:
                 # Then each answers with an empty list
                 assert orjson.loads(await response.read()) == {"messages": []}

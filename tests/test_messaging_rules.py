@@ -8,22 +8,22 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
-
-from handlers.messaging import SPECS, registry
-from handlers.messaging.consent import Category, ChannelConsent, email_verdict, sms_verdict
-from handlers.messaging.formatting import Formatter, format_date, format_money, normalize_locale
-from handlers.messaging.ledger import idempotency_key
-from handlers.messaging.quiet_hours import (
+from notifyhub.messaging import SPECS, registry
+from notifyhub.messaging.consent import Category, ChannelConsent, email_verdict, sms_verdict
+from notifyhub.messaging.formatting import Formatter, format_date, format_money, normalize_locale
+from notifyhub.messaging.ledger import idempotency_key
+from notifyhub.messaging.quiet_hours import (
     Window,
     parse_window,
     quiet_wait_s,
     resolve_zones,
     seconds_until_allowed,
 )
-from handlers.messaging.templates import Templates
-from handlers.messaging.unsubscribe import Signer, Subject
-from handlers.messaging.webhooks import keyword
-from qrunner import Settings
+from notifyhub.messaging.templates import Templates
+from notifyhub.messaging.unsubscribe import Signer, Subject
+from notifyhub.messaging.webhooks import keyword
+
+from notifyhub.settings import AppSettings
 
 NY = ZoneInfo("America/New_York")
 DEFAULT = parse_window("21:00-08:00")
@@ -244,7 +244,7 @@ def test_inbound_keywords(body: str, expected: str | None) -> None:
 
 
 def test_unsubscribe_tokens_verify_and_refuse_forgeries() -> None:
-    settings = Settings(signing_secret="s3cret")
+    settings = AppSettings(signing_secret="s3cret")
     signer = Signer()
     token = signer.token(settings, Subject(user_id=42))
     assert signer.verify(settings, token) == Subject(user_id=42)
@@ -252,16 +252,16 @@ def test_unsubscribe_tokens_verify_and_refuse_forgeries() -> None:
     _, _, mac = token.partition(".")
     forged = signer.token(settings, Subject(user_id=43)).split(".")[0] + "." + mac
     assert signer.verify(settings, forged) is None
-    assert signer.verify(Settings(signing_secret="other"), token) is None
+    assert signer.verify(AppSettings(signing_secret="other"), token) is None
     assert signer.verify(settings, "garbage") is None
 
 
 def test_without_a_secret_a_per_process_one_is_used(caplog: pytest.LogCaptureFixture) -> None:
     signer = Signer()
-    token = signer.token(Settings(), Subject(address="a@example.com"))
-    assert signer.verify(Settings(), token) == Subject(address="a@example.com")
-    assert "QRUNNER_SIGNING_SECRET" in caplog.text
-    assert Signer().verify(Settings(), token) is None
+    token = signer.token(AppSettings(), Subject(address="a@example.com"))
+    assert signer.verify(AppSettings(), token) == Subject(address="a@example.com")
+    assert "NOTIFYHUB_SIGNING_SECRET" in caplog.text
+    assert Signer().verify(AppSettings(), token) is None
 
 
 def test_idempotency_key_is_deterministic_and_bounded() -> None:
@@ -314,4 +314,4 @@ def test_registry_declares_every_task_with_its_queue_and_limit() -> None:
     assert declared["send_onboarding_sequence"].queue == "email_education"
     assert declared["send_monthly_report"].rate_limit is not None
     assert declared["send_monthly_report"].rate_limit.rates == ("10/m",)
-    assert registry.requires_database and not registry.lifespans
+    assert not registry.lifespans

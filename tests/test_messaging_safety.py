@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 
 import pytest
 from messaging_fixtures import Env, messaging_env, wait_for
+from notifyhub.messaging import MessagingOptions
 
-from handlers.messaging import MessagingOptions
 from qrunner import keys
 from qrunner.job import Job
 

@@ -281,8 +281,8 @@ async def test_quiet_hours_defer_and_later_deliver(env: Env) -> None:
 
 
 async def test_demo_mix_runs_without_dead_letters(redis_url: str, database_url: str) -> None:
-    from handlers.messaging.demo import enqueue_demo_messages
-    from qrunner.demo_data import seed_demo_data
+    from notifyhub.demo_data import seed_demo_data
+    from notifyhub.messaging.demo import enqueue_demo_messages
 
     async with messaging_env(redis_url, database_url, providers=False) as env:
         # Given the demo data set

@@ -22,11 +22,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-
-from qrunner.db import create_pool, endpoint, redact_url
-from qrunner.demo_data import seed_demo_data
-from qrunner.errors import BackendUnavailable, ConfigError, QrunnerError
-from qrunner.migrate import (
+from notifyhub.db import create_pool, endpoint, redact_url
+from notifyhub.demo_data import seed_demo_data
+from notifyhub.migrate import (
     DEFAULT_MIGRATIONS_DIR,
     MIGRATION_LOCK_KEY,
     AppliedMigration,
@@ -38,8 +36,10 @@ from qrunner.migrate import (
     plan,
 )
 
+from qrunner.errors import BackendUnavailable, ConfigError, QrunnerError
+
 REPO = Path(__file__).resolve().parent.parent
-MIGRATIONS = REPO / "migrations"
+MIGRATIONS = REPO / "app" / "notifyhub" / "migrations"
 ALL_NAMES = [p.stem for p in sorted(MIGRATIONS.glob("*.sql"))]
 
 EXPECTED_TABLES = {
@@ -239,7 +239,7 @@ async def test_concurrent_migrate_processes_apply_each_file_once(
     script = (
         "import asyncio, json, sys\n"
         "from pathlib import Path\n"
-        "from qrunner.migrate import migrate\n"
+        "from notifyhub.migrate import migrate\n"
         "print(json.dumps(asyncio.run(migrate(sys.argv[1], Path(sys.argv[2])))))\n"
     )
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)

@@ -15,12 +15,12 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
+from notifyhub.outlook import registry as outlook_registry
+from notifyhub.outlook.content import Bill, build_outlook
+from notifyhub.outlook.timing import is_due, outlook_date_for, resolve_zone
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from handlers.outlook import registry as outlook_registry
-from handlers.outlook.content import Bill, build_outlook
-from handlers.outlook.timing import is_due, outlook_date_for, resolve_zone
 from qrunner import Context
 from tests.handler_fixtures import EmailIn, HandlerEnv, SmsIn, handler_stack, standin_registry
 

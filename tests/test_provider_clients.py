@@ -12,18 +12,17 @@ import socket
 from collections.abc import AsyncIterator
 
 import pytest
-
-from fakeproviders import FailureKind, FakeResend, FakeTwilio
-from handlers.providers import (
+from notifyhub.fakeproviders import FailureKind, FakeResend, FakeTwilio
+from notifyhub.providers import (
     MaybeSent,
     PermanentProviderError,
     ProviderThrottled,
     TransientProviderError,
     parse_retry_after,
 )
-from handlers.providers.email import EmailMessage, ResendEmail, classify_email_error
-from handlers.providers.redact import mask_email, mask_phone, redact_text
-from handlers.providers.sms import TwilioSms, classify_twilio_error, segments
+from notifyhub.providers.email import EmailMessage, ResendEmail, classify_email_error
+from notifyhub.providers.redact import mask_email, mask_phone, redact_text
+from notifyhub.providers.sms import TwilioSms, classify_twilio_error, segments
 
 TO = "+15551234567"
 FROM = "+15557654321"

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from qrunner_devservers.embedded import RedisProcess, _free_port, _redis_call
 
-from qrunner.embedded import RedisProcess, _free_port, _redis_call
 from qrunner.errors import ConfigError
 from qrunner.redis_url import parse_redis_url
 from tests.conftest import server_binary_under_test

@@ -18,10 +18,10 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
+from notifyhub.reports import registry as reports_registry
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from handlers.reports import registry as reports_registry
 from qrunner import Context
 from tests.handler_fixtures import EmailIn, HandlerEnv, handler_stack, standin_registry
 

@@ -12,6 +12,7 @@ from qrunner.errors import ConfigError
 from qrunner.schedules import Schedule, load_schedules, parse_schedules
 
 ROOT = Path(__file__).resolve().parent.parent
+SCHEDULES = ROOT / "app" / "notifyhub" / "schedules.yaml"
 
 #: The task names the handlers register (written in parallel; these names are the contract).
 TASKS = frozenset(
@@ -42,7 +43,7 @@ def at(day: int, hour: int, minute: int = 0) -> datetime:
 
 @pytest.fixture(scope="module")
 def real() -> dict[str, Schedule]:
-    return {s.name: s for s in load_schedules(ROOT / "schedules.yaml", TASKS)}
+    return {s.name: s for s in load_schedules(SCHEDULES, TASKS)}
 
 
 def test_real_file_schedules_every_task_once(real: dict[str, Schedule]) -> None:
@@ -83,7 +84,7 @@ def test_real_file_disables_only_the_resend_sweeper(real: dict[str, Schedule]) -
 
 def test_real_file_refuses_a_task_the_handlers_do_not_register() -> None:
     with pytest.raises(ConfigError, match="unknown task 'deliver_due_outlooks'"):
-        load_schedules(ROOT / "schedules.yaml", TASKS - {"deliver_due_outlooks"})
+        load_schedules(SCHEDULES, TASKS - {"deliver_due_outlooks"})
 
 
 def test_defaults_apply_and_payload_is_kept_read_only() -> None:

@@ -13,9 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from handlers.messaging.unsubscribe import TOKEN_TTL_DAYS, Signer, Subject, expiry_for
-from handlers.secrets import (
+from notifyhub.messaging.unsubscribe import TOKEN_TTL_DAYS, Signer, Subject, expiry_for
+from notifyhub.secrets import (
     UNSUBSCRIBE,
     ProviderSecrets,
     check_master_secret,
@@ -26,13 +25,14 @@ from handlers.secrets import (
     webhook_key,
     webhook_secret,
 )
-from handlers.webhooks.signature import SignatureError, authenticate, standard_headers
-from qrunner import Settings
+from notifyhub.webhooks.signature import SignatureError, authenticate, standard_headers
+
+from notifyhub.settings import AppSettings
 from qrunner.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 MASTER = "m" * 16 + "-master-secret-of-32+chars"
-SETTINGS = Settings(signing_secret=MASTER)
+SETTINGS = AppSettings(signing_secret=MASTER)
 NOW = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 
 
@@ -154,7 +154,7 @@ def test_garbage_tokens_are_invalid_not_errors(token: str) -> None:
 
 
 def test_a_short_master_secret_is_refused_naming_the_variable() -> None:
-    with pytest.raises(ConfigError, match=r"QRUNNER_SIGNING_SECRET is 31 characters.*32"):
+    with pytest.raises(ConfigError, match=r"NOTIFYHUB_SIGNING_SECRET is 31 characters.*32"):
         check_master_secret("x" * 31)
     check_master_secret("x" * 32)
     check_master_secret(None)  # unset: allowed, with warnings (no signed webhooks)
@@ -196,8 +196,8 @@ def test_a_worker_with_a_short_master_secret_does_not_start(
     env = {k: v for k, v in os.environ.items() if not k.startswith("QRUNNER_")}
     env.update(
         QRUNNER_REDIS_URL=redis_url,
-        QRUNNER_DATABASE_URL=database_url,
-        QRUNNER_SIGNING_SECRET="too-short",
+        NOTIFYHUB_DATABASE_URL=database_url,
+        NOTIFYHUB_SIGNING_SECRET="too-short",
         QRUNNER_LOG_LEVEL="WARNING",
     )
     out = subprocess.run(
@@ -206,8 +206,8 @@ def test_a_worker_with_a_short_master_secret_does_not_start(
             "-m",
             "qrunner.cli",
             "worker",
-            "--handlers",
-            "handlers",
+            "--app",
+            "notifyhub.app",
             "--burst",
             "--no-cron",
         ],
@@ -218,17 +218,17 @@ def test_a_worker_with_a_short_master_secret_does_not_start(
         timeout=120,
     )
     assert out.returncode == 2, out.stderr
-    assert "QRUNNER_SIGNING_SECRET is 9 characters" in out.stderr, out.stderr
+    assert "NOTIFYHUB_SIGNING_SECRET: is 9 characters" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
 
 
 def test_the_sender_secret_command(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("QRUNNER_SIGNING_SECRET", MASTER)
+    monkeypatch.setenv("NOTIFYHUB_SIGNING_SECRET", MASTER)
     assert main(["webhook-secret", "acme"]) == 0
     assert capsys.readouterr().out.strip() == webhook_secret(MASTER, "acme")
     assert main(["webhook-secret", "stripe"]) == 2  # Stripe signs with its own secret
     assert main(["webhook-secret", "Bad Name"]) == 2
-    monkeypatch.setenv("QRUNNER_SIGNING_SECRET", "short")
+    monkeypatch.setenv("NOTIFYHUB_SIGNING_SECRET", "short")
     assert main(["webhook-secret", "acme"]) == 2

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from qrunner_devservers.embedded import _free_port
 
-from qrunner.embedded import _free_port
 from tests.conftest import server_binary_under_test
 from tests.helpers.round_trip import round_trip
 

@@ -15,12 +15,12 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
+from notifyhub.upkeep import registry as upkeep_registry
+from notifyhub.upkeep.monitoring import delivery_rates, depth_alerts
+from notifyhub.upkeep.redrive import is_transient
 from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
 
-from handlers.upkeep import registry as upkeep_registry
-from handlers.upkeep.monitoring import delivery_rates, depth_alerts
-from handlers.upkeep.redrive import is_transient
 from qrunner import Context, Permanent
 from tests.handler_fixtures import HandlerEnv, SmsIn, handler_stack, standin_registry
 

@@ -21,13 +21,10 @@ import pytest
 from aiohttp import MultipartWriter, web
 from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict
-from redis.asyncio import Redis
-from twilio.request_validator import RequestValidator  # type: ignore[import-untyped]
-
-from handlers.messaging import build_registry
-from handlers.messaging.unsubscribe import Signer, Subject
-from handlers.secrets import ProviderSecrets, webhook_key
-from handlers.webhooks.signature import (
+from notifyhub.messaging import build_registry
+from notifyhub.messaging.unsubscribe import Signer, Subject
+from notifyhub.secrets import ProviderSecrets, webhook_key
+from notifyhub.webhooks.signature import (
     NotConfigured,
     SignatureError,
     authenticate,
@@ -38,6 +35,9 @@ from handlers.webhooks.signature import (
     verify_standard,
     verify_stripe,
 )
+from redis.asyncio import Redis
+from twilio.request_validator import RequestValidator  # type: ignore[import-untyped]
+
 from qrunner import Registry
 from qrunner.http import build_app
 from qrunner.metrics import Metrics
@@ -197,7 +197,7 @@ def test_dispatch_by_provider_name_and_missing_configuration() -> None:
     headers = {"x-paystack-signature": hmac.new(b"k" * 20, body, hashlib.sha512).hexdigest()}
     with pytest.raises(NotConfigured, match="PAYSTACK_SECRET_KEY"):
         authenticate("paystack", body, headers, master=master, providers=ProviderSecrets(), now=0)
-    with pytest.raises(NotConfigured, match="QRUNNER_SIGNING_SECRET"):
+    with pytest.raises(NotConfigured, match="NOTIFYHUB_SIGNING_SECRET"):
         authenticate("acme", body, {}, master=None, providers=ProviderSecrets(), now=0)
     # The Paystack key signs nothing on a path of qrunner's own scheme
     with pytest.raises(SignatureError):

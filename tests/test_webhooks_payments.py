@@ -24,13 +24,13 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from notifyhub.secrets import ProviderSecrets, webhook_key
+from notifyhub.webhooks import registry as webhooks_registry
+from notifyhub.webhooks.events import parse_event
+from notifyhub.webhooks.signature import standard_headers
 from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
 
-from handlers.secrets import ProviderSecrets, webhook_key
-from handlers.webhooks import registry as webhooks_registry
-from handlers.webhooks.events import parse_event
-from handlers.webhooks.signature import standard_headers
 from qrunner import Context
 from qrunner.http import build_app
 from qrunner.metrics import Metrics

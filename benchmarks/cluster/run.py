@@ -23,11 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from qrunner_devservers.embedded import RedisProcess
 from redis.asyncio import Redis
 
 from benchmarks.cluster.tasks import QUEUES, counter, registry
 from qrunner import Client
-from qrunner.embedded import RedisProcess
 from qrunner.queue import JobSpec
 from qrunner.runtime import connect_redis
 from tests.cluster_support import LocalCluster

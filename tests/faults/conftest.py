@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from qrunner_devservers.embedded import RedisProcess
 
-from qrunner.embedded import RedisProcess
 from tests.faults.harness import Harness
 
 

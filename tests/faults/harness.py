@@ -35,12 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from qrunner_devservers.embedded import RedisProcess
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from qrunner import Client, JobSpec, keys
-from qrunner.embedded import RedisProcess
 from qrunner.job import new_job_id
 from tests.faults import ledger_tasks
 from tests.faults.proxy import FaultProxy
@@ -296,7 +296,6 @@ class Harness:
                 "QRUNNER_BLOCK_MS": "100",
                 "QRUNNER_GRACE_S": "2",
                 "QRUNNER_LOG_LEVEL": "INFO",
-                "QRUNNER_STATE_DIR": str(self.tmp / "state"),
                 ledger_tasks.LEDGER_ENV: str(self.ledger.path),
             }
         )

@@ -9,13 +9,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from qrunner_devservers.embedded import RedisProcess
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from qrunner.embedded import RedisProcess
 from tests.faults.proxy import FaultProxy
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(60)]

@@ -1,0 +1,432 @@
+"""The daily-outlook tasks: fan out generation, deliver at local morning, measure engagement.
+
+Duplicate runs are expected (cron catch-up, retries, an operator re-running a day), so every
+step is safe to repeat: the fan-out skips users who already have the day's outlook and gives
+each job a key per user and date, the store is an upsert on (user, date), and delivery gives
+each notification a key per outlook and marks the outlook delivered only after the enqueue.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+from pydantic import BaseModel, Field
+
+from notifyhub.state import HandlerState
+from qrunner import Context, JobSpec, Registry
+
+from .content import Bill, Goal, Spending, build_outlook, render_email, render_sms
+from .timing import is_due, outlook_date_for, resolve_zone, utc_now
+
+log = logging.getLogger(__name__)
+
+registry = Registry()
+
+QUEUE = "daily_outlook"
+#: Rows fetched per round trip while streaming users or outlooks; also the enqueue batch size.
+BATCH = 500
+
+
+class GenerateDailyOutlooks(BaseModel):
+    """Cron fires this with ``scheduled_for`` (the slot); ``now`` overrides it in tests."""
+
+    target_date: date | None = None
+    scheduled_for: datetime | None = None
+    now: datetime | None = None
+    force_regenerate: bool = False
+    active_days: int = Field(default=30, ge=1, le=365)
+
+
+class GenerateUserOutlook(BaseModel):
+    user_id: int
+    outlook_date: date
+    force: bool = False
+
+
+class DeliverDueOutlooks(BaseModel):
+    now: datetime | None = None
+
+
+class OptimizeOutlookContent(BaseModel):
+    analysis_period_days: int = Field(default=7, ge=1, le=90)
+    now: datetime | None = None
+    #: Fewer delivered outlooks than this and a content type is not judged at all.
+    min_sample: int = Field(default=20, ge=1)
+    low_view_rate: float = Field(default=0.3, ge=0, le=1)
+    low_rating: float = Field(default=3.0, ge=1, le=5)
+
+
+# -- generation --------------------------------------------------------------------------------
+
+
+@registry.task(
+    queue=QUEUE, payload=GenerateDailyOutlooks, max_retries=3, backoff_base_s=300, timeout_s=600
+)
+async def generate_daily_outlooks(
+    ctx: Context[HandlerState], payload: GenerateDailyOutlooks
+) -> dict[str, Any]:
+    """Enqueue one ``generate_user_outlook`` per active user that lacks the day's outlook.
+
+    Users are streamed with a server-side cursor and enqueued in batches, so memory stays flat
+    however many users there are.
+    """
+    ref = utc_now(payload.now or payload.scheduled_for)
+    since = ref - timedelta(days=payload.active_days)
+    total = enqueued = existing = 0
+    async with ctx.state.db.acquire() as conn, conn.transaction(readonly=True):
+        cursor = await conn.cursor(
+            "SELECT id, time_zone, outlook_weekday_at, outlook_weekend_at FROM users"
+            " WHERE last_active_at >= $1 ORDER BY id",
+            since,
+        )
+        while rows := await cursor.fetch(BATCH):
+            total += len(rows)
+            wanted = [(r["id"], _target_date(r, ref, payload.target_date)) for r in rows]
+            have: set[int] = set()
+            if not payload.force_regenerate:
+                have = await _users_with_outlook(conn, wanted)
+            specs = [
+                JobSpec(
+                    "generate_user_outlook",
+                    {
+                        "user_id": uid,
+                        "outlook_date": day.isoformat(),
+                        "force": payload.force_regenerate,
+                    },
+                    key=_generation_key(uid, day, ctx.job_id if payload.force_regenerate else None),
+                )
+                for uid, day in wanted
+                if uid not in have
+            ]
+            existing += len(wanted) - len(specs)
+            if specs:
+                await ctx.client.enqueue_many(specs)
+                enqueued += len(specs)
+    log.info(
+        "daily outlooks: %d active user(s), %d enqueued, %d already generated",
+        total,
+        enqueued,
+        existing,
+    )
+    return {
+        "reference": ref.isoformat(),
+        "total_users": total,
+        "enqueued": enqueued,
+        "skipped_existing": existing,
+    }
+
+
+def _target_date(row: asyncpg.Record, ref: datetime, fixed: date | None) -> date:
+    if fixed is not None:
+        return fixed
+    zone = resolve_zone(row["time_zone"])
+    return outlook_date_for(ref, zone, row["outlook_weekday_at"], row["outlook_weekend_at"])
+
+
+def _generation_key(user_id: int, day: date, forced_by: str | None) -> str:
+    """One job per user and date; a forced re-run gets its own key so it is not deduplicated
+    against the original run."""
+    base = f"outlook:{user_id}:{day.isoformat()}"
+    return f"{base}:force:{forced_by}" if forced_by else base
+
+
+async def _users_with_outlook(
+    conn: asyncpg.Connection, wanted: Sequence[tuple[int, date]]
+) -> set[int]:
+    rows = await conn.fetch(
+        "SELECT o.user_id FROM daily_outlooks o"
+        " JOIN unnest($1::bigint[], $2::date[]) AS w(user_id, day)"
+        "   ON o.user_id = w.user_id AND o.outlook_date = w.day",
+        [u for u, _ in wanted],
+        [d for _, d in wanted],
+    )
+    return {r["user_id"] for r in rows}
+
+
+@registry.task(
+    queue=QUEUE, payload=GenerateUserOutlook, max_retries=3, backoff_base_s=60, timeout_s=120
+)
+async def generate_user_outlook(
+    ctx: Context[HandlerState], payload: GenerateUserOutlook
+) -> dict[str, Any]:
+    """Compute one user's outlook and store it once per (user, date).
+
+    Without ``force`` an existing outlook is kept as it is; with it the content is replaced,
+    but only while it has not been delivered, so nobody is sent one text and shown another.
+    """
+    async with ctx.state.db.acquire() as conn:
+        user = await conn.fetchrow(
+            "SELECT name, time_zone FROM users WHERE id = $1", payload.user_id
+        )
+        if user is None:
+            return {"user_id": payload.user_id, "status": "user_gone"}
+        content = await _compose(
+            conn, payload.user_id, user["name"], user["time_zone"], payload.outlook_date
+        )
+        if payload.force:
+            row = await conn.fetchrow(
+                "INSERT INTO daily_outlooks (user_id, outlook_date, content) VALUES ($1, $2, $3)"
+                " ON CONFLICT (user_id, outlook_date) DO UPDATE"
+                "   SET content = EXCLUDED.content, generated_at = now()"
+                "   WHERE daily_outlooks.delivered_at IS NULL"
+                " RETURNING id",
+                payload.user_id,
+                payload.outlook_date,
+                content,
+            )
+            status = "regenerated" if row else "kept_delivered"
+        else:
+            row = await conn.fetchrow(
+                "INSERT INTO daily_outlooks (user_id, outlook_date, content) VALUES ($1, $2, $3)"
+                " ON CONFLICT (user_id, outlook_date) DO NOTHING RETURNING id",
+                payload.user_id,
+                payload.outlook_date,
+                content,
+            )
+            status = "created" if row else "exists"
+    return {
+        "user_id": payload.user_id,
+        "outlook_date": payload.outlook_date.isoformat(),
+        "status": status,
+        "type": content["type"],
+    }
+
+
+async def _compose(
+    conn: asyncpg.Connection, user_id: int, name: str, zone_name: str, day: date
+) -> dict[str, Any]:
+    zone = resolve_zone(zone_name)
+    day_start = datetime.combine(day, time(0), zone)
+    bills = await conn.fetch(
+        "SELECT payee, amount, currency, due_date FROM bills"
+        " WHERE user_id = $1 AND status = 'due' AND due_date BETWEEN $2 AND $2 + 7"
+        " ORDER BY due_date, id LIMIT 5",
+        user_id,
+        day,
+    )
+    goals = await conn.fetch(
+        "SELECT title, target_amount, current_amount, currency, target_date FROM goals"
+        " WHERE user_id = $1 AND status = 'active' ORDER BY created_at, id LIMIT 5",
+        user_id,
+    )
+    # Orders are the only record of a user's own spending; without orders the section is omitted.
+    spending = await conn.fetch(
+        "SELECT currency, sum(total) AS total, count(*) AS orders FROM orders"
+        " WHERE user_id = $1 AND placed_at >= $2 AND placed_at < $3"
+        "   AND status IN ('paid', 'shipped', 'delivered')"
+        " GROUP BY currency ORDER BY currency",
+        user_id,
+        day_start - timedelta(days=7),
+        day_start,
+    )
+    return build_outlook(
+        name,
+        day,
+        [Bill(r["payee"], r["amount"], r["currency"], r["due_date"]) for r in bills],
+        [
+            Goal(
+                r["title"], r["target_amount"], r["current_amount"], r["currency"], r["target_date"]
+            )
+            for r in goals
+        ],
+        [Spending(r["currency"], r["total"], r["orders"]) for r in spending],
+    )
+
+
+# -- delivery ----------------------------------------------------------------------------------
+
+_UNDELIVERED = """
+SELECT o.id, o.user_id, o.outlook_date, o.content,
+       u.time_zone, u.outlook_weekday_at, u.outlook_weekend_at, u.email, u.phone,
+       coalesce(ce.consented, false) AS email_ok, coalesce(cs.consented, false) AS sms_ok
+FROM daily_outlooks o
+JOIN users u ON u.id = o.user_id
+LEFT JOIN current_consents ce ON ce.user_id = u.id AND ce.channel = 'email'
+LEFT JOIN current_consents cs ON cs.user_id = u.id AND cs.channel = 'sms'
+WHERE o.delivered_at IS NULL AND o.outlook_date BETWEEN $1 AND $2
+ORDER BY o.id
+"""
+
+
+@registry.task(
+    queue=QUEUE, payload=DeliverDueOutlooks, max_retries=2, backoff_base_s=60, timeout_s=300
+)
+async def deliver_due_outlooks(
+    ctx: Context[HandlerState], payload: DeliverDueOutlooks
+) -> dict[str, Any]:
+    """Hand every outlook whose local morning has come to the email or SMS task.
+
+    The enqueue happens before ``delivered_at`` is set: a crash in between leaves the outlook
+    undelivered, the next run enqueues it again, and the per-outlook key drops the duplicate.
+    Consent, quiet hours and suppression are the send task's business (checked at send time).
+    """
+    now = utc_now(payload.now)
+    today = now.date()
+    counts = {"due": 0, "email": 0, "sms": 0, "no_channel": 0}
+    async with ctx.state.db.acquire() as conn, conn.transaction():
+        # Local dates run from UTC-12 to UTC+14, so today's outlooks lie within a day of UTC's.
+        cursor = await conn.cursor(
+            _UNDELIVERED, today - timedelta(days=1), today + timedelta(days=1)
+        )
+        while rows := await cursor.fetch(BATCH):
+            specs: list[JobSpec] = []
+            ids: list[int] = []
+            for r in rows:
+                zone = resolve_zone(r["time_zone"])
+                if not is_due(
+                    now, zone, r["outlook_date"], r["outlook_weekday_at"], r["outlook_weekend_at"]
+                ):
+                    continue
+                counts["due"] += 1
+                spec = _notification(r)
+                if spec is None:
+                    counts["no_channel"] += 1
+                    continue
+                counts["email" if spec.task == "send_email" else "sms"] += 1
+                specs.append(spec)
+                ids.append(r["id"])
+            if specs:
+                await ctx.client.enqueue_many(specs)
+                await conn.execute(
+                    "UPDATE daily_outlooks SET delivered_at = $2"
+                    " WHERE id = ANY($1::bigint[]) AND delivered_at IS NULL",
+                    ids,
+                    now,
+                )
+    if counts["no_channel"]:
+        log.warning("%d due outlook(s) have no email address or phone number", counts["no_channel"])
+    return {"now": now.isoformat(), **counts}
+
+
+def _notification(r: asyncpg.Record) -> JobSpec | None:
+    """Email when the user agreed to email (or has no SMS consent either but an address);
+    SMS when only SMS was agreed to."""
+    key = f"outlook-notify:{r['id']}"
+    use_email = r["email"] and (r["email_ok"] or not (r["phone"] and r["sms_ok"]))
+    if use_email:
+        subject, text = render_email(r["content"])
+        return JobSpec(
+            "send_email",
+            {
+                "user_id": r["user_id"],
+                "subject": subject,
+                "body": text,
+                "template": "daily_outlook",
+            },
+            key=key,
+        )
+    if r["phone"]:
+        return JobSpec(
+            "send_sms",
+            {
+                "user_id": r["user_id"],
+                "body": render_sms(r["content"]),
+                "template": "daily_outlook",
+            },
+            key=key,
+        )
+    return None
+
+
+# -- engagement --------------------------------------------------------------------------------
+
+_ENGAGEMENT = """
+SELECT coalesce(content->>'type', 'unknown') AS content_type,
+       count(*) AS outlooks,
+       count(delivered_at) AS delivered,
+       count(viewed_at) AS viewed,
+       count(rating) AS rated,
+       round(avg(rating), 2) AS average_rating,
+       count(*) FILTER (WHERE jsonb_array_length(actions) > 0) AS with_actions
+FROM daily_outlooks
+WHERE outlook_date BETWEEN $1 AND $2
+GROUP BY 1
+ORDER BY 1
+"""
+
+
+@registry.task(
+    queue="reports",
+    payload=OptimizeOutlookContent,
+    max_retries=2,
+    backoff_base_s=300,
+    timeout_s=600,
+)
+async def optimize_outlook_content(
+    ctx: Context[HandlerState], payload: OptimizeOutlookContent
+) -> dict[str, Any]:
+    """Measure views, ratings and actions per content type over the last N full days and
+    store them in ``outlook_content_stats``, flagging types that under-perform.
+
+    On the ``reports`` queue (as schedules.yaml routes it): it is an analysis that may scan a
+    week of outlooks and must not hold up the morning deliveries on ``daily_outlook``.
+    """
+    end = utc_now(payload.now).date() - timedelta(days=1)
+    start = end - timedelta(days=payload.analysis_period_days - 1)
+    types: list[dict[str, Any]] = []
+    async with ctx.state.db.acquire() as conn, conn.transaction():
+        for r in await conn.fetch(_ENGAGEMENT, start, end):
+            view_rate = r["viewed"] / r["delivered"] if r["delivered"] else None
+            rating: Decimal | None = r["average_rating"]
+            low = r["delivered"] >= payload.min_sample and (
+                (view_rate is not None and view_rate < payload.low_view_rate)
+                or (
+                    r["rated"] >= payload.min_sample
+                    and rating is not None
+                    and rating < Decimal(str(payload.low_rating))
+                )
+            )
+            await conn.execute(
+                "INSERT INTO outlook_content_stats (period_start, period_end, content_type,"
+                "  outlooks, delivered, viewed, rated, average_rating, with_actions, view_rate,"
+                "  low_performing)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                " ON CONFLICT (period_end, period_start, content_type) DO UPDATE SET"
+                "  outlooks = EXCLUDED.outlooks, delivered = EXCLUDED.delivered,"
+                "  viewed = EXCLUDED.viewed, rated = EXCLUDED.rated,"
+                "  average_rating = EXCLUDED.average_rating, with_actions = EXCLUDED.with_actions,"
+                "  view_rate = EXCLUDED.view_rate, low_performing = EXCLUDED.low_performing,"
+                "  computed_at = now()",
+                start,
+                end,
+                r["content_type"],
+                r["outlooks"],
+                r["delivered"],
+                r["viewed"],
+                r["rated"],
+                rating,
+                r["with_actions"],
+                None if view_rate is None else round(view_rate, 4),
+                low,
+            )
+            types.append(
+                {
+                    "content_type": r["content_type"],
+                    "outlooks": r["outlooks"],
+                    "delivered": r["delivered"],
+                    "viewed": r["viewed"],
+                    "view_rate": None if view_rate is None else round(view_rate, 4),
+                    "average_rating": None if rating is None else float(rating),
+                    "with_actions": r["with_actions"],
+                    "low_performing": low,
+                }
+            )
+    low_types = [t["content_type"] for t in types if t["low_performing"]]
+    if low_types:
+        log.warning(
+            "outlook content under-performing in %s..%s: %s", start, end, ", ".join(low_types)
+        )
+    return {
+        "period": {
+            "start": start.isoformat(),
+            "end": end.isoformat(),
+            "days": payload.analysis_period_days,
+        },
+        "content_types": types,
+        "low_performing": low_types,
+    }

@@ -1,0 +1,132 @@
+"""The notification app's settings: ``NOTIFYHUB_*`` variables plus the providers' own names
+(``TWILIO_*``, ``RESEND_API_KEY``), as a frozen pydantic-settings model.
+
+The runtime's settings (``QRUNNER_*``: Redis, concurrency, leases, logging) are separate; the
+two share the loader, so an unknown ``NOTIFYHUB_*`` variable or an invalid value is refused
+with an error naming the variable and never echoing a secret.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from qrunner import build_settings
+
+PREFIX = "NOTIFYHUB_"
+#: A shorter master secret is refused at start-up (32 random characters carry ~190 bits).
+MIN_MASTER_CHARS = 32
+
+#: Provider credentials keep their vendors' conventional names.
+ALIASES = {
+    "TWILIO_ACCOUNT_SID": "twilio_account_sid",
+    "TWILIO_AUTH_TOKEN": "twilio_auth_token",
+    "TWILIO_FROM_NUMBER": "twilio_from_number",
+    "RESEND_API_KEY": "resend_api_key",
+}
+_SECRET = ("database_url", "signing_secret", "twilio_auth_token", "resend_api_key")
+
+
+def reveal(value: SecretStr | None) -> str | None:
+    return None if value is None else value.get_secret_value()
+
+
+class AppSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX, frozen=True, extra="forbid", validate_default=True
+    )
+
+    #: PostgreSQL (``postgresql://user:password@host:port/db``); required by the worker.
+    database_url: SecretStr | None = None
+    #: Where the HTTP endpoint is reached from outside (unsubscribe links, webhook signatures).
+    public_url: str = "http://127.0.0.1:8080"
+    #: The master secret; each purpose derives its own key from it (:mod:`notifyhub.secrets`).
+    signing_secret: SecretStr | None = None
+    twilio_base_url: str | None = None
+    email_base_url: str | None = None
+    email_from: str = "qrunner <no-reply@example.com>"
+    quiet_hours: str = "21:00-08:00"
+    #: Where report files are written.
+    exports_dir: Path = Path(".qrunner/exports")
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_from_number: str | None = None
+    resend_api_key: SecretStr | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+    @field_validator(
+        "database_url",
+        "signing_secret",
+        "twilio_auth_token",
+        "resend_api_key",
+        "twilio_account_sid",
+        "twilio_from_number",
+        "twilio_base_url",
+        "email_base_url",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @field_validator("public_url", "twilio_base_url", "email_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet_hours(cls, value: str) -> str:
+        if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d", value):
+            raise ValueError("must be HH:MM-HH:MM, e.g. 21:00-08:00")
+        return value
+
+    @field_validator("signing_secret")
+    @classmethod
+    def _master_secret_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_MASTER_CHARS:
+            raise ValueError(
+                f"is {len(value.get_secret_value())} characters; it needs at least "
+                f"{MIN_MASTER_CHARS} (generate one with: python -c "
+                "'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        return value
+
+    @property
+    def has_twilio(self) -> bool:
+        return bool(self.twilio_account_sid and self.twilio_auth_token and self.twilio_from_number)
+
+    @property
+    def has_email(self) -> bool:
+        return bool(self.resend_api_key)
+
+    @property
+    def signing_key(self) -> str | None:
+        """The master secret's value."""
+        return reveal(self.signing_secret)
+
+
+def load_app_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> AppSettings:
+    """The app's settings from ``env`` (default ``os.environ``); raises ``ConfigError``."""
+    env = os.environ if env is None else env
+    return build_settings(
+        AppSettings, PREFIX, env, overrides, secret_fields=_SECRET, aliases=ALIASES
+    )

@@ -1,9 +1,0 @@
-"""Reports, exports and inventory alerts for the point-of-sale data.
-
-Files are written under ``<state_dir>/exports`` from rows streamed out of PostgreSQL with a
-server-side cursor; every run is recorded in ``report_runs``.
-"""
-
-from .tasks import registry
-
-__all__ = ["registry"]
