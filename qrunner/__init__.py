@@ -24,9 +24,10 @@ from .errors import (
     UnknownTask,
 )
 from .job import Job
-from .queue import Client, JobSpec, JobStatus, QueueStats
+from .queue import Client, Group, JobSpec, JobStatus, QueueStats
 from .settings import Settings, build_settings, load_settings
 from .task import Registry, Task
+from .workflow import GroupCounts
 
 if TYPE_CHECKING:
     from .runtime import connect_redis, load_registry
@@ -41,6 +42,8 @@ __all__ = [
     "DeadJob",
     "DeadLetters",
     "EnqueueError",
+    "Group",
+    "GroupCounts",
     "InvalidPayload",
     "Job",
     "JobNotFound",

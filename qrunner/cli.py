@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import math
 import sys
@@ -25,6 +24,7 @@ from .errors import (
     ServerFull,
     UnknownTask,
 )
+from .logs import setup_logging
 from .names import (
     InvalidJobOption,
     check_delay,
@@ -318,35 +318,8 @@ async def run_app_command(app: str, name: str, args: list[str], settings: Settin
     return int(result)
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ``t``, ``level``, ``logger``, ``msg``, and ``exc`` / ``stack``
-    (a traceback, as one string) when the record has one. Quotes, newlines and control
-    characters in a message are escaped, so every line parses."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "t": self.formatTime(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        elif record.exc_text:
-            out["exc"] = record.exc_text
-        if record.stack_info:
-            out["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(out, default=str)
-
-
 def _setup_logging(settings: Settings) -> None:
-    level = getattr(logging, settings.log_level.upper(), logging.INFO)
-    handler = logging.StreamHandler(sys.stderr)
-    if settings.log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    logging.basicConfig(level=level, handlers=[handler])
+    setup_logging(settings.log_level, settings.log_format)
 
 
 def _run(coro: Coroutine[Any, Any, int], settings: Settings) -> int:

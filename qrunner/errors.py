@@ -9,7 +9,7 @@ Failures (something went wrong)::
     │   ├── InvalidPayload       payload is not JSON-serialisable or fails the task's model
     │   └── PayloadTooLarge      encoded payload over the size limit
     │   └── ServerFull           Redis is out of memory (maxmemory + noeviction); nothing written
-    ├── BackendUnavailable       Redis or another backend cannot be reached (host:port, never a password)
+    ├── BackendUnavailable       a backend cannot be reached (host:port, never a password)
     │   └── EnqueueUncertain     the reply to an enqueue was lost: it may have been written
     ├── RedisFault               a Redis condition the worker rides out (see qrunner.faults)
     │   ├── ConnectionLost       reset, refused, timed out, or a closed transport (uvloop)

@@ -21,11 +21,21 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+from redis.exceptions import RedisError
 
+from .backlog import Backlog, read_backlog
 from .errors import BackendUnavailable
 from .events import Observer
 from .queue import Client, QueueStats
@@ -94,6 +104,8 @@ class _QueueCollector(Collector):
 
     def __init__(self) -> None:
         self.snapshot: list[QueueStats] = []
+        self.backlog: list[Backlog] = []
+        self.now_ms: int = 0
         self.redis_up = True
 
     def collect(self) -> Iterator[Metric]:
@@ -107,6 +119,23 @@ class _QueueCollector(Collector):
             for stats in self.snapshot:
                 family.add_metric([stats.queue], float(getattr(stats, field)))
             yield family
+        age = GaugeMetricFamily(
+            "qrunner_queue_oldest_job_age_seconds",
+            "Age of the oldest job no worker has read yet (0 when none is waiting).",
+            labels=["queue"],
+        )
+        enqueued = CounterMetricFamily(
+            "qrunner_jobs_enqueued",
+            "Jobs ever added to the queue's stream (Redis 7 and Valkey report it; 6.2 does not).",
+            labels=["queue"],
+        )
+        for b in self.backlog:
+            waited_ms = 0 if b.oldest_waiting_ms is None else self.now_ms - b.oldest_waiting_ms
+            age.add_metric([b.queue], max(0, waited_ms) / 1000)
+            if b.entries_added is not None:
+                enqueued.add_metric([b.queue], float(b.entries_added))
+        yield age
+        yield enqueued
 
 
 #: The ``task`` label of jobs whose task name is not a registered one.
@@ -117,13 +146,25 @@ _TASK_LABEL_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,99}")
 
 
 class _RateLimitCollector(Collector):
-    """Rate-limit state read from the worker's gate at scrape time: jobs waiting for a turn per
-    task, and what admission did (granted, held in place, deferred) with the seconds waited."""
+    """This worker's state read at scrape time: jobs in flight per queue, and from the
+    rate-limit gate the jobs waiting for a turn per task and what admission did (granted, held
+    in place, deferred) with the seconds waited."""
 
     def __init__(self) -> None:
         self.gate: Any = None
+        self.worker: Any = None
 
     def collect(self) -> Iterator[Metric]:
+        if self.worker is not None:
+            in_flight = GaugeMetricFamily(
+                "qrunner_jobs_in_flight", "Jobs this process is running now.", labels=["queue"]
+            )
+            per_queue: dict[str, int] = {}
+            for queue, _entry in list(self.worker.running):
+                per_queue[queue] = per_queue.get(queue, 0) + 1
+            for queue in self.worker.queues:
+                in_flight.add_metric([queue], float(per_queue.get(queue, 0)))
+            yield in_flight
         gate = self.gate
         if gate is None:
             return
@@ -164,6 +205,8 @@ class Metrics(Observer):
     """
 
     def __init__(self, tasks: Iterable[str] | None = None) -> None:
+        # A _created sample per counter and histogram doubles the series for no use here.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self._tasks: set[str] | None = set(tasks) if tasks is not None else None
         self._seen_tasks: set[str] = set()
         self.registry = CollectorRegistry(auto_describe=True)
@@ -224,10 +267,16 @@ class Metrics(Observer):
             ["schedule"],
             registry=reg,
         )
+        ProcessCollector(registry=reg)
+        PlatformCollector(registry=reg)
         self._queues = _QueueCollector()
         reg.register(self._queues)
         self._limits = _RateLimitCollector()
         reg.register(self._limits)
+
+    def watch_worker(self, worker: Any) -> None:
+        """Export the jobs ``worker`` runs now (its ``running`` map: (queue, entry) -> job)."""
+        self._limits.worker = worker
 
     def watch_gate(self, gate: Any) -> None:
         """Export the rate-limit gate's state (waiting jobs, admissions, time waited)."""
@@ -286,15 +335,26 @@ class Metrics(Observer):
         try:
             async with asyncio.timeout(timeout_s):
                 snapshot = await client.stats()
-        except (BackendUnavailable, TimeoutError) as exc:
+                backlog = await read_backlog(client.redis, [s.queue for s in snapshot])
+                now_ms = await _redis_now_ms(client)
+        except (BackendUnavailable, TimeoutError, RedisError, OSError) as exc:
             if self._queues.redis_up:
                 log.warning("metrics: queue gauges unavailable: %s", str(exc) or "timed out")
             self._queues.snapshot = []
+            self._queues.backlog = []
             self._queues.redis_up = False
             return
         self._queues.snapshot = snapshot
+        self._queues.backlog = backlog
+        self._queues.now_ms = now_ms
         self._queues.redis_up = True
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric in this instance's registry."""
         return generate_latest(self.registry)
+
+
+async def _redis_now_ms(client: Client) -> int:
+    """The Redis clock (ms): job ages are judged on the clock that stamped the entry ids."""
+    seconds, micros = await client.redis.time()
+    return int(seconds) * 1000 + int(micros) // 1000

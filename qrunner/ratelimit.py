@@ -1,6 +1,6 @@
 """Distributed rate limits: token buckets kept in Redis and shared by every worker.
 
-A bucket (``"provider-a"``, ``"provider-b"``) has one or more windows, e.g. ``1/s`` and ``200/day``; a
+A bucket (``"sender"``, ``"api"``) has one or more windows, e.g. ``1/s`` and ``200/day``; a
 take succeeds only when every window has the tokens, so a burst that fits the per-second window
 still cannot overrun the daily one. Each take is one Lua script judged on the Redis clock (G7),
 so workers on different hosts, with skewed clocks, share one limit. There is no lock or lease:

@@ -114,6 +114,9 @@ async def serve(opts: WorkerOptions, settings: Settings, stop: asyncio.Event | N
                 extra_loops=loops,
                 signal_escape=escape,
             )
+            watch_worker = getattr(observer, "watch_worker", None)
+            if watch_worker is not None:
+                watch_worker(worker)
             try:
                 await worker.run(stop)
             except BaseExceptionGroup as group:

@@ -239,13 +239,12 @@ async def _bring_forward(redis: Redis, queue: str, horizon_ms: int, retries_now:
     """Move delayed jobs due by ``horizon_ms`` (and retries, if asked) into the stream."""
     async with translated(queue):
         if retries_now:
-            now = await redis.time()
-            now_ms = int(now[0]) * 1000 + int(now[1]) // 1000
             waiting: list[Any] = await redis.zrange(keys.delayed(queue), 0, -1)
             for env in waiting:
                 if Job.decode(env).attempt > 1:
-                    # XX: only if still waiting (the worker's own promote may have moved it).
-                    await redis.zadd(keys.delayed(queue), {env: now_ms}, xx=True)
+                    # Due at once (score 0, below any horizon). XX: only if still waiting
+                    # (the worker's own promote may have moved it meanwhile).
+                    await redis.zadd(keys.delayed(queue), {env: 0}, xx=True)
         moved, _ = await _promote(
             redis, [keys.delayed(queue), keys.stream(queue)], [horizon_ms, 1000]
         )

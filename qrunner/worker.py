@@ -40,6 +40,7 @@ from .events import Observer
 from .faults import translated
 from .finisher import Finisher
 from .job import Job, new_job_id
+from .logs import JOB_FIELDS
 from .outcome import DeadLettered, Deferred, Outcome, RetryLater, Succeeded
 from .progress import RedisProgress
 from .queue import Client
@@ -519,6 +520,15 @@ class Worker:
                 self.running[key] = (task_name, job.id)
                 wait_ms = int(time.time() * 1000) - job.enqueued_ms if job.enqueued_ms else None
                 self.observer.job_started(task_name, entry.queue, wait_ms)
+                # Every log line from here on in this task (the handler's too) names the job.
+                JOB_FIELDS.set(
+                    {
+                        "job_id": job.id,
+                        "task": task_name,
+                        "queue": entry.queue,
+                        "attempt": job.attempt,
+                    }
+                )
                 if self._debug:
                     log.debug("started %s %s attempt %d", task_name, job.id, job.attempt)
                 outcome = await self._run(entry, job)

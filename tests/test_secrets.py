@@ -25,9 +25,9 @@ from notifyhub.secrets import (
     webhook_key,
     webhook_secret,
 )
+from notifyhub.settings import AppSettings
 from notifyhub.webhooks.signature import SignatureError, authenticate, standard_headers
 
-from notifyhub.settings import AppSettings
 from qrunner.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

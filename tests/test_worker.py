@@ -4,7 +4,6 @@ leases, shutdown. Given / When / Then in each test's docstring."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 from typing import Any
 
@@ -278,7 +277,7 @@ async def test_grace_period_over_leaves_entry_pending_for_reclaim(redis: Redis) 
 
     client = Client(redis, reg)
     job_id = await client.enqueue("stubborn", {})
-    settings = dataclasses.replace(FAST, grace_s=0.2)
+    settings = FAST.model_copy(update={"grace_s": 0.2})
     worker = Worker(redis, reg, settings=settings)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
@@ -474,12 +473,11 @@ async def test_stats_counts(redis: Redis, n: int) -> None:
 async def test_status_records_can_be_turned_off(redis: Redis) -> None:
     """With status_ttl_s=0 no job status record is written at enqueue, start or finish (less
     Redis memory per queued job), and jobs still run and ack."""
-    import dataclasses as dc
 
     client = Client(redis, core_tasks.registry, status_ttl_s=0)
     ids = await client.enqueue_many([("record", {}) for _ in range(20)])
     assert not await redis.keys(keys.job_prefix("default") + "*")
-    settings = dc.replace(FAST, status_ttl_s=0)
+    settings = FAST.model_copy(update={"status_ttl_s": 0})
     await Worker(redis, core_tasks.registry, burst=True, settings=settings).run()
     assert sorted(x.decode() for x in await redis.lrange("log:default", 0, -1)) == sorted(ids)
     assert not await redis.keys(keys.job_prefix("default") + "*")
