@@ -27,16 +27,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
 
+from .errors import ConfigError
 from .ratelimit import Admission, LineView, RateLimiter, RateLimitSpec
 from .task import Registry, Task
+
+log = logging.getLogger(__name__)
 
 #: Most jobs sent to Redis in one admission call.
 _MAX_BATCH = 256
@@ -139,6 +143,8 @@ class TokenBucketGate:
             for t in registry
             if t.rate_limit is not None
         }
+        #: The limits declared in code, restored when an override is reset.
+        self._code_specs = dict(self.specs)
         self.hold_ms = max(0, int(hold_s * 1000))
         self.read_ahead_ms = max(1, int(read_ahead_s * 1000))
         self.settle_ms = max(1, int(settle_s * 1000))
@@ -163,6 +169,26 @@ class TokenBucketGate:
             if len(tasks) == 1 and limit is not None and limit.key is None and limit.cost is None:
                 spec = self.specs[only.name]
                 self._gated[queue] = _Gated(only, spec, bucket_name(only, None))
+
+    def apply_overrides(self, overrides: Mapping[str, str]) -> None:
+        """Use the rates operators set at run time (``qrunner limits set``: task -> "10/s,..")
+        instead of the code's, and the code's again for tasks no longer overridden. A rate
+        that does not parse is logged and ignored (the last good one stays)."""
+        for name, code in self._code_specs.items():
+            rates = overrides.get(name)
+            spec = code
+            if rates:
+                try:
+                    spec = RateLimitSpec.parse(tuple(rates.split(",")), code.burst)
+                except ConfigError as exc:
+                    log.warning("rate limit override for %s ignored: %s", name, exc)
+                    continue
+            if spec != self.specs.get(name):
+                log.info("rate limit of %s is now %s", name, rates or "the code's")
+            self.specs[name] = spec
+            for gated in self._gated.values():
+                if gated.task.name == name:
+                    gated.spec = spec
 
     # -- admission -------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 import orjson
 
+from . import cli_ops
 from .errors import (
     BackendUnavailable,
     ConfigError,
@@ -251,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--task")
     dp.add_argument("--queue")
     dp.add_argument("--yes", action="store_true", help="required: purging cannot be undone")
+    dd = dsub.add_parser("delete", help="delete one dead-lettered job for good")
+    dd.add_argument("id", type=_id, help="dead-letter entry id or job id")
 
     h = sub.add_parser(
         "http", help="serve the HTTP endpoint (API, metrics, the app's routes) without a worker"
@@ -258,9 +261,17 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--port", type=_int_in(1, 65535), required=True, help="1-65535")
     _app_option(h)
 
-    sc = sub.add_parser("schedules", help="cron entries with their last and next fire")
+    sc = sub.add_parser(
+        "schedules", help="cron entries with their last and next fire; fire, pause or resume one"
+    )
+    sc.add_argument(
+        "action", nargs="?", choices=["list", "fire", "pause", "resume"], default="list"
+    )
+    sc.add_argument("name", nargs="?", help="the schedule (for fire, pause, resume)")
     sc.add_argument("--file", help="cron file (default: the application's own)")
+    sc.add_argument("--json", action="store_true")
     _app_option(sc)
+    cli_ops.add_parsers(sub, _app_option, _queue, _id, _int_in)
     return p
 
 
@@ -282,7 +293,16 @@ def _version() -> str:
 
 
 #: Commands of the runtime itself; any other word names a command of the application.
-BUILTIN_COMMANDS = ("worker", "enqueue", "status", "stats", "dlq", "schedules", "http")
+BUILTIN_COMMANDS = (
+    "worker",
+    "enqueue",
+    "status",
+    "stats",
+    "dlq",
+    "schedules",
+    "http",
+    *cli_ops.COMMANDS,
+)
 
 
 def _app_command(argv: list[str]) -> tuple[str, str, list[str]] | None:
@@ -598,6 +618,8 @@ async def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
                 sys.stdout.flush()
                 print(f"{len(rows)} dead-lettered job(s) shown", file=sys.stderr)
             return 0
+        if action == "delete":
+            return await cli_ops.dlq_delete(redis, settings, queues, args.id)
         if action == "show":
             found = await dl.find(queues, args.id)
             if found is None:
@@ -651,7 +673,12 @@ async def cmd_http(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_schedules(args: argparse.Namespace, settings: Settings) -> int:
     from .service import print_schedules
 
-    return await print_schedules(None if args.file is None else Path(args.file), args.app, settings)
+    path = None if args.file is None else Path(args.file)
+    if args.action != "list":
+        if not args.name:
+            raise UsageError(f"schedules {args.action}: give the schedule's NAME")
+        return await cli_ops.schedule_action(args.action, args.name, args.app, path, settings)
+    return await print_schedules(path, args.app, settings, as_json=args.json)
 
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]] = {
@@ -662,6 +689,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any
     "worker": cmd_worker,
     "schedules": cmd_schedules,
     "http": cmd_http,
+    **cli_ops.COMMANDS,
 }
 
 if __name__ == "__main__":

@@ -111,6 +111,7 @@ class Consumer:
     _release = Script("release_consumer")
     _promote = Script("promote")
     _mark_running = Script("mark_running")
+    _finish_cancelled = Script("finish_cancelled")
     _fetch = Script("fetch")
     _ensure_group = Script("ensure_group")
     _group_consumers = Script("group_consumers")
@@ -187,6 +188,19 @@ class Consumer:
                 [keys.GROUP, self.name, "", result_ttl_ms, keys.job_prefix(queue), packed],
             )
         return [_finish(int(x)) for x in res]
+
+    async def finish_cancelled(
+        self, entry: Entry, job_id: str, attempt: int, status_ttl_ms: int
+    ) -> Finish:
+        """Ack an entry an operator cancelled, recording the job as ``cancelled``."""
+        q = entry.queue
+        async with translated(q):
+            res = await self._finish_cancelled(
+                self.redis,
+                [keys.stream(q), keys.job(q, job_id)],
+                [keys.GROUP, self.name, entry.entry_id, attempt, status_ttl_ms],
+            )
+        return _finish(int(res))
 
     async def reschedule(
         self,
@@ -277,7 +291,7 @@ class Consumer:
                 await self._mark_running(
                     self.redis,
                     [keys.stream(queue)],
-                    ["", ttl_ms, keys.job_prefix(queue), "\n".join(job_ids)],
+                    ["", ttl_ms, keys.job_prefix(queue), "\n".join(job_ids), self.name],
                 )
 
     async def group_consumers(self, queue: str) -> list[tuple[str, int, int]]:

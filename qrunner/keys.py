@@ -125,3 +125,54 @@ def group_done(group_id: str) -> str:
 def group_results(group_id: str) -> str:
     """Hash member job id -> its outcome (state and result) as JSON."""
     return f"{PREFIX}:grp:{{{group_id}}}:results"
+
+
+# -- operator control (qrunner.control): one hash tag, so every control key is on one slot ----
+
+CONTROL = f"{PREFIX}:{{ctl}}"
+
+
+def workers_set() -> str:
+    """Set of worker names that announced themselves (entries expire with their record)."""
+    return f"{CONTROL}:workers"
+
+
+def worker_record(name: str) -> str:
+    """One worker's presence record (JSON: host, pid, queues, running jobs), short TTL."""
+    return f"{CONTROL}:worker:{name}"
+
+
+def paused_queues() -> str:
+    """Set of queue names no worker reads (``qrunner pause``); survives restarts."""
+    return f"{CONTROL}:paused"
+
+
+def cancel_requests() -> str:
+    """Hash job id -> "<queue>\\t<requested ms>": jobs an operator cancelled."""
+    return f"{CONTROL}:cancel"
+
+
+def paused_schedules() -> str:
+    """Set of schedule names the cron loop skips (``qrunner schedules pause``)."""
+    return f"{CONTROL}:cron-paused"
+
+
+def rate_overrides() -> str:
+    """Hash task -> rates ("10/s,200/day"): rate limits set at run time."""
+    return f"{CONTROL}:limits"
+
+
+def audit_log() -> str:
+    """Stream of operator actions (capped), for the dashboard and post-mortems."""
+    return f"{CONTROL}:audit"
+
+
+def action_counts() -> str:
+    """Hash action -> count of operator actions (exported as qrunner_operator_actions_total)."""
+    return f"{CONTROL}:actions"
+
+
+def job_history(queue: str, job_id: str) -> str:
+    """List of a job's finished attempts (JSON each), written when an attempt does not simply
+    succeed first time; expires with the status record."""
+    return f"{PREFIX}:{{{queue}}}:hist:{job_id}"

@@ -36,6 +36,7 @@ from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
 from .backlog import Backlog, read_backlog
+from .control import Control
 from .errors import BackendUnavailable
 from .events import Observer
 from .queue import Client, QueueStats
@@ -105,6 +106,7 @@ class _QueueCollector(Collector):
     def __init__(self) -> None:
         self.snapshot: list[QueueStats] = []
         self.backlog: list[Backlog] = []
+        self.actions: dict[str, int] = {}
         self.now_ms: int = 0
         self.redis_up = True
 
@@ -136,6 +138,14 @@ class _QueueCollector(Collector):
                 enqueued.add_metric([b.queue], float(b.entries_added))
         yield age
         yield enqueued
+        actions = CounterMetricFamily(
+            "qrunner_operator_actions",
+            "Operator actions (pause, cancel, purge, ...) from any CLI, API or dashboard.",
+            labels=["action"],
+        )
+        for action, count in sorted(self.actions.items()):
+            actions.add_metric([action], float(count))
+        yield actions
 
 
 #: The ``task`` label of jobs whose task name is not a registered one.
@@ -337,6 +347,7 @@ class Metrics(Observer):
                 snapshot = await client.stats()
                 backlog = await read_backlog(client.redis, [s.queue for s in snapshot])
                 now_ms = await _redis_now_ms(client)
+                actions = await Control(client.redis).action_counts()
         except (BackendUnavailable, TimeoutError, RedisError, OSError) as exc:
             if self._queues.redis_up:
                 log.warning("metrics: queue gauges unavailable: %s", str(exc) or "timed out")
@@ -347,6 +358,7 @@ class Metrics(Observer):
         self._queues.snapshot = snapshot
         self._queues.backlog = backlog
         self._queues.now_ms = now_ms
+        self._queues.actions = actions
         self._queues.redis_up = True
 
     def exposition(self) -> bytes:

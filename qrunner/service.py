@@ -15,6 +15,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from . import keys
 from .context import LifespanArgs
 from .errors import ConfigError
 from .events import Observer
@@ -284,7 +285,9 @@ def _extras(
     return metrics, loops
 
 
-async def print_schedules(path: Path | None, app: str, settings: Settings) -> int:
+async def print_schedules(
+    path: Path | None, app: str, settings: Settings, *, as_json: bool = False
+) -> int:
     from .runtime import connect_redis, load_registry, redis_url
     from .scheduler import describe_live
     from .schedules import load_schedules
@@ -297,13 +300,50 @@ async def print_schedules(path: Path | None, app: str, settings: Settings) -> in
     redis = await connect_redis(redis_url(settings))
     try:
         rows = await describe_live(redis, entries)
+        paused = {
+            m.decode() if isinstance(m, bytes) else str(m)
+            for m in await redis.smembers(keys.paused_schedules())
+        }
     finally:
         await redis.aclose()
-    print(f"{'name':<28}{'task':<28}{'cron':<18}{'tz':<18}{'last fire':<27}next fire")
-    for r in rows:
+    if as_json:
+        import orjson
+
         print(
-            f"{r.name:<28}{r.task:<28}{r.cron:<18}{r.timezone:<18}{_when(r.last_fire):<27}{_when(r.next_fire)}"
+            orjson.dumps(
+                [
+                    {
+                        "name": r.name,
+                        "task": r.task,
+                        "cron": r.cron,
+                        "timezone": r.timezone,
+                        "last_fire": _when(r.last_fire),
+                        "next_fire": _when(r.next_fire),
+                        "paused": r.name in paused,
+                    }
+                    for r in rows
+                ]
+            ).decode()
         )
+        return 0
+    from .cli_ops import table
+
+    table(
+        None,
+        ["name", "task", "cron", "tz", "last fire", "next fire", "paused"],
+        [
+            [
+                r.name,
+                r.task,
+                r.cron,
+                r.timezone,
+                _when(r.last_fire),
+                _when(r.next_fire),
+                "paused" if r.name in paused else "",
+            ]
+            for r in rows
+        ],
+    )
     return 0
 
 

@@ -35,6 +35,7 @@ from redis.asyncio import Redis
 from . import fairness, keys
 from .consumer import Completion, Consumer, Entry, Finish
 from .context import Context
+from .control import HISTORY_LENGTH, attempt_record
 from .errors import QrunnerError, RedisFault, StreamMissing
 from .events import Observer
 from .faults import translated
@@ -42,6 +43,7 @@ from .finisher import Finisher
 from .job import Job, new_job_id
 from .logs import JOB_FIELDS
 from .outcome import DeadLettered, Deferred, Outcome, RetryLater, Succeeded
+from .presence import CONTROL_INTERVAL_S, Presence
 from .progress import RedisProgress
 from .queue import Client
 from .ratelimit import DeferralLog
@@ -140,6 +142,15 @@ class Worker:
         #: (task, job id) of every job whose handler is running, for the watchdog's reports.
         #: Plain data only: the watchdog thread reads it while the loop may be blocked.
         self.running: dict[tuple[str, str], tuple[str, str]] = {}
+        #: Wall-clock start (ms) of each running job, for the presence record and history.
+        self.started_at: dict[tuple[str, str], int] = {}
+        #: Operator control (qrunner.control): queues not to read, jobs to cancel.
+        self.paused: set[str] = set()
+        self.cancel_ids: set[str] = set()
+        self._cancelling: set[tuple[str, str]] = set()
+        self.started_ms = int(time.time() * 1000)
+        self._attempt_started: dict[str, int] = {}
+        self.presence = Presence(self)
         self._active = 0
         self._slot_free = asyncio.Event()
         self._reading_stopped = asyncio.Event()
@@ -260,6 +271,7 @@ class Worker:
                     ("lease", self._lease_step),
                     ("reclaim", self._reclaim_step),
                     ("janitor", self._janitor_step),
+                    ("control", self._control_step),
                 )
                 for name, step in loops:
                     tg.create_task(self._supervise(name, step, self._closing), name=name)
@@ -334,6 +346,10 @@ class Worker:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def _release_self(self) -> None:
+        try:
+            await self.presence.leave()
+        except RedisFault:
+            pass
         for q in self.queues:
             try:
                 await self.consumer.release(q, self.name)
@@ -398,16 +414,22 @@ class Worker:
             return 0.0
         for q in self._fair_queues:
             await fairness.release(self.redis, q, self.concurrency)
+        order = [q for q in self._read_order() if q not in self.paused]
+        if not order:  # every queue paused: look again after the next control refresh
+            if self.burst:
+                self._stop.set()
+                return None
+            return CONTROL_INTERVAL_S
         sent = time.monotonic()
         if self.gate is None:
             entries = await self.consumer.read_available(
-                self._read_order(), free, status_ttl_ms=self.status_ttl_ms
+                order, free, status_ttl_ms=self.status_ttl_ms
             )
-            wait_queues, wait_count, max_wait_ms = self.queues, free, None
+            wait_queues, wait_count, max_wait_ms = order, free, None
         else:
             # A queue whose jobs all wait for one exhausted rate limit is read only as far as
             # the limit has turns; every worker leaves it alone until then.
-            plan = await self.gate.plan_reads(self._read_order(), free)
+            plan = await self.gate.plan_reads(order, free)
             entries = []
             for queue, count in plan.reads:
                 count = min(count, free - len(entries))
@@ -416,7 +438,8 @@ class Worker:
                 entries += await self.consumer.read_available(
                     [queue], count, status_ttl_ms=self.status_ttl_ms
                 )
-            wait_queues, wait_count = plan.wait_queues, min(free, plan.wait_count)
+            wait_queues = [q for q in plan.wait_queues if q not in self.paused]
+            wait_count = min(free, plan.wait_count)
             max_wait_ms = plan.max_wait_ms
         if not entries:
             if self.burst and await self._drained():
@@ -466,7 +489,8 @@ class Worker:
     async def _drained(self) -> bool:
         async with translated():
             pipe = self.redis.pipeline(transaction=False)
-            for q in self.queues:
+            # A paused queue's jobs wait for a resume, not for this burst.
+            for q in [q for q in self.queues if q not in self.paused]:
                 pipe.xlen(keys.stream(q))
                 pipe.zcard(keys.delayed(q))
                 pipe.llen(keys.fair_ring(q))
@@ -509,6 +533,7 @@ class Worker:
         outcome: Outcome | None = None
         job: Job | None = None
         task_name = "?"
+        cancelled = False
         t0 = time.perf_counter()
         try:
             decoded = entry.decoded if entry.decoded is not None else self.runner.decode(entry)
@@ -518,6 +543,7 @@ class Worker:
                 job = decoded
                 task_name = job.task
                 self.running[key] = (task_name, job.id)
+                self.started_at[key] = self._attempt_started[job.id] = int(time.time() * 1000)
                 wait_ms = int(time.time() * 1000) - job.enqueued_ms if job.enqueued_ms else None
                 self.observer.job_started(task_name, entry.queue, wait_ms)
                 # Every log line from here on in this task (the handler's too) names the job.
@@ -531,7 +557,18 @@ class Worker:
                 )
                 if self._debug:
                     log.debug("started %s %s attempt %d", task_name, job.id, job.attempt)
-                outcome = await self._run(entry, job)
+                if job.id in self.cancel_ids:
+                    cancelled = True
+                else:
+                    try:
+                        outcome = await self._run(entry, job)
+                    except asyncio.CancelledError:
+                        if key not in self._cancelling:
+                            raise
+                        current = asyncio.current_task()
+                        if current is not None:
+                            current.uncancel()
+                        cancelled = True
                 if isinstance(outcome, DeadLettered) and entry.deliveries > 1:
                     outcome = await self._with_stall_note(entry.queue, job, outcome)
                 outcome = await self._after_run(job, outcome)
@@ -539,12 +576,23 @@ class Worker:
             self._active -= 1
             self._slot_free.set()
             self.running.pop(key, None)
+            started_ms = self.started_at.pop(key, None)
+            self._cancelling.discard(key)
             if job is not None:
                 self._progress.pop(job.id, None)
             if outcome is None:  # cancelled, or not admitted: the entry stays pending
                 self._held.pop(key, None)
+                if job is not None and not cancelled:
+                    self._attempt_started.pop(job.id, None)
         duration = time.perf_counter() - t0
+        if cancelled and job is not None:
+            await asyncio.shield(self._finish_cancelled(entry, job, started_ms, duration))
+            return
         if isinstance(outcome, Succeeded) and job is not None:
+            if job.attempt > 1 and self.status_ttl_ms:  # the history's last line, after failures
+                await self._record_attempt(entry.queue, job, "succeeded", None)
+            else:
+                self._attempt_started.pop(job.id, None)
             self.finisher.succeeded(
                 entry.queue, Completion(entry.entry_id, job.id, job.attempt, outcome.result)
             )
@@ -619,6 +667,83 @@ class Worker:
         elif done is Finish.DONE:
             self.finisher.processed += 1
             self._log_outcome(task, job_id, outcome, entry, duration)
+            if job is not None and self.status_ttl_ms:
+                await self._record_attempt(entry.queue, job, _outcome_name(outcome), outcome)
+
+    async def _record_attempt(
+        self, queue: str, job: Job, outcome: str, detail: Outcome | None
+    ) -> None:
+        """Append the attempt to the job's history (qrunner.control): advisory, so a Redis
+        fault here is logged, never raised."""
+        error = None
+        if isinstance(detail, RetryLater):
+            error = mask(str(detail.error))
+        elif isinstance(detail, DeadLettered):
+            error = mask(detail.reason)
+        elif isinstance(detail, Deferred):
+            error = detail.reason
+        now = int(time.time() * 1000)
+        record = attempt_record(
+            job.attempt, self.name, self._attempt_started.pop(job.id, now), now, outcome, error
+        )
+        try:
+            async with translated(queue):
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.rpush(keys.job_history(queue, job.id), record)
+                pipe.ltrim(keys.job_history(queue, job.id), -HISTORY_LENGTH, -1)
+                pipe.pexpire(keys.job_history(queue, job.id), self.status_ttl_ms)
+                await pipe.execute()
+        except RedisFault as fault:
+            log.debug("could not record the attempt of %s: %s", job.id, fault)
+
+    async def _finish_cancelled(
+        self, entry: Entry, job: Job, started_ms: int | None, duration: float
+    ) -> None:
+        """Ack a job an operator cancelled (running, or taken after the request) as
+        ``cancelled``, then drop the request."""
+        key = (entry.queue, entry.entry_id)
+        try:
+            done = await self.consumer.finish_cancelled(
+                entry, job.id, job.attempt, self.status_ttl_ms
+            )
+        except RedisFault as fault:
+            log.warning(
+                "%s %s: cancelled, but not acked (%s); it is redelivered and cancelled again",
+                job.task,
+                job.id,
+                fault,
+            )
+            return
+        finally:
+            self._held.pop(key, None)
+        if done is not Finish.DONE:
+            return
+        self.finisher.processed += 1
+        self.cancel_ids.discard(job.id)
+        self.observer.job_finished(job.task, entry.queue, "cancelled", duration)
+        log.info("cancelled %s %s by operator request", job.task, job.id)
+        if started_ms is not None:
+            self._attempt_started[job.id] = started_ms
+        try:
+            async with translated():
+                await self.redis.hdel(keys.cancel_requests(), job.id)
+        except RedisFault as fault:
+            log.debug("could not drop the cancel request of %s: %s", job.id, fault)
+        if self.status_ttl_ms:
+            await self._record_attempt(entry.queue, job, "cancelled", None)
+
+    async def _control_step(self) -> float:
+        await self.presence.step()
+        return CONTROL_INTERVAL_S
+
+    def cancel_running(self, job_ids: set[str]) -> None:
+        """Cancel the running jobs among ``job_ids`` (the handler sees CancelledError)."""
+        for key, (_task, job_id) in list(self.running.items()):
+            if job_id in job_ids and key not in self._cancelling:
+                held = self._held.get(key)
+                if held is not None and not held.done():
+                    self._cancelling.add(key)
+                    held.cancel()
 
     def _log_outcome(
         self, task: str, job_id: str, outcome: Outcome, entry: Entry, duration: float
@@ -750,3 +875,13 @@ class Worker:
                 if await self.consumer.release(q, name):
                     log.info("forgot consumer %s of %s: silent for over %d ms", name, q, horizon)
         return horizon / 2000
+
+
+def _outcome_name(outcome: Outcome) -> str:
+    if isinstance(outcome, RetryLater):
+        return "retried"
+    if isinstance(outcome, Deferred):
+        return "deferred"
+    if isinstance(outcome, DeadLettered):
+        return "dead"
+    return "succeeded"

@@ -2,7 +2,10 @@
 Twilio and Resend servers, and the messaging HTTP routes on a local test server.
 
 Tests wait on conditions (a row appears, the fake received N messages) with a deadline instead
-of sleeping, and drive quiet hours through :class:`StepClock` instead of waiting for them.
+of sleeping, and drive quiet hours through :class:`StepClock` instead of waiting for them. The
+clock and the shortened waits are :class:`MessagingOptions` on the stack's
+:class:`HandlerState` (``state.messaging``), which is where the handlers read them; the
+module-level registry runs with its tasks' backoffs scaled the same way (:func:`scaled`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from notifyhub.db import create_pool
 from notifyhub.fakeproviders import FakeResend, FakeTwilio
-from notifyhub.messaging import MessagingOptions, build_registry
+from notifyhub.messaging import Messaging, MessagingOptions
+from notifyhub.messaging import registry as messaging_registry
 from notifyhub.migrate import DEFAULT_MIGRATIONS_DIR, migrate
 from notifyhub.providers.email import ResendEmail
 from notifyhub.providers.sms import TwilioSms
@@ -155,6 +159,28 @@ class Env:
             return response.status, await response.text()
 
 
+def scaled(registry: Registry, backoff_scale: float) -> Registry:
+    """``registry`` with every task's backoff multiplied by ``backoff_scale``: the runtime's own
+    retry wait (a handler that crashed) shrinks like the sender's ``Retry`` waits do. Tasks and
+    routes are copied; the messaging registry has no lifespans (the test builds the state)."""
+    copy = Registry(
+        [
+            replace(
+                t,
+                backoff_base_s=t.backoff_base_s * backoff_scale,
+                backoff_cap_s=t.backoff_cap_s * backoff_scale,
+            )
+            for t in registry
+        ],
+        queue_order=registry.queue_order,
+        weights=registry.weights,
+        schedules=registry.schedules,
+    )
+    for setup in registry.http_setups:
+        copy.http_setup(setup, public_prefixes=registry.public_prefixes)
+    return copy
+
+
 @asynccontextmanager
 async def messaging_env(
     redis_url: str,
@@ -169,7 +195,7 @@ async def messaging_env(
     opts = replace(
         options or MessagingOptions(), clock=clock, backoff_scale=0.001, quiet_defer_cap_s=0.2
     )
-    registry = build_registry(opts)
+    registry = scaled(messaging_registry, opts.backoff_scale)
     async with AsyncExitStack() as stack:
         twilio = await stack.enter_async_context(FakeTwilio())
         resend = await stack.enter_async_context(FakeResend())
@@ -183,7 +209,7 @@ async def messaging_env(
         )
         app_settings = AppSettings(
             public_url=PUBLIC_URL,
-            signing_secret="test-signing-secret",
+            signing_secret="test-signing-secret-0123456789abcdef",
             twilio_base_url=twilio.base_url,
             email_base_url=resend.base_url,
             twilio_account_sid=twilio.account_sid if providers else None,
@@ -202,7 +228,9 @@ async def messaging_env(
             stack.push_async_callback(sms.close)
             stack.push_async_callback(email.close)
         client = Client(redis, registry)
-        state = HandlerState(app_settings, pool, redis, client, sms, email)
+        state = HandlerState(
+            app_settings, pool, redis, client, sms, email, messaging=Messaging(opts)
+        )
         app = web.Application()
         for setup in registry.http_setups:
             setup(app, state)

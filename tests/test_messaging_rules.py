@@ -1,14 +1,17 @@
 """The pure rules of the messaging handlers, as tables: quiet hours, consent, formatting,
-inbound keywords, unsubscribe tokens, idempotency keys and templates."""
+inbound keywords, unsubscribe tokens, idempotency keys, templates and how each channel
+classifies provider errors."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from notifyhub.messaging import SPECS, registry
+from notifyhub.messaging import SPECS, MessagingOptions, registry
+from notifyhub.messaging.channels import Channel, Disposition, EmailChannel, SmsChannel
 from notifyhub.messaging.consent import Category, ChannelConsent, email_verdict, sms_verdict
 from notifyhub.messaging.formatting import Formatter, format_date, format_money, normalize_locale
 from notifyhub.messaging.ledger import idempotency_key
@@ -22,7 +25,13 @@ from notifyhub.messaging.quiet_hours import (
 from notifyhub.messaging.templates import Templates
 from notifyhub.messaging.unsubscribe import Signer, Subject
 from notifyhub.messaging.webhooks import keyword
-
+from notifyhub.providers import (
+    MaybeSent,
+    PermanentProviderError,
+    ProviderError,
+    ProviderThrottled,
+    TransientProviderError,
+)
 from notifyhub.settings import AppSettings
 
 NY = ZoneInfo("America/New_York")
@@ -244,7 +253,7 @@ def test_inbound_keywords(body: str, expected: str | None) -> None:
 
 
 def test_unsubscribe_tokens_verify_and_refuse_forgeries() -> None:
-    settings = AppSettings(signing_secret="s3cret")
+    settings = AppSettings(signing_secret="s3cret-s3cret-s3cret-s3cret-s3cret")
     signer = Signer()
     token = signer.token(settings, Subject(user_id=42))
     assert signer.verify(settings, token) == Subject(user_id=42)
@@ -252,7 +261,10 @@ def test_unsubscribe_tokens_verify_and_refuse_forgeries() -> None:
     _, _, mac = token.partition(".")
     forged = signer.token(settings, Subject(user_id=43)).split(".")[0] + "." + mac
     assert signer.verify(settings, forged) is None
-    assert signer.verify(AppSettings(signing_secret="other"), token) is None
+    assert (
+        signer.verify(AppSettings(signing_secret="other-other-other-other-other-other"), token)
+        is None
+    )
     assert signer.verify(settings, "garbage") is None
 
 
@@ -315,3 +327,38 @@ def test_registry_declares_every_task_with_its_queue_and_limit() -> None:
     assert declared["send_monthly_report"].rate_limit is not None
     assert declared["send_monthly_report"].rate_limit.rates == ("10/m",)
     assert not registry.lifespans
+
+
+# -- provider errors per channel ---------------------------------------------------------------
+
+SMS = SmsChannel(MessagingOptions(), Templates(), Signer())
+EMAIL = EmailChannel(MessagingOptions(), Templates(), Signer())
+
+
+@pytest.mark.parametrize(
+    ("channel", "error", "expected"),
+    [
+        # An SMS whose fate is unknown is never sent again; an email is retried under the
+        # same Idempotency-Key, which the provider deduplicates.
+        (SMS, MaybeSent("read timeout", provider="twilio"), Disposition.MAYBE_SENT),
+        (EMAIL, MaybeSent("read timeout", provider="resend"), Disposition.RETRY),
+        (SMS, ProviderThrottled(2.0, provider="twilio", status=429), Disposition.THROTTLED),
+        (EMAIL, ProviderThrottled(2.0, provider="resend", status=429), Disposition.THROTTLED),
+        (SMS, TransientProviderError("connect failed", provider="twilio"), Disposition.RETRY),
+        (EMAIL, TransientProviderError("connect failed", provider="resend"), Disposition.RETRY),
+        (SMS, PermanentProviderError(21211, "bad number", provider="twilio"), Disposition.REFUSED),
+        (
+            EMAIL,
+            PermanentProviderError("validation_error", "bad address", provider="resend"),
+            Disposition.REFUSED,
+        ),
+    ],
+)
+def test_each_channel_classifies_provider_errors(
+    channel: Channel[Any, Any], error: ProviderError, expected: Disposition
+) -> None:
+    assert channel.classify(error) is expected
+
+
+def test_only_sms_waits_for_quiet_hours() -> None:
+    assert SMS.quiet_hours and not EMAIL.quiet_hours

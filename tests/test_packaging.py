@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -62,6 +63,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
             cwd=project,
             env=env,
         )
+        shutil.rmtree(project / "build", ignore_errors=True)  # setuptools' staging folder
     wheels = sorted(dist.glob("*.whl"))
     assert [w.name.split("-")[0] for w in wheels] == ["notifyhub", "qrunner"]
     target = base / "venv"

@@ -21,7 +21,7 @@ import pytest
 from aiohttp import MultipartWriter, web
 from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict
-from notifyhub.messaging import build_registry
+from notifyhub.messaging import registry as messaging_registry
 from notifyhub.messaging.unsubscribe import Signer, Subject
 from notifyhub.secrets import ProviderSecrets, webhook_key
 from notifyhub.webhooks.signature import (
@@ -241,7 +241,7 @@ async def env(database_url: str, redis: Redis, tmp_path: Path) -> AsyncIterator[
         database_url,
         redis,
         tmp_path,
-        build_registry(),
+        messaging_registry,
         Registry(),
         public_url=PUBLIC_URL,
         twilio_auth_token=AUTH_TOKEN,

@@ -1,5 +1,6 @@
-"""What every handler gets through ``ctx.state``: the database pool, the provider clients and
-the payment providers' webhook secrets.
+"""What every handler gets through ``ctx.state``: the database pool, the provider clients, the
+payment providers' webhook secrets and the messaging services (sender, unsubscribe-link signer,
+messaging options; see :mod:`notifyhub.messaging.services`).
 
 Built once per worker process by :func:`lifespan`; without provider credentials the clients are
 ``None`` and messages go to the sandbox outbox table instead (the log says so once). Secrets are
@@ -19,6 +20,7 @@ from redis.asyncio import Redis
 from qrunner import Client, ConfigError, LifespanArgs
 
 from .db import create_pool
+from .messaging.services import Messaging
 from .migrate import DEFAULT_MIGRATIONS_DIR, migrate
 from .providers.email import ResendEmail
 from .providers.sms import TwilioSms
@@ -37,6 +39,7 @@ class HandlerState:
     sms: TwilioSms | None
     email: ResendEmail | None
     providers: ProviderSecrets = field(default_factory=ProviderSecrets)
+    messaging: Messaging = field(default_factory=Messaging)
 
 
 async def lifespan(args: LifespanArgs) -> AsyncIterator[HandlerState]:
@@ -76,7 +79,9 @@ async def lifespan(args: LifespanArgs) -> AsyncIterator[HandlerState]:
     else:
         log.warning("no RESEND_API_KEY: email goes to the sandbox outbox table, not to inboxes")
     try:
-        yield HandlerState(s, pool, args.redis, args.client, sms, email, providers)
+        yield HandlerState(
+            s, pool, args.redis, args.client, sms, email, providers, messaging=Messaging()
+        )
     finally:
         if sms is not None:
             await sms.close()

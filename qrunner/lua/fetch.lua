@@ -39,7 +39,7 @@ for _, entry in ipairs(res[1][2]) do
     if job_id then
       if now == nil then now = qr_now('') end
       local sk = ARGV[6] .. job_id
-      redis.call('HSET', sk, 'state', 'running', 'started_ms', now)
+      redis.call('HSET', sk, 'state', 'running', 'started_ms', now, 'worker', ARGV[2])
       redis.call('PEXPIRE', sk, ttl)
     end
   end

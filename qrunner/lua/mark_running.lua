@@ -8,13 +8,14 @@ ARGV[1]   now_ms, or "" to read the Redis clock (TIME)
 ARGV[2]   status TTL in ms
 ARGV[3]   status key prefix   qr:{q}:job:
 ARGV[4]   job ids separated by "\n" (packed into one argument: it is on the hot path)
+ARGV[5]   consumer name (recorded as the job's worker)
 Returns   the number of records written
 ]]
 local now = qr_now(ARGV[1])
 local n = 0
 for job_id in string.gmatch(ARGV[4], '[^\n]+') do
   local sk = ARGV[3] .. job_id
-  local r = redis.pcall('HSET', sk, 'state', 'running', 'started_ms', now)
+  local r = redis.pcall('HSET', sk, 'state', 'running', 'started_ms', now, 'worker', ARGV[5])
   if type(r) == 'table' and r.err then return n end
   redis.call('PEXPIRE', sk, ARGV[2])
   n = n + 1

@@ -1,21 +1,24 @@
-"""Every messaging task with its queue, rate limit and retry policy, in one table.
+"""The messaging registry, and every messaging task's queue, rate limit and retry policy in one
+table.
 
 Queues and limits follow the systems qrunner replaces (seeds 000, 002-004): critical SMS first,
 then daily SMS, reports, education; transactional email without a stated queue goes to
 ``default``. Backoff doubles from ``backoff_base_s`` per attempt up to ``backoff_cap_s``.
+
+Each task module declares its handlers on :data:`registry` with the values of its spec, e.g.
+``@registry.task(**SPECS["send_sms"].declaration(), payload=SmsPayload)``; the table stays the
+one place a queue or a limit is read from.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel
+from qrunner import Registry
 
-Handler = Callable[..., Awaitable[Any]]
-#: ``add(spec, payload_model)``: the decorator registering a handler under that spec.
-AddTask = Callable[["TaskSpec", type[BaseModel]], Callable[[Handler], Handler]]
+#: Every messaging task and the inbound routes (SMS keywords, unsubscribe links).
+registry = Registry()
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +30,23 @@ class TaskSpec:
     backoff_base_s: float
     backoff_cap_s: float = 3600.0
     timeout_s: float = 60.0
+
+    def declaration(self) -> dict[str, Any]:
+        """The keyword arguments of ``registry.task`` this spec stands for (all but the payload)."""
+        return {
+            "name": self.name,
+            "queue": self.queue,
+            "rate_limit": self.rate_limit,
+            "max_retries": self.max_retries,
+            "backoff_base_s": self.backoff_base_s,
+            "backoff_cap_s": self.backoff_cap_s,
+            "timeout_s": self.timeout_s,
+        }
+
+    def backoff_s(self, attempt: int) -> float:
+        """The wait before retrying after ``attempt`` (1-based) failed."""
+        delay: float = min(self.backoff_cap_s, self.backoff_base_s * 2.0 ** max(0, attempt - 1))
+        return delay
 
 
 SMS_TASKS: tuple[TaskSpec, ...] = (

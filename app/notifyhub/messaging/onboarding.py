@@ -10,17 +10,18 @@ receive it): that is recorded as ``stopped_at`` and no further step is enqueued.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from notifyhub.state import HandlerState
 from qrunner import Context
 
-from .catalog import SPECS, Handler
+from .catalog import SPECS, registry
+from .channels import Delivery
 from .consent import Category
-from .sender import Delivery, Sender
+
+if TYPE_CHECKING:
+    from notifyhub.state import HandlerState
 
 STEPS: tuple[tuple[str, str], ...] = (
     (
@@ -57,76 +58,74 @@ def next_key(p: OnboardingPayload) -> str:
     return f"onboarding-{p.user_id}-{p.sequence}-{p.step + 1}"
 
 
-def register_onboarding(sender: Sender, decorate: Callable[[Handler], Handler]) -> None:
-    delays = sender.options.onboarding_delays_s
-
-    @decorate
-    async def send_onboarding_sequence(
-        ctx: Context[HandlerState], p: OnboardingPayload
-    ) -> dict[str, Any]:
-        if p.step >= len(STEPS):
-            return {"status": "complete"}
-        async with ctx.state.db.acquire() as conn:
-            progress = await conn.fetchrow(
-                "SELECT stopped_at, completed_at FROM onboarding_progress "
-                "WHERE user_id = $1 AND sequence = $2",
-                p.user_id,
-                p.sequence,
-            )
-        if progress is not None and (progress["stopped_at"] or progress["completed_at"]):
-            return {"status": "stopped"}
-        title, body = STEPS[p.step]
-        context = {"step": p.step, "steps": len(STEPS), "step_title": title, "step_body": body}
-        d = Delivery(
-            SPECS["send_onboarding_sequence"],
-            f"onboarding_{p.step}",
-            context,
-            render="onboarding",
-            category=Category.MARKETING,
+@registry.task(**SPECS["send_onboarding_sequence"].declaration(), payload=OnboardingPayload)
+async def send_onboarding_sequence(
+    ctx: Context[HandlerState], p: OnboardingPayload
+) -> dict[str, Any]:
+    if p.step >= len(STEPS):
+        return {"status": "complete"}
+    async with ctx.state.db.acquire() as conn:
+        progress = await conn.fetchrow(
+            "SELECT stopped_at, completed_at FROM onboarding_progress "
+            "WHERE user_id = $1 AND sequence = $2",
+            p.user_id,
+            p.sequence,
         )
-        result = await sender.email(ctx, d, user_id=p.user_id)
-        last = p.step + 1 >= len(STEPS)
-        delay = 0.0 if last else delays[min(p.step + 1, len(delays) - 1)]
-        async with ctx.state.db.acquire() as conn:
-            if result["status"] == "suppressed":
-                await conn.execute(
-                    """
-                    INSERT INTO onboarding_progress
-                           (user_id, sequence, step, stopped_at, stop_reason)
-                    VALUES ($1, $2, $3, now(), $4)
-                    ON CONFLICT (user_id, sequence) DO UPDATE
-                       SET stopped_at = now(), stop_reason = EXCLUDED.stop_reason, next_at = NULL
-                    """,
-                    p.user_id,
-                    p.sequence,
-                    p.step,
-                    f"unsubscribed: {result['reason']}"[:200],
-                )
-                return {**result, "sequence": "stopped"}
+    if progress is not None and (progress["stopped_at"] or progress["completed_at"]):
+        return {"status": "stopped"}
+    title, body = STEPS[p.step]
+    context = {"step": p.step, "steps": len(STEPS), "step_title": title, "step_body": body}
+    d = Delivery(
+        SPECS["send_onboarding_sequence"],
+        f"onboarding_{p.step}",
+        context,
+        render="onboarding",
+        category=Category.MARKETING,
+    )
+    result = await ctx.state.messaging.sender.email(ctx, d, user_id=p.user_id)
+    last = p.step + 1 >= len(STEPS)
+    delays = ctx.state.messaging.options.onboarding_delays_s
+    delay = 0.0 if last else delays[min(p.step + 1, len(delays) - 1)]
+    async with ctx.state.db.acquire() as conn:
+        if result["status"] == "suppressed":
             await conn.execute(
                 """
-                INSERT INTO onboarding_progress (user_id, sequence, step, next_at, completed_at)
-                VALUES ($1, $2, $3,
-                        CASE WHEN $4 THEN NULL ELSE now() + make_interval(secs => $5) END,
-                        CASE WHEN $4 THEN now() END)
+                INSERT INTO onboarding_progress
+                       (user_id, sequence, step, stopped_at, stop_reason)
+                VALUES ($1, $2, $3, now(), $4)
                 ON CONFLICT (user_id, sequence) DO UPDATE
-                   SET step = greatest(onboarding_progress.step, EXCLUDED.step),
-                       next_at = EXCLUDED.next_at,
-                       completed_at = coalesce(onboarding_progress.completed_at,
-                                               EXCLUDED.completed_at)
+                   SET stopped_at = now(), stop_reason = EXCLUDED.stop_reason, next_at = NULL
                 """,
                 p.user_id,
                 p.sequence,
-                p.step + 1,
-                last,
-                delay,
+                p.step,
+                f"unsubscribed: {result['reason']}"[:200],
             )
-        if not last:
-            await ctx.client.enqueue(
-                "send_onboarding_sequence",
-                {"user_id": p.user_id, "step": p.step + 1, "sequence": p.sequence},
-                delay_s=delay,
-                key=next_key(p),
-                key_ttl_s=delay + 86_400,
-            )
-        return result
+            return {**result, "sequence": "stopped"}
+        await conn.execute(
+            """
+            INSERT INTO onboarding_progress (user_id, sequence, step, next_at, completed_at)
+            VALUES ($1, $2, $3,
+                    CASE WHEN $4 THEN NULL ELSE now() + make_interval(secs => $5) END,
+                    CASE WHEN $4 THEN now() END)
+            ON CONFLICT (user_id, sequence) DO UPDATE
+               SET step = greatest(onboarding_progress.step, EXCLUDED.step),
+                   next_at = EXCLUDED.next_at,
+                   completed_at = coalesce(onboarding_progress.completed_at,
+                                           EXCLUDED.completed_at)
+            """,
+            p.user_id,
+            p.sequence,
+            p.step + 1,
+            last,
+            delay,
+        )
+    if not last:
+        await ctx.client.enqueue(
+            "send_onboarding_sequence",
+            {"user_id": p.user_id, "step": p.step + 1, "sequence": p.sequence},
+            delay_s=delay,
+            key=next_key(p),
+            key_ttl_s=delay + 86_400,
+        )
+    return result

@@ -1,10 +1,12 @@
 """Knobs of the messaging handlers that are not deployment settings.
 
 Deployment settings (credentials, sender identities, the default quiet hours, the public URL and
-signing secret) live in :class:`qrunner.Settings`. What is here is policy that code owns (prices,
-sequence spacing, which tasks may break quiet hours) plus two seams for tests: ``clock`` lets a
-test say "it is 22:00 in New York" without waiting for it, and ``quiet_defer_cap_s`` /
-``backoff_scale`` shrink hour-long waits to fractions of a second. Production uses the defaults.
+signing secret) live in :class:`notifyhub.settings.AppSettings`. What is here is policy that code
+owns (prices, sequence spacing, which tasks may break quiet hours) plus two seams for tests:
+``clock`` lets a test say "it is 22:00 in New York" without waiting for it, and
+``quiet_defer_cap_s`` / ``backoff_scale`` shrink hour-long waits to fractions of a second.
+Production uses the defaults. The options reach handlers on the handler state
+(``ctx.state.messaging.options``, see :mod:`.services`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ class MessagingOptions:
     #: Test seam: the longest a quiet-hours deferral may be before the job looks again (the
     #: job re-checks, so a shorter cap never sends early; it only polls more often).
     quiet_defer_cap_s: float | None = None
-    #: Test seam: multiplies every retry backoff.
+    #: Test seam: multiplies the backoff of every ``Retry`` the sender raises after a transient
+    #: provider failure. (The runtime's own backoff, for a handler that crashed, is the task's
+    #: declared ``backoff_base_s``; a test shortens that on a copy of the registry's tasks.)
     backoff_scale: float = 1.0
     #: What one SMS segment costs when the provider has not priced the message yet (Twilio
     #: prices asynchronously, so the create answer almost never carries a price).

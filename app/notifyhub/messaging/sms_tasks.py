@@ -1,19 +1,22 @@
-"""The SMS tasks: payload models and handlers. Each handler only says what to send; the
-compliance, ledger and provider handling is the sender's (:mod:`.sender`)."""
+"""The SMS tasks: payload models and handlers, declared on the messaging registry with their
+specs (:mod:`.catalog`). Each handler only says what to send; the compliance, ledger and
+provider handling is the sender's (:mod:`.sender`), reached through ``ctx.state.messaging``."""
 
 from __future__ import annotations
 
 from datetime import date
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from notifyhub.state import HandlerState
-from qrunner import Context, Registry
+from qrunner import Context
 
-from .catalog import SPECS, AddTask
-from .sender import Delivery, Sender
+from .catalog import SPECS, registry
+from .channels import Delivery
+
+if TYPE_CHECKING:
+    from notifyhub.state import HandlerState
 
 Currency = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
 
@@ -66,66 +69,67 @@ class SmsPayload(_Payload):
     urgent: bool = False
 
 
-def register(registry: Registry, sender: Sender, add: AddTask) -> None:
-    """``add(spec, model)`` returns the registering decorator for that task."""
+@registry.task(**SPECS["send_critical_financial_alert"].declaration(), payload=CriticalAlertPayload)
+async def send_critical_financial_alert(
+    ctx: Context[HandlerState], p: CriticalAlertPayload
+) -> dict[str, Any]:
+    context = p.model_dump(exclude={"user_id"})
+    d = Delivery(
+        SPECS["send_critical_financial_alert"],
+        "critical_financial_alert",
+        context,
+        fallback=True,
+    )
+    return await ctx.state.messaging.sender.sms(ctx, p.user_id, d)
 
-    @add(SPECS["send_critical_financial_alert"], CriticalAlertPayload)
-    async def send_critical_financial_alert(
-        ctx: Context[HandlerState], p: CriticalAlertPayload
-    ) -> dict[str, Any]:
-        context = p.model_dump(exclude={"user_id"})
-        d = Delivery(
-            SPECS["send_critical_financial_alert"],
-            "critical_financial_alert",
-            context,
-            fallback=True,
-        )
-        return await sender.sms(ctx, p.user_id, d)
 
-    @add(SPECS["send_payment_reminder"], PaymentReminderPayload)
-    async def send_payment_reminder(
-        ctx: Context[HandlerState], p: PaymentReminderPayload
-    ) -> dict[str, Any]:
-        d = Delivery(SPECS["send_payment_reminder"], "payment_reminder", p.model_dump())
-        result = await sender.sms(ctx, p.user_id, d)
-        if p.bill_id is not None and result["status"] in ("sent", "sandbox", "maybe_sent"):
-            async with ctx.state.db.acquire() as conn:
-                await conn.execute(
-                    "UPDATE bills SET reminded_at = now() WHERE id = $1 AND user_id = $2",
-                    p.bill_id,
-                    p.user_id,
-                )
-        return result
+@registry.task(**SPECS["send_payment_reminder"].declaration(), payload=PaymentReminderPayload)
+async def send_payment_reminder(
+    ctx: Context[HandlerState], p: PaymentReminderPayload
+) -> dict[str, Any]:
+    d = Delivery(SPECS["send_payment_reminder"], "payment_reminder", p.model_dump())
+    result = await ctx.state.messaging.sender.sms(ctx, p.user_id, d)
+    if p.bill_id is not None and result["status"] in ("sent", "sandbox", "maybe_sent"):
+        async with ctx.state.db.acquire() as conn:
+            await conn.execute(
+                "UPDATE bills SET reminded_at = now() WHERE id = $1 AND user_id = $2",
+                p.bill_id,
+                p.user_id,
+            )
+    return result
 
-    @add(SPECS["send_weekly_checkin"], WeeklyCheckinPayload)
-    async def send_weekly_checkin(
-        ctx: Context[HandlerState], p: WeeklyCheckinPayload
-    ) -> dict[str, Any]:
-        d = Delivery(SPECS["send_weekly_checkin"], "weekly_checkin", p.model_dump())
-        return await sender.sms(ctx, p.user_id, d)
 
-    @add(SPECS["send_milestone_reminder"], MilestoneReminderPayload)
-    async def send_milestone_reminder(
-        ctx: Context[HandlerState], p: MilestoneReminderPayload
-    ) -> dict[str, Any]:
-        d = Delivery(SPECS["send_milestone_reminder"], "milestone_reminder", p.model_dump())
-        result = await sender.sms(ctx, p.user_id, d)
-        if p.milestone_id is not None and result["status"] in ("sent", "sandbox", "maybe_sent"):
-            async with ctx.state.db.acquire() as conn:
-                await conn.execute(
-                    "UPDATE goal_milestones SET sms_reminded_at = now() WHERE id = $1",
-                    p.milestone_id,
-                )
-        return result
+@registry.task(**SPECS["send_weekly_checkin"].declaration(), payload=WeeklyCheckinPayload)
+async def send_weekly_checkin(
+    ctx: Context[HandlerState], p: WeeklyCheckinPayload
+) -> dict[str, Any]:
+    d = Delivery(SPECS["send_weekly_checkin"], "weekly_checkin", p.model_dump())
+    return await ctx.state.messaging.sender.sms(ctx, p.user_id, d)
 
-    @add(SPECS["send_sms"], SmsPayload)
-    async def send_sms(ctx: Context[HandlerState], p: SmsPayload) -> dict[str, Any]:
-        d = Delivery(
-            SPECS["send_sms"],
-            p.template,
-            {"body": p.body},
-            render="message",
-            quiet_exempt=p.quiet_hours_exempt,
-            fallback=p.urgent,
-        )
-        return await sender.sms(ctx, p.user_id, d)
+
+@registry.task(**SPECS["send_milestone_reminder"].declaration(), payload=MilestoneReminderPayload)
+async def send_milestone_reminder(
+    ctx: Context[HandlerState], p: MilestoneReminderPayload
+) -> dict[str, Any]:
+    d = Delivery(SPECS["send_milestone_reminder"], "milestone_reminder", p.model_dump())
+    result = await ctx.state.messaging.sender.sms(ctx, p.user_id, d)
+    if p.milestone_id is not None and result["status"] in ("sent", "sandbox", "maybe_sent"):
+        async with ctx.state.db.acquire() as conn:
+            await conn.execute(
+                "UPDATE goal_milestones SET sms_reminded_at = now() WHERE id = $1",
+                p.milestone_id,
+            )
+    return result
+
+
+@registry.task(**SPECS["send_sms"].declaration(), payload=SmsPayload)
+async def send_sms(ctx: Context[HandlerState], p: SmsPayload) -> dict[str, Any]:
+    d = Delivery(
+        SPECS["send_sms"],
+        p.template,
+        {"body": p.body},
+        render="message",
+        quiet_exempt=p.quiet_hours_exempt,
+        fallback=p.urgent,
+    )
+    return await ctx.state.messaging.sender.sms(ctx, p.user_id, d)

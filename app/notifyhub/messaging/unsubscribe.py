@@ -30,17 +30,19 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote
 
 from aiohttp import web
 
 from notifyhub.providers.redact import mask_email
 from notifyhub.secrets import UNSUBSCRIBE, derive_key
-from notifyhub.state import HandlerState
 
 from ..settings import AppSettings
 from .recipients import record_opt_out
+
+if TYPE_CHECKING:
+    from notifyhub.state import HandlerState
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ error before anything else; refusals are JSON too (``{"error": ...}``).
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 import asyncpg  # type: ignore[import-untyped]
@@ -32,10 +33,12 @@ from twilio.twiml.messaging_response import MessagingResponse  # type: ignore[im
 
 from notifyhub.providers.redact import mask_phone
 from notifyhub.settings import reveal
-from notifyhub.state import HandlerState
 
 from .options import MessagingOptions
 from .recipients import record_opt_in, record_opt_out, users_with_phone
+
+if TYPE_CHECKING:
+    from notifyhub.state import HandlerState
 
 log = logging.getLogger(__name__)
 

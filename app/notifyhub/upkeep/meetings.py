@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from notifyhub.state import HandlerState
 from qrunner import Context, JobSpec
 
-from ._registry import QUEUE, registry, utc_now
+from .catalog import QUEUE, registry, utc_now
 
 log = logging.getLogger(__name__)
 

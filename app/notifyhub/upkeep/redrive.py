@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 from notifyhub.state import HandlerState
 from qrunner import Context, JobNotFound
 
-from ._registry import QUEUE, registry, utc_now
+from .catalog import QUEUE, registry, utc_now
 
 log = logging.getLogger(__name__)
 

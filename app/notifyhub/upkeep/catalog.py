@@ -1,4 +1,5 @@
-"""The upkeep package's registry and clock, shared by its task modules."""
+"""The upkeep registry every upkeep task module declares its tasks on, the queue they share,
+and the clock they read (a payload's ``now`` overrides it, for tests and re-runs)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from datetime import UTC, datetime
 
 from qrunner import Registry
 
+#: Every upkeep task; :mod:`notifyhub.upkeep` imports the modules that declare them.
 registry = Registry()
 
 QUEUE = "maintenance"
