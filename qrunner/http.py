@@ -7,6 +7,7 @@ Routes::
     GET /readyz           Redis answers PING and every readiness check passes, else 503
     GET /api/queues       depth, pending, delayed, dead and consumers per queue
     GET /api/jobs/{id}    one job's status record, 404 when unknown
+    ...                   the operator routes of :mod:`qrunner.http_control`
 
 The endpoint exposes job payload results and queue internals, so it binds 127.0.0.1 unless a
 bearer token is configured (:func:`check_bind_address`). With a token, every route needs it
@@ -272,6 +273,9 @@ def build_app(
     app.router.add_get("/readyz", routes.readyz)
     app.router.add_get("/api/queues", routes.queues)
     app.router.add_get("/api/jobs/{id}", routes.job)
+    from .http_control import ControlRoutes
+
+    ControlRoutes(redis, client, client.status_ttl_ms // 1000).add_to(app)
     for setup in setups:
         setup(app)
     return app

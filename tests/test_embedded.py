@@ -133,9 +133,9 @@ def test_missing_binaries_raise_backend_unavailable_naming_them(
     monkeypatch.setenv("PATH", str(empty))
     monkeypatch.setattr(embedded, "_package_dir", lambda name: tmp_path / "nowhere" / name)
     # When the servers are asked for, Then the reason names the missing binary and the remedy
-    with pytest.raises(BackendUnavailable, match=r"no redis-server on PATH .*qrunner\[embedded\]"):
+    with pytest.raises(BackendUnavailable, match=r"no redis-server on PATH .*notifyhub\[embedded\]"):
         ensure_redis(state_dir)
-    with pytest.raises(BackendUnavailable, match=r"no pg_ctl on PATH .*qrunner\[embedded\]"):
+    with pytest.raises(BackendUnavailable, match=r"no pg_ctl on PATH .*notifyhub\[embedded\]"):
         ensure_postgres(state_dir)
 
 
@@ -485,16 +485,16 @@ def test_postgres_start_failure_reports_the_server_log(wheel_cluster: Path) -> N
 
 
 def test_cli_commands_work_on_the_locked_embedded_servers() -> None:
-    # Given no server URLs, so the command line starts and uses the embedded servers
+    # Given no server URLs, so bin/qrunner's development mode starts and uses the servers
     with _private_dir("qrunner-test-cli-") as folder:
         state = folder / ".qrunner"
         env = {k: v for k, v in os.environ.items() if not k.startswith("QRUNNER_")}
-        env["QRUNNER_STATE_DIR"] = str(state)
+        env["QRUNNER_DEV_STATE_DIR"] = str(state)
         root = Path(__file__).resolve().parent.parent
 
         def qrunner(*args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run(
-                [sys.executable, "-m", "qrunner.cli", *args],
+                [sys.executable, "-m", "qrunner_devservers", *args],
                 cwd=root, env=env, capture_output=True, text=True, timeout=120, check=False,
             )  # fmt: skip
 
