@@ -86,6 +86,14 @@ def add_parsers(
     pg.add_argument("queue", type=queue_type)
     pg.add_argument("--yes", action="store_true", help="required: purging cannot be undone")
 
+    tk = sub.add_parser(
+        "tasks", help="registered tasks: queue, retries, limits, payload schema; --example"
+    )
+    tk.add_argument("name", nargs="?", help="one task (with --example: a valid payload)")
+    tk.add_argument("--example", action="store_true", help="print a valid example payload")
+    tk.add_argument("--json", action="store_true")
+    app_option(tk)
+
     lm = sub.add_parser("limits", help="rate limits: list, or set / reset one at run time")
     lm.add_argument("action", nargs="?", choices=["list", "set", "reset"], default="list")
     lm.add_argument("task", nargs="?")
@@ -337,7 +345,49 @@ async def dlq_delete(redis: Any, settings: Settings, queues: Sequence[str], iden
     return 0
 
 
+async def cmd_tasks(args: argparse.Namespace, settings: Settings) -> int:
+    from .catalog import catalogue, describe, example
+    from .runtime import load_registry
+    from .service import app_modules
+
+    registry = load_registry(app_modules(args.app, settings))
+    if args.example:
+        if not args.name:
+            raise ConfigError("tasks --example: give the task's NAME")
+        print_json(example(registry.get(args.name)))
+        return 0
+    rows = [describe(registry.get(args.name))] if args.name else catalogue(registry)
+    if args.json or args.name:
+        print_json(rows if not args.name else rows[0])
+        return 0
+    table(
+        None,
+        ["task", "queue", "retries", "backoff", "timeout", "rate limit", "payload fields"],
+        [
+            [
+                r["name"],
+                r["queue"],
+                r["retries"]["max_retries"],
+                f"{r['retries']['backoff_base_s']:g}s..{r['retries']['backoff_cap_s']:g}s",
+                "-" if r["timeout_s"] is None else f"{r['timeout_s']:g}s",
+                ",".join(r["rate_limit"]["rates"]) if r["rate_limit"] else "-",
+                ", ".join(
+                    f"{f}*" if f in r["payload_schema"].get("required", []) else f
+                    for f in r["payload_schema"].get("properties", {})
+                ),
+            ]
+            for r in rows
+        ],
+    )
+    print(
+        f"{len(rows)} task(s); * marks a required field; qrunner tasks NAME for the schema",
+        file=sys.stderr,
+    )
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
+    "tasks": cmd_tasks,
     "workers": cmd_workers,
     "jobs": cmd_jobs,
     "job": cmd_job,

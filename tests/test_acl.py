@@ -52,21 +52,23 @@ WORKER_LINE = (
     " +xclaim +xautoclaim +xinfo|groups +xinfo|consumers +xgroup|create +xgroup|delconsumer +zadd"
     " +zrange +zrangebyscore +zrem +zremrangebyscore +zremrangebyrank +zcount +zcard +zscore +hset"
     " +hget +hmget +hgetall +hdel +hlen +hexists +hincrby +sadd +smembers +get +set +exists"
-    " +pexpire +pttl"
+    " +pexpire +pttl +xinfo|stream +hsetnx +srem +scard +rpush +lpop +llen +ltrim +lrange +del"
 )
 PRODUCER_LINE = (
     "ACL SETUSER qrunner-producer reset on >PRODUCER_PASSWORD ~qr:* resetchannels -@all +ping"
     " +select +evalsha +script|load +sadd +smembers +hgetall +wait +time +get +exists +zadd +xadd"
-    " +set +hset +pexpire"
+    " +set +hset +pexpire +scard +hmget +hsetnx +rpush"
 )
 DASHBOARD_LINE = (
     "ACL SETUSER qrunner-dashboard reset on >DASHBOARD_PASSWORD ~qr:* resetchannels -@all +ping"
-    " +select +time +smembers +hgetall +xlen +zcard +hlen +xpending +xrange +get"
+    " +select +time +smembers +hgetall +xlen +zcard +hlen +xpending +xrange +get +scard +hmget"
+    " +zrange +llen +lrange +mget +xrevrange +xinfo|groups +xinfo|stream"
 )
 OPS_LINE = (
     "ACL SETUSER qrunner-ops reset on >OPS_PASSWORD ~qr:* resetchannels -@all +ping +select +time"
     " +smembers +hgetall +xlen +zcard +hlen +xpending +xrange +get +evalsha +script|load +xadd"
-    " +xdel +hset +hdel +pexpire +del"
+    " +xdel +hset +hdel +pexpire +del +sadd +srem +scard +hmget +hincrby +zrange +llen +lrange"
+    " +mget +xrevrange +xinfo|groups +xinfo|stream"
 )
 USERS = ("qrunner-worker", "qrunner-producer", "qrunner-dashboard", "qrunner-ops")
 CLIENT_LINES_REDIS6 = tuple(

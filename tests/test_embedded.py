@@ -133,7 +133,8 @@ def test_missing_binaries_raise_backend_unavailable_naming_them(
     monkeypatch.setenv("PATH", str(empty))
     monkeypatch.setattr(embedded, "_package_dir", lambda name: tmp_path / "nowhere" / name)
     # When the servers are asked for, Then the reason names the missing binary and the remedy
-    with pytest.raises(BackendUnavailable, match=r"no redis-server on PATH .*notifyhub\[embedded\]"):
+    missing_redis = r"no redis-server on PATH .*notifyhub\[embedded\]"
+    with pytest.raises(BackendUnavailable, match=missing_redis):
         ensure_redis(state_dir)
     with pytest.raises(BackendUnavailable, match=r"no pg_ctl on PATH .*notifyhub\[embedded\]"):
         ensure_postgres(state_dir)
