@@ -32,6 +32,7 @@ from .workflow import GroupCounts
 if TYPE_CHECKING:
     from .runtime import connect_redis, load_registry
     from .service import WorkerOptions, install_signal_handlers, serve
+    from .sync_client import SyncClient
     from .worker import Worker
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "Registry",
     "Retry",
     "Settings",
+    "SyncClient",
     "Task",
     "UnknownTask",
     "Worker",
@@ -74,6 +76,7 @@ __all__ = [
 #: Loaded on first use, so that ``from qrunner import Client`` stays light in web processes.
 _LAZY = {
     "Worker": "worker",
+    "SyncClient": "sync_client",
     "WorkerOptions": "service",
     "serve": "service",
     "install_signal_handlers": "service",
