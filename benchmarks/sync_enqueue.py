@@ -1,0 +1,199 @@
+"""Single-job enqueue from synchronous code, side by side in one run: qrunner's SyncClient,
+huey (the fastest synchronous peer, ``RedisHuey`` as its docs configure it; calling a task
+enqueues it), a raw synchronous ``XADD`` (redis-py, the ceiling for one round trip per job),
+and for reference qrunner's async ``Client`` and a raw awaited ``XADD``.
+
+Each side enqueues ``--n`` jobs one at a time, awaiting each reply, against a fresh private
+``redis-server`` (no persistence); medians of ``--repeats`` runs, order rotated between repeats.
+
+    .venv/bin/pip install -r benchmarks/requirements/huey.txt   # huey, once
+    .venv/bin/python benchmarks/sync_enqueue.py --n 10000 --repeats 5 --out FILE.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis as sync_redis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from qrunner import Client, Context, Registry, SyncClient, connect_redis  # noqa: E402
+
+registry = Registry()
+
+
+@registry.task(queue="bench", max_retries=0)
+async def noop(ctx: Context[None], payload: dict[str, Any]) -> None:
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_redis() -> tuple[subprocess.Popen[bytes], str, Path]:
+    binary = os.environ.get("QRUNNER_TEST_REDIS_SERVER") or shutil.which("redis-server")
+    if binary is None:
+        sys.exit("no redis-server on PATH (set QRUNNER_TEST_REDIS_SERVER)")
+    port = free_port()
+    folder = Path(tempfile.mkdtemp(prefix="qrunner-bench-"))
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(folder)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = sync_redis.Redis(port=port)
+    for _ in range(200):
+        try:
+            client.ping()
+            break
+        except sync_redis.ConnectionError:
+            time.sleep(0.02)
+    return proc, f"redis://127.0.0.1:{port}/0", folder
+
+
+def timed(run: Callable[[int], None], n: int) -> float:
+    run(50)  # warm the connection and load scripts
+    t0 = time.perf_counter()
+    run(n)
+    return n / (time.perf_counter() - t0)
+
+
+def qrunner_sync(url: str) -> Callable[[int], None]:
+    client = SyncClient.from_url(url, registry)
+
+    def run(n: int) -> None:
+        for i in range(n):
+            client.enqueue("noop", {"i": i})
+
+    return run
+
+
+def raw_sync(url: str) -> Callable[[int], None]:
+    client = sync_redis.Redis.from_url(url)
+
+    def run(n: int) -> None:
+        for i in range(n):
+            client.xadd("raw:stream", {"j": b'{"i":%d}' % i})
+
+    return run
+
+
+def huey_sync(url: str) -> Callable[[int], None] | None:
+    try:
+        from huey import RedisHuey
+    except ImportError:
+        return None
+    huey = RedisHuey("bench", url=url)
+    task = huey.task(name="noop")(lambda i: None)
+
+    def run(n: int) -> None:
+        for i in range(n):
+            task(i)
+
+    return run
+
+
+def qrunner_async(url: str) -> Callable[[int], None]:
+    def run(n: int) -> None:
+        async def go() -> None:
+            redis = await connect_redis(url)
+            client = Client(redis, registry)
+            for i in range(n):
+                await client.enqueue("noop", {"i": i})
+            await redis.aclose()
+
+        asyncio.run(go())
+
+    return run
+
+
+def raw_async(url: str) -> Callable[[int], None]:
+    def run(n: int) -> None:
+        async def go() -> None:
+            redis = await connect_redis(url)
+            for i in range(n):
+                await redis.xadd("raw:astream", {"j": b'{"i":%d}' % i})
+            await redis.aclose()
+
+        asyncio.run(go())
+
+    return run
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    proc, url, folder = start_redis()
+    load_before = os.getloadavg()
+    sides: dict[str, Callable[[int], None] | None] = {
+        "qrunner SyncClient": qrunner_sync(url),
+        "huey (RedisHuey, task call)": huey_sync(url),
+        "raw redis-py XADD (sync)": raw_sync(url),
+        "qrunner Client (async)": qrunner_async(url),
+        "raw redis-py XADD (awaited)": raw_async(url),
+    }
+    runs: dict[str, list[float]] = {name: [] for name, fn in sides.items() if fn is not None}
+    try:
+        names = list(runs)
+        for r in range(args.repeats):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                fn = sides[name]
+                assert fn is not None
+                sync_redis.Redis.from_url(url).flushall()
+                runs[name].append(timed(fn, args.n))
+                print(f"repeat {r + 1}: {name}: {runs[name][-1]:,.0f} jobs/s", flush=True)
+    finally:
+        proc.terminate()
+        proc.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+    load_after = os.getloadavg()
+    med = {name: statistics.median(v) for name, v in runs.items()}
+    lines = [
+        "# Single-job enqueue from synchronous code",
+        "",
+        f"One run of `benchmarks/sync_enqueue.py --n {args.n} --repeats {args.repeats}` on this "
+        f"machine ({os.cpu_count()} cores), Python {sys.version.split()[0]}, one private "
+        "redis-server without persistence. Each row enqueues jobs one at a time and waits for "
+        "each reply. Load average before / after: "
+        f"{load_before[0]:.2f} / {load_after[0]:.2f}.",
+        "",
+        "| side | median jobs/s | min | max | vs huey | vs raw sync XADD |",
+        "|---|---|---|---|---|---|",
+    ]
+    huey = med.get("huey (RedisHuey, task call)")
+    raw = med["raw redis-py XADD (sync)"]
+    for name, value in med.items():
+        vs_huey = f"{value / huey:.2f}x" if huey else "-"
+        lines.append(
+            f"| {name} | {value:,.0f} | {min(runs[name]):,.0f} | {max(runs[name]):,.0f} | "
+            f"{vs_huey} | {value / raw:.2f}x |"
+        )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
