@@ -195,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--concurrency", type=_int_in(1), help="jobs run at once (default 100)")
     w.add_argument("--burst", action="store_true", help="exit 0 once the queues are empty")
     w.add_argument(
+        "--processes",
+        type=_int_in(1, 256),
+        default=1,
+        help="run N worker processes under one supervisor (default 1); --metrics-port P "
+        "gives process i the port P+i",
+    )
+    w.add_argument(
         "--metrics-port",
         type=_int_in(1, 65535),
         help="serve /metrics, /healthz, /api on this port (1-65535)",
@@ -261,6 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--port", type=_int_in(1, 65535), required=True, help="1-65535")
     _app_option(h)
 
+    db = sub.add_parser("dashboard", help="serve the web dashboard alone, at /dashboard/")
+    db.add_argument("--port", type=_int_in(1, 65535), required=True, help="1-65535")
+    _app_option(db)
+
     sc = sub.add_parser(
         "schedules", help="cron entries with their last and next fire; fire, pause or resume one"
     )
@@ -301,6 +312,7 @@ BUILTIN_COMMANDS = (
     "dlq",
     "schedules",
     "http",
+    "dashboard",
     *cli_ops.COMMANDS,
 )
 
@@ -370,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             return _run(run_app_command(*app_command, settings), settings)
         assert args is not None
         args.app = getattr(args, "sub_app", "") or args.app
+        args.raw_argv = argv
         handler = _COMMANDS[args.command]
         return _run(handler(args, settings), settings)
     except ServerFull as exc:  # not the input's fault: Redis is out of memory
@@ -650,6 +663,10 @@ async def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from .service import WorkerOptions, serve
 
+    if args.processes > 1:
+        from .processes import supervise
+
+        return await supervise(args.raw_argv, args.processes, args.metrics_port)
     opts = WorkerOptions(
         app=args.app,
         queues=args.queues,
@@ -668,6 +685,12 @@ async def cmd_http(args: argparse.Namespace, settings: Settings) -> int:
     from .service import serve_endpoint
 
     return await serve_endpoint(args.app, args.port, settings)
+
+
+async def cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
+    from .dashboard.standalone import serve_dashboard
+
+    return await serve_dashboard(args.app, args.port, settings)
 
 
 async def cmd_schedules(args: argparse.Namespace, settings: Settings) -> int:
@@ -689,6 +712,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], Coroutine[Any, Any
     "worker": cmd_worker,
     "schedules": cmd_schedules,
     "http": cmd_http,
+    "dashboard": cmd_dashboard,
     **cli_ops.COMMANDS,
 }
 
