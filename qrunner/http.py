@@ -8,6 +8,7 @@ Routes::
     GET /api/queues       depth, pending, delayed, dead and consumers per queue
     GET /api/jobs/{id}    one job's status record, 404 when unknown
     ...                   the operator routes of :mod:`qrunner.http_control`
+    GET /dashboard/       the web dashboard (:mod:`qrunner.dashboard`), when mounted
 
 The endpoint exposes job payload results and queue internals, so it binds 127.0.0.1 unless a
 bearer token is configured (:func:`check_bind_address`). With a token, every route needs it
@@ -35,7 +36,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -49,6 +50,9 @@ from redis.asyncio import Redis
 from .errors import BackendUnavailable, ConfigError, JobNotFound
 from .metrics import Metrics
 from .queue import Client
+
+if TYPE_CHECKING:
+    from .dashboard import Dashboard, DashboardOptions
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +130,9 @@ def check_bind_address(host: str, *, token_required: bool) -> None:
     )
 
 
-def _auth_middleware(token: bytes, public_prefixes: Sequence[str]) -> Middleware:
+def _auth_middleware(
+    token: bytes, public_prefixes: Sequence[str], dashboard: Dashboard | None = None
+) -> Middleware:
     prefixes = (*ALWAYS_PUBLIC, *public_prefixes)
 
     def is_public(request: web.Request) -> bool:
@@ -142,6 +148,14 @@ def _auth_middleware(token: bytes, public_prefixes: Sequence[str]) -> Middleware
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         # compare_digest on bytes: constant time, and safe for non-ASCII input.
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token):
+            # The dashboard's routes also take its signed session cookie; a browser without
+            # one gets the dashboard's login form instead of a JSON 401.
+            resource = request.match_info.route.resource
+            if dashboard is not None and resource is not None:
+                if resource.canonical.startswith(f"{dashboard.prefix}/"):
+                    if dashboard.is_public(request) or dashboard.accepts(request):
+                        return await handler(request)
+                    return dashboard.refuse(request)
             response = _json({"error": "missing or invalid bearer token"}, status=401)
             response.headers["WWW-Authenticate"] = 'Bearer realm="qrunner"'
             return response
@@ -249,6 +263,7 @@ def build_app(
     readiness: Sequence[ReadinessCheck] = (),
     setups: Sequence[Callable[[web.Application], None]] = (),
     public_prefixes: Sequence[str] = (),
+    dashboard: DashboardOptions | None = None,
 ) -> web.Application:
     """The endpoint's application.
 
@@ -257,11 +272,24 @@ def build_app(
     shown) and is named in the answer by its ``__name__``. ``setups`` add routes of their own
     (webhooks, unsubscribe links); routes under ``public_prefixes`` skip the token check and
     must authenticate requests themselves. An empty ``token`` counts as none: otherwise the
-    header ``Bearer `` alone would pass.
+    header ``Bearer `` alone would pass. ``dashboard`` serves :mod:`qrunner.dashboard` under its
+    prefix, which also accepts the dashboard's session cookie.
     """
+    board = None
+    if dashboard is not None:
+        from .dashboard import Dashboard
+
+        board = Dashboard(
+            redis=redis,
+            client=client,
+            token=token,
+            status_ttl_s=client.status_ttl_ms // 1000,
+            options=dashboard,
+            metrics=metrics,
+        )
     middlewares: list[Middleware] = []
     if token:
-        middlewares.append(_auth_middleware(token.encode(), public_prefixes))
+        middlewares.append(_auth_middleware(token.encode(), public_prefixes, board))
     middlewares.append(_backend_errors)
     app = web.Application(middlewares=middlewares)
     app[CLIENT_KEY] = client
@@ -278,6 +306,8 @@ def build_app(
     ControlRoutes(redis, client, client.status_ttl_ms // 1000).add_to(app)
     for setup in setups:
         setup(app)
+    if board is not None:
+        board.attach(app)
     return app
 
 

@@ -162,6 +162,7 @@ async def serve_endpoint(
                 setups=[_bind_state(fn, state) for fn in registry.http_setups],
                 readiness=[_bind_check(n, fn, state) for n, fn in registry.readiness_checks],
                 public_prefixes=registry.public_prefixes,
+                dashboard=_dashboard(registry, registry.schedules),
             )
             await serve_http(app, settings.http_host, port, stop)
     finally:
@@ -232,6 +233,13 @@ def _load_schedules(opts: WorkerOptions, registry: Registry) -> list[Any]:
     return [e for e in entries if e.enabled]
 
 
+def _dashboard(registry: Registry, schedules: Path | None) -> Any:
+    """The endpoint's dashboard options, or None where jinja2 (which renders it) is missing."""
+    from .dashboard import DashboardOptions, available
+
+    return DashboardOptions(registry=registry, schedules=schedules) if available() else None
+
+
 def _extras(
     opts: WorkerOptions,
     settings: Settings,
@@ -275,6 +283,7 @@ def _extras(
             setups=setups,
             readiness=readiness,
             public_prefixes=registry.public_prefixes,
+            dashboard=_dashboard(registry, opts.schedules or registry.schedules),
         )
         port = opts.metrics_port
 

@@ -220,7 +220,9 @@ def _first_problem(
     exc: ValidationError, prefix: str, secret_fields: Collection[str], aliases: Mapping[str, str]
 ) -> str:
     err = exc.errors(include_url=False)[0]
-    field = str(err["loc"][0]) if err["loc"] else ""
+    if not err["loc"]:  # a check across fields: its message names them; never echo values
+        return str(err["msg"]).removeprefix("Value error, ")
+    field = str(err["loc"][0])
     by_field = {f: v for v, f in aliases.items()}
     var = by_field.get(field, f"{prefix}{field.upper()}")
     message = str(err["msg"]).removeprefix("Value error, ")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from qrunner import Registry
 
+from .api import registry as _api
 from .commands import register_commands
 from .messaging import registry as _messaging
 from .outlook import registry as _outlook
@@ -36,6 +37,7 @@ registry: Registry = (
     .merge(_reports)
     .merge(_webhooks)
     .merge(_upkeep)
+    .merge(_api)
 )
 registry.lifespan(lifespan)
 

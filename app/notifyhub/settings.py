@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from qrunner import build_settings
@@ -30,7 +30,15 @@ ALIASES = {
     "TWILIO_FROM_NUMBER": "twilio_from_number",
     "RESEND_API_KEY": "resend_api_key",
 }
-_SECRET = ("database_url", "signing_secret", "twilio_auth_token", "resend_api_key")
+_SECRET = (
+    "database_url",
+    "signing_secret",
+    "twilio_auth_token",
+    "resend_api_key",
+    "api_enqueue_token",
+    "api_read_token",
+    "api_admin_token",
+)
 
 
 def reveal(value: SecretStr | None) -> str | None:
@@ -52,8 +60,14 @@ class AppSettings(BaseSettings):
     email_base_url: str | None = None
     email_from: str = "qrunner <no-reply@example.com>"
     quiet_hours: str = "21:00-08:00"
-    #: Where report files are written.
+    #: Scratch space for report files being written, before they are stored in PostgreSQL.
     exports_dir: Path = Path(".qrunner/exports")
+    #: How long a stored report file and its download links last, in days.
+    report_link_days: int = Field(default=7, ge=1, le=90)
+    #: The job API's tokens, one per scope (:mod:`notifyhub.api`); unset turns a scope off.
+    api_enqueue_token: SecretStr | None = None
+    api_read_token: SecretStr | None = None
+    api_admin_token: SecretStr | None = None
     twilio_account_sid: str | None = None
     twilio_auth_token: SecretStr | None = None
     twilio_from_number: str | None = None
@@ -79,6 +93,9 @@ class AppSettings(BaseSettings):
         "twilio_from_number",
         "twilio_base_url",
         "email_base_url",
+        "api_enqueue_token",
+        "api_read_token",
+        "api_admin_token",
         mode="before",
     )
     @classmethod
@@ -109,6 +126,24 @@ class AppSettings(BaseSettings):
                 "'import secrets; print(secrets.token_urlsafe(32))')"
             )
         return value
+
+    @field_validator("api_enqueue_token", "api_read_token", "api_admin_token")
+    @classmethod
+    def _api_token_length(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_MASTER_CHARS:
+            raise ValueError(f"must be at least {MIN_MASTER_CHARS} characters")
+        return value
+
+    @model_validator(mode="after")
+    def _one_token_per_scope(self) -> AppSettings:
+        tokens = [
+            t.get_secret_value()
+            for t in (self.api_enqueue_token, self.api_read_token, self.api_admin_token)
+            if t is not None
+        ]
+        if len(set(tokens)) != len(tokens):
+            raise ValueError("NOTIFYHUB_API_*_TOKEN: each scope needs a token of its own")
+        return self
 
     @property
     def has_twilio(self) -> bool:

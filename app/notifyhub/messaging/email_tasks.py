@@ -12,7 +12,7 @@ from datetime import date
 from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from qrunner import Context, Permanent
 
@@ -103,13 +103,24 @@ class LowCreditPayload(_UserPayload):
     threshold: Decimal
 
 
-class EmailPayload(_UserPayload):
+class EmailPayload(_Payload):
+    """A generic email to a user (``user_id``) or to a bare address (``to``, no user row: a
+    guest, an admin's test message); the same suppression checks apply either way."""
+
+    user_id: int | None = Field(default=None, gt=0)
+    to: str | None = Field(default=None, min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
     subject: str = Field(min_length=1, max_length=200)
     body: str = Field(min_length=1, max_length=20_000)
     template: str = Field(default="message", pattern=r"^[a-z0-9_]{1,60}$")
     category: Category = Category.TRANSACTIONAL
-    #: On a permanent failure, try SMS instead.
+    #: On a permanent failure, try SMS instead (a user only: a bare address has no phone).
     urgent: bool = False
+
+    @model_validator(mode="after")
+    def _one_recipient(self) -> EmailPayload:
+        if (self.user_id is None) == (self.to is None):
+            raise ValueError("give exactly one of user_id and to")
+        return self
 
 
 def _month_label(month: date) -> str:
@@ -329,4 +340,6 @@ async def send_email(ctx: Context[HandlerState], p: EmailPayload) -> dict[str, A
         fallback=p.urgent,
         fallback_sms=p.subject,
     )
+    if p.to is not None:
+        return await ctx.state.messaging.sender.email(ctx, d, address=p.to.lower())
     return await ctx.state.messaging.sender.email(ctx, d, user_id=p.user_id)
