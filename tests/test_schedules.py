@@ -30,6 +30,11 @@ TASKS = frozenset(
         "check_expiring_products",
         "stock_movement_report",
         "deliver_due_outlooks",
+        "check_low_credits",
+        "cleanup_inactive_users",
+        "check_subscription_renewals",
+        "release_expired_reservations",
+        "delete_expired_report_files",
     }
 )
 

@@ -1,9 +1,12 @@
 """Reports, exports and inventory alerts for the point-of-sale data.
 
-Files are written under ``NOTIFYHUB_EXPORTS_DIR`` from rows streamed out of PostgreSQL with a
-server-side cursor; every run is recorded in ``report_runs``.
+Report files are written from rows streamed out of PostgreSQL with a server-side cursor, then
+stored in PostgreSQL (:mod:`.files`) and downloaded through signed, expiring links
+(:mod:`.links`, :mod:`.routes`); every run is recorded in ``report_runs``. ``registry``
+(declared in :mod:`.catalog`) holds the tasks and the download route of the modules below.
 """
 
-from .tasks import registry
+from . import alerts, movements, routes, tasks
+from .catalog import registry
 
-__all__ = ["registry"]
+__all__ = ["alerts", "movements", "registry", "routes", "tasks"]

@@ -1,10 +1,12 @@
-"""Writing one report file from a query, with its ``report_runs`` bookkeeping.
+"""Writing one report file from its queries, storing it, and the ``report_runs`` bookkeeping.
 
 A run is keyed by the job that produces it: a retried job updates its own row instead of adding
 one per attempt, so ``report_runs`` shows one line per requested report with its last outcome.
 Rows come out of PostgreSQL through a server-side cursor in a read-only, repeatable-read
-transaction (one consistent snapshot, however long the export takes) and are written off the
-event loop, so a large export neither fills memory nor stalls other jobs.
+transaction (one consistent snapshot across every table of the report, however long it takes)
+and are written off the event loop, so a large export neither fills memory nor stalls other
+jobs. The finished file is stored in PostgreSQL (:mod:`.files`) in the transaction that marks
+the run succeeded, and the local copy is removed: no worker keeps reports on its own disk.
 """
 
 from __future__ import annotations
@@ -14,13 +16,16 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg  # type: ignore[import-untyped]
 
-from .writers import Format, open_writer
+from notifyhub.settings import AppSettings
+
+from .catalog import download_url, keep_files_for
+from .files import store_file
+from .writers import Format, Heading, RowWriter, open_writer
 
 log = logging.getLogger(__name__)
 
@@ -47,18 +52,36 @@ def local_times(zone: tzinfo) -> Convert:
     return convert
 
 
+def plain(row: asyncpg.Record) -> Sequence[Any]:
+    return list(row.values())
+
+
+@dataclass(slots=True)
+class Table:
+    """One query of a report: a sheet of an XLSX, a section of a PDF, the whole of a CSV.
+    ``totals`` is called after the last row (``observe`` has seen them all) for the bold
+    closing row."""
+
+    title: str
+    columns: Sequence[str]
+    sql: str
+    args: Sequence[Any]
+    convert: Convert = plain
+    observe: Observe | None = None
+    totals: Callable[[], Sequence[Any]] | None = None
+
+
 @dataclass(slots=True)
 class Export:
     kind: str
     params: dict[str, Any]
     fmt: Format
-    columns: Sequence[str]
-    sql: str
-    args: Sequence[Any]
+    heading: Heading
+    tables: Sequence[Table]
+    #: File name without the run id and extension, e.g. ``sales-deli-2024-03-01-2024-03-07``.
     stem: str
-    convert: Convert
-    observe: Observe | None = None
-    summary: Callable[[], tuple[str, list[list[Any]]] | None] | None = None
+    business_id: int | None = None
+    summary: Callable[[], list[tuple[str, list[list[Any]]]]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -83,53 +106,94 @@ async def start_run(pool: asyncpg.Pool, kind: str, params: dict[str, Any], job_i
 
 
 async def run_export(
-    pool: asyncpg.Pool, directory: Path, job_id: str, spec: Export
+    pool: asyncpg.Pool, settings: AppSettings, job_id: str, spec: Export
 ) -> dict[str, Any]:
-    """Stream ``spec.sql`` into a file and record the run; returns the run's summary.
+    """Write ``spec``'s tables into a file, store it and record the run; returns the run's
+    summary with the file's signed ``download_url`` (``None`` without a master secret).
 
     A failure marks the run failed with its error and re-raises, so qrunner's retry policy
     applies and the next attempt reuses the run row.
     """
     run_id = await start_run(pool, spec.kind, spec.params, job_id)
-    path = directory / f"{spec.stem}-{run_id}.{spec.fmt}"
-    writer = await asyncio.to_thread(open_writer, path, spec.fmt, spec.columns)
-    count = 0
+    filename = f"{spec.stem}-{run_id}.{spec.fmt}"
+    path = settings.exports_dir / f"{filename}.{job_id}"
+    writer = await asyncio.to_thread(open_writer, path, spec.fmt, spec.heading)
     try:
-        async with (
-            pool.acquire() as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
-        ):
-            cursor = await conn.cursor(spec.sql, *spec.args)
-            while rows := await cursor.fetch(FETCH_ROWS):
-                if spec.observe is not None:
-                    for r in rows:
-                        spec.observe(r)
-                await asyncio.to_thread(writer.write_rows, [spec.convert(r) for r in rows])
-                count += len(rows)
-        summary = spec.summary() if spec.summary else None
-        if summary is not None:
-            await asyncio.to_thread(writer.add_summary, *summary)
+        counts = await _write_tables(pool, writer, spec)
+        if spec.summary is not None:
+            for title, rows in spec.summary():
+                await asyncio.to_thread(writer.add_summary, title, rows)
         await asyncio.to_thread(writer.finish)
+        async with pool.acquire() as conn, conn.transaction():
+            stored = await store_file(
+                conn,
+                path,
+                filename=filename,
+                fmt=spec.fmt,
+                business_id=spec.business_id,
+                keep_for=keep_files_for(settings),
+            )
+            # A retried job replaces the file an earlier attempt stored.
+            await conn.execute(
+                "DELETE FROM report_files WHERE id = (SELECT file_id FROM report_runs"
+                " WHERE id = $1)",
+                run_id,
+            )
+            await conn.execute(
+                "UPDATE report_runs SET status = 'succeeded', row_count = $2, file_id = $3,"
+                " file_path = NULL, finished_at = now() WHERE id = $1",
+                run_id,
+                sum(counts.values()),
+                stored.id,
+            )
     except BaseException as exc:
         await asyncio.shield(_fail(pool, run_id, writer.abort, exc))
         raise
-    async with pool.acquire() as conn:
-        await conn.execute(
-            "UPDATE report_runs SET status = 'succeeded', row_count = $2, file_path = $3,"
-            " finished_at = now() WHERE id = $1",
-            run_id,
-            count,
-            str(path),
-        )
-    log.info("%s run %d: %d row(s) written to %s", spec.kind, run_id, count, path)
+    finally:
+        path.unlink(missing_ok=True)
+    log.info(
+        "%s run %d: %d row(s), %d bytes stored as report file %d",
+        spec.kind,
+        run_id,
+        sum(counts.values()),
+        stored.byte_size,
+        stored.id,
+    )
     return {
         "run_id": run_id,
         "kind": spec.kind,
         "format": spec.fmt,
-        "row_count": count,
-        "file_path": str(path),
+        "row_count": sum(counts.values()),
+        **({"table_rows": counts} if len(counts) > 1 else {}),
+        "file_id": stored.id,
+        "filename": filename,
+        "byte_size": stored.byte_size,
+        "expires_at": stored.expires_at.isoformat(),
+        "download_url": download_url(settings, stored),
         **spec.extra,
     }
+
+
+async def _write_tables(pool: asyncpg.Pool, writer: RowWriter, spec: Export) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    async with (
+        pool.acquire() as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        for table in spec.tables:
+            await asyncio.to_thread(writer.start_table, table.title, table.columns)
+            count = 0
+            cursor = await conn.cursor(table.sql, *table.args)
+            while rows := await cursor.fetch(FETCH_ROWS):
+                if table.observe is not None:
+                    for r in rows:
+                        table.observe(r)
+                await asyncio.to_thread(writer.write_rows, [table.convert(r) for r in rows])
+                count += len(rows)
+            if table.totals is not None:
+                await asyncio.to_thread(writer.write_totals, table.totals())
+            counts[table.title] = count
+    return counts
 
 
 async def _fail(
