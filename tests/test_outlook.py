@@ -100,8 +100,8 @@ def test_outlook_date_is_the_users_next_local_morning(
 @pytest.mark.parametrize(
     ("utc", "weekday_at", "due"),
     [
-        (datetime(2024, 3, 5, 11, 59, tzinfo=UTC), None, False),  # 06:59 in New York
-        (datetime(2024, 3, 5, 12, 0, tzinfo=UTC), None, True),  # 07:00 in New York
+        (datetime(2024, 3, 5, 11, 44, tzinfo=UTC), None, False),  # 06:44 in New York
+        (datetime(2024, 3, 5, 11, 45, tzinfo=UTC), None, True),  # 06:45: the weekday default
         (datetime(2024, 3, 5, 10, 30, tzinfo=UTC), time(5, 30), True),  # own earlier time
         (datetime(2024, 3, 6, 12, 0, tzinfo=UTC), None, False),  # the day is over: stale
     ],
@@ -195,12 +195,19 @@ async def test_delivery_waits_for_each_users_local_morning(env: Env) -> None:
             content,
         )
 
-    # When the delivery task runs at 11:30 UTC (06:30 in New York)
-    at_1130 = datetime(2024, 3, 5, 11, 30, tzinfo=UTC)
-    result = await env.run("deliver_due_outlooks", {"now": at_1130.isoformat()})
+    # When the delivery task runs at 11:20 UTC (06:20 in New York, before its lookahead)
+    at_1120 = datetime(2024, 3, 5, 11, 20, tzinfo=UTC)
+    result = await env.run("deliver_due_outlooks", {"now": at_1120.isoformat()})
 
     # Then London, Tokyo (by SMS) and the unknown zone (read as UTC) are notified; New York is not
-    assert result == {"now": at_1130.isoformat(), "due": 3, "email": 2, "sms": 1, "no_channel": 0}
+    assert result == {
+        "now": at_1120.isoformat(),
+        "due": 3,
+        "email": 2,
+        "sms": 1,
+        "no_channel": 0,
+        "scheduled": 0,
+    }
     by_user = {p["user_id"]: (task, key) for task, p, key in env.sent}
     assert by_user == {
         london: ("send_email", f"outlook-notify:{await _outlook_id(env, london)}"),
@@ -213,10 +220,10 @@ async def test_delivery_waits_for_each_users_local_morning(env: Env) -> None:
     )
     assert [r["user_id"] for r in undelivered] == [ny]
 
-    # When it runs again five minutes later, and again once New York's 07:00 has come
-    await env.run("deliver_due_outlooks", {"now": (at_1130 + timedelta(minutes=5)).isoformat()})
+    # When it runs again five minutes later, and again once New York's 06:45 has passed
+    await env.run("deliver_due_outlooks", {"now": (at_1120 + timedelta(minutes=5)).isoformat()})
     assert len(env.sent) == 3
-    await env.run("deliver_due_outlooks", {"now": "2024-03-05T12:01:00+00:00"})
+    await env.run("deliver_due_outlooks", {"now": "2024-03-05T11:46:00+00:00"})
 
     # Then only New York's outlook goes out, once
     assert len(env.sent) == 4 and env.sent[-1][1]["user_id"] == ny

@@ -35,6 +35,9 @@ TASKS = frozenset(
         "check_subscription_renewals",
         "release_expired_reservations",
         "delete_expired_report_files",
+        "analyze_user_engagement",
+        "optimize_send_timing",
+        "evaluate_content_experiments",
     }
 )
 
@@ -65,12 +68,15 @@ def test_real_file_schedules_every_task_once(real: dict[str, Schedule]) -> None:
         ("track_delivery_rates", at(1, 0, 30), at(1, 1)),  # every 30 min
         ("process_failed_messages", at(1, 0, 15), at(1, 0, 30)),  # every 15 min
         ("update_meeting_statuses", at(1, 0, 5), at(1, 0, 10)),  # every 5 min
-        ("send_due_meeting_reminders", at(1, 1), at(1, 2)),  # hourly
+        ("send_due_meeting_reminders", at(1, 0, 5), at(1, 0, 10)),  # every 5 min
         ("cleanup_old_messages", at(1, 3), at(2, 3)),  # 03:00 UTC daily
         ("check_low_stock", at(1, 6), at(1, 12)),  # every 6 h
         ("check_expiring_products", at(1, 7), at(2, 7)),  # 07:00 UTC daily
         ("stock_movement_report", at(5, 6), at(12, 6)),  # Monday 06:00 UTC
         ("deliver_due_outlooks", at(1, 0, 5), at(1, 0, 10)),  # every 5 min
+        ("analyze_user_engagement", at(1, 1), at(1, 2)),  # hourly
+        ("optimize_send_timing", at(1, 0, 20), at(1, 2, 20)),  # every 2 h
+        ("evaluate_content_experiments", at(4, 3, 30), at(11, 3, 30)),  # Sunday 03:30 UTC
     ],
 )
 def test_real_file_fires_each_task_on_its_schedule(
@@ -82,9 +88,9 @@ def test_real_file_fires_each_task_on_its_schedule(
     assert next_fire(entry.cron, entry.timezone, first) == second
 
 
-def test_real_file_disables_only_the_resend_sweeper(real: dict[str, Schedule]) -> None:
-    # process_failed_messages would re-drive sends qrunner already retries (and maybe-sent SMS)
-    assert {n for n, s in real.items() if not s.enabled} == {"process_failed_messages"}
+def test_real_file_enables_every_schedule(real: dict[str, Schedule]) -> None:
+    # process_failed_messages runs too: it re-drives only transient, never maybe-sent failures
+    assert {n for n, s in real.items() if not s.enabled} == set()
 
 
 def test_real_file_refuses_a_task_the_handlers_do_not_register() -> None:

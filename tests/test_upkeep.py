@@ -16,8 +16,9 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 from notifyhub.upkeep import registry as upkeep_registry
+from notifyhub.upkeep.meetings import KINDS, RUN_PERIOD, ReminderKind, reminder_delay
 from notifyhub.upkeep.monitoring import delivery_rates, depth_alerts
-from notifyhub.upkeep.redrive import is_transient
+from notifyhub.upkeep.redrive import is_transient, verdict
 from pydantic import BaseModel, ConfigDict
 from redis.asyncio import Redis
 
@@ -34,6 +35,8 @@ class Env(HandlerEnv):
     calls: list[tuple[str, dict[str, Any], str]] = field(default_factory=list)
     #: Job ids whose stand-in send fails (permanently) on its first run.
     fail_first: set[str] = field(default_factory=set)
+    #: Job ids whose stand-in send fails on every run.
+    fail_always: set[str] = field(default_factory=set)
 
 
 class ReminderIn(BaseModel):
@@ -51,7 +54,7 @@ async def env(database_url: str, redis: Redis, tmp_path: Path) -> AsyncIterator[
 
     async def record(name: str, ctx: Context[Any], payload: BaseModel) -> None:
         e.calls.append((name, payload.model_dump(), ctx.job.key or ctx.job_id))
-        if ctx.job_id in e.fail_first:
+        if ctx.job_id in e.fail_first or ctx.job_id in e.fail_always:
             e.fail_first.discard(ctx.job_id)
             raise Permanent("stand-in provider failure")
 
@@ -103,6 +106,22 @@ def test_transient_errors_are_told_apart(error: str | None, transient: bool) -> 
     assert is_transient(error) is transient
 
 
+@pytest.mark.parametrize(
+    ("error", "maybe_sent", "replays", "expected"),
+    [
+        ("HTTP 503 from resend", False, 0, None),
+        ("HTTP 503 from resend", True, 0, "maybe_sent"),  # never re-send a maybe-sent SMS
+        ("twilio refused the message (21211)", True, 0, "maybe_sent"),
+        ("twilio refused the message (21211)", False, 0, "not_transient"),
+        ("HTTP 503 from resend", False, 1, "exhausted"),  # bounded: one replay by default
+    ],
+)
+def test_redrive_rules_in_order(
+    error: str, maybe_sent: bool, replays: int, expected: str | None
+) -> None:
+    assert verdict(error, maybe_sent, replays, max_redrives=1) == expected
+
+
 def test_delivery_rates_ignore_held_back_messages() -> None:
     rates = delivery_rates(
         [
@@ -129,12 +148,61 @@ def test_depth_alerts_use_per_queue_thresholds() -> None:
     ]
 
 
+H1, H24 = KINDS
+M = timedelta(minutes=1)
+S = timedelta(seconds=1)
+
+
+@pytest.mark.parametrize(
+    ("kind", "starts_in", "delay"),
+    [
+        (H1, 50 * M - S, None),  # under 50 minutes: outside the window, never sent
+        (H1, 50 * M, timedelta(0)),  # the window's near edge: sent at once
+        (H1, 60 * M, timedelta(0)),
+        (H1, 60 * M + S, S),  # held until exactly 60 minutes before
+        (H1, 65 * M - S, 5 * M - S),
+        (H1, 65 * M, None),  # its moment is the next run's (runs are 5 minutes apart)
+        (H24, 23 * 60 * M - S, None),
+        (H24, 23 * 60 * M, timedelta(0)),
+        (H24, 24 * 60 * M, timedelta(0)),
+        (H24, 24 * 60 * M + 5 * M - S, 5 * M - S),
+        (H24, 24 * 60 * M + 5 * M, None),
+    ],
+)
+def test_reminder_windows_at_their_edges(
+    kind: ReminderKind, starts_in: timedelta, delay: timedelta | None
+) -> None:
+    assert reminder_delay(kind, NOW + starts_in, NOW, NOW) == delay
+
+
+@pytest.mark.parametrize("k", KINDS, ids=lambda k: k.name)
+def test_runs_remind_every_meeting_once_inside_its_window(k: ReminderKind) -> None:
+    # Given meetings starting at every minute of three days, known since before the first run
+    for minute in range(0, 3 * 24 * 60, 7):
+        starts = NOW + k.target + timedelta(minutes=minute)
+        # When the runs go by every RUN_PERIOD (each also a little late)
+        sends = []
+        for run in range(0, 4 * 24 * 12):
+            slot = NOW + run * RUN_PERIOD
+            run_at = slot + timedelta(seconds=20)
+            delay = reminder_delay(k, starts, run_at, slot)
+            if delay is not None:
+                sends.append(run_at + delay)
+                break  # the participant is stamped: later runs do not see it
+        # Then it is reminded once, at the target lead, and always inside the window
+        (sent,) = sends
+        assert k.earliest <= starts - sent <= k.latest
+        assert starts - sent == k.target or minute < 1
+
+
 # -- through the worker ------------------------------------------------------------------------
 
 
 async def test_meeting_reminders_go_once_per_participant(env: Env) -> None:
-    # Given a meeting in 30 minutes (one attendee declined), one in 3 hours, one in 24 hours
-    soon = await add_meeting(env.db, timedelta(minutes=30))
+    # Given a meeting in 1 hour (one attendee declined), one in 3 hours, one in 24 hours, and
+    # one in 30 minutes: too close for the 50-70 minute window of the 1 hour reminder
+    soon = await add_meeting(env.db, timedelta(hours=1))
+    too_soon = await add_meeting(env.db, timedelta(minutes=30))
     later = await add_meeting(env.db, timedelta(hours=3))
     tomorrow = await add_meeting(env.db, timedelta(hours=24))
     ann, bob, cat = [await add_user(env.db, n) for n in ("Ann", "Bob", "Cat")]
@@ -145,6 +213,7 @@ async def test_meeting_reminders_go_once_per_participant(env: Env) -> None:
             (soon, bob, "declined"),
             (later, ann, "pending"),
             (tomorrow, cat, "pending"),
+            (too_soon, cat, "accepted"),
         ],
     )
 
@@ -157,7 +226,7 @@ async def test_meeting_reminders_go_once_per_participant(env: Env) -> None:
         {"scheduled_for": NOW.isoformat(), "now": (NOW + timedelta(minutes=10)).isoformat()},
     )
 
-    # Then Ann is reminded of the meeting in 30 minutes and Cat of tomorrow's, once each
+    # Then Ann is reminded of the meeting in 1 hour and Cat of tomorrow's, once each
     assert first["reminders_1h"] == 1 and first["reminders_24h"] == 1
     assert sorted(key for _, _, key in env.calls) == [
         f"meeting-reminder:1h:{soon}:{ann}",
@@ -213,8 +282,9 @@ async def test_monitors_report_health_depth_and_rates(env: Env) -> None:
         [
             (uid, "sent", NOW - timedelta(minutes=5)),
             (uid, "failed", NOW - timedelta(minutes=5)),
-            (uid, "sent", NOW - timedelta(hours=2)),
-        ],  # outside the 30-minute window
+            (uid, "sent", NOW - timedelta(hours=23)),
+            (uid, "failed", NOW - timedelta(hours=25)),
+        ],  # the last is outside the trailing 24 hours
     )
     # A delayed job on a queue this test's worker does not serve, so burst mode still ends
     await env.client.enqueue(
@@ -228,7 +298,9 @@ async def test_monitors_report_health_depth_and_rates(env: Env) -> None:
     assert health["ok"] and health["redis"]["ok"] and health["postgres"]["ok"]
     assert depth["queues"]["sms_critical"]["delayed"] == 1
     assert depth["alerts"] == ["queue sms_critical: 1 jobs waiting (threshold 0)"]
-    assert rates["channels"]["sms"]["success_rate"] == 0.5
+    assert rates["window_minutes"] == 24 * 60
+    assert rates["channels"]["sms"]["counts"] == {"sent": 2, "failed": 1}
+    assert rates["channels"]["sms"]["success_rate"] == 0.6667
 
 
 async def test_transient_failures_are_redriven_once_and_maybe_sent_never(env: Env) -> None:
@@ -270,3 +342,64 @@ async def test_transient_failures_are_redriven_once_and_maybe_sent_never(env: En
     assert (await env.client.status(transient)).state == "succeeded"
     assert second["examined"] == 0 and second["replayed"] == []
     assert (await env.client.status(ambiguous)).state == "dead"
+
+
+async def dead_sms(env: Env, n: int, *, always: bool = False) -> list[str]:
+    jobs = [
+        await env.client.enqueue("send_sms", {"user_id": 1, "body": f"sms {i}"}) for i in range(n)
+    ]
+    (env.fail_always if always else env.fail_first).update(jobs)
+    await env.drain()
+    assert [(await env.client.status(j)).state for j in jobs] == ["dead"] * n
+    return jobs
+
+
+async def log_failure(env: Env, job: str, error: str, **extra: Any) -> None:
+    uid = await add_user(env.db, f"user of {job}")
+    await env.db.execute(
+        "INSERT INTO delivery_log (job_id, user_id, channel, template, recipient_masked, provider,"
+        " status, error, created_at, resolved_from, idempotency_key)"
+        " VALUES ($1, $2, 'sms', 't', '+1***', 'twilio', 'failed', $3, $4, $5, $6)",
+        job,
+        uid,
+        error,
+        extra.get("at", NOW - timedelta(hours=1)),
+        extra.get("resolved_from"),
+        extra.get("key"),
+    )
+
+
+async def test_maybe_sent_sms_are_never_redriven_whatever_resolved_them(env: Env) -> None:
+    # Given two dead-lettered SMS jobs with transient errors: one whose maybe-sent outcome a
+    # status callback later resolved as failed, one whose ledger entry is still maybe-sent
+    resolved, ledgered = await dead_sms(env, 2)
+    await log_failure(env, resolved, "MaybeSent: HTTP 500 from Twilio", resolved_from="maybe_sent")
+    await log_failure(env, ledgered, "HTTP 503 from Twilio", key="k-ledgered")
+    await env.db.execute(
+        "INSERT INTO effect_ledger (idempotency_key, job_id, channel, recipient_hash, template,"
+        " state) VALUES ('k-ledgered', $1, 'sms', 'h', 't', 'maybe_sent')",
+        ledgered,
+    )
+    env.calls.clear()
+    # When the failed-message task runs
+    result = await env.run("process_failed_messages", {"now": NOW.isoformat()})
+    # Then neither is sent again, and both are settled for good
+    assert result["replayed"] == [] and result["maybe_sent"] == 2 and env.calls == []
+    assert [(await env.client.status(j)).state for j in (resolved, ledgered)] == ["dead"] * 2
+    outcomes = await env.db.fetch("SELECT outcome FROM delivery_redrives")
+    assert [r["outcome"] for r in outcomes] == ["maybe_sent", "maybe_sent"]
+
+
+async def test_a_job_is_replayed_at_most_max_redrives_times(env: Env) -> None:
+    # Given an SMS job that fails every time, dead-lettered after a transient error
+    (job,) = await dead_sms(env, 1, always=True)
+    await log_failure(env, job, "HTTP 503 from Twilio")
+    env.calls.clear()
+    # When the task re-drives it and the replay fails again (logged as the sender would)
+    first = await env.run("process_failed_messages", {"now": NOW.isoformat()})
+    assert first["replayed"] == [job] and (await env.client.status(job)).state == "dead"
+    await log_failure(env, job, "HTTP 503 from Twilio", at=NOW - timedelta(minutes=10))
+    second = await env.run("process_failed_messages", {"now": NOW.isoformat()})
+    # Then the second failure is left dead: one replay was its bound
+    assert second["replayed"] == [] and second["exhausted"] == 1
+    assert len(env.calls) == 1 and (await env.client.status(job)).state == "dead"

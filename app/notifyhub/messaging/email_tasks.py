@@ -242,7 +242,8 @@ async def send_meeting_reminder(
     d = Delivery(
         SPECS["send_meeting_reminder"],
         f"meeting_reminder_{p.window}",
-        {**row, "window": p.window},
+        # The time left is counted from when the reminder goes out ("in 55 minutes").
+        {**row, "window": p.window, "reference_at": ctx.state.messaging.options.clock()},
         render="meeting_reminder",
     )
     result = await ctx.state.messaging.sender.email(ctx, d, user_id=p.user_id)
@@ -329,7 +330,8 @@ async def send_low_credit_alert(ctx: Context[HandlerState], p: LowCreditPayload)
 async def send_email(ctx: Context[HandlerState], p: EmailPayload) -> dict[str, Any]:
     context = {
         "email_subject": p.subject,
-        "paragraphs": [x.strip() for x in p.body.split("\n\n") if x.strip()],
+        # Only blank lines are trimmed: a paragraph's own indent (a list) is kept.
+        "paragraphs": [x.strip("\n") for x in p.body.split("\n\n") if x.strip()],
     }
     d = Delivery(
         SPECS["send_email"],

@@ -11,7 +11,7 @@ non-GSM character turns an SMS into UCS-2 and more than doubles its segment coun
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, tzinfo
+from datetime import date, datetime, timedelta, tzinfo
 from datetime import datetime as DateTime
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -103,6 +103,37 @@ def format_time(value: datetime, locale: str) -> str:
     return f"{hour}:{value.minute:02d} {'AM' if value.hour < 12 else 'PM'}"
 
 
+def zone_name(zone: tzinfo, at: datetime) -> str:
+    """The zone a local time is written in: its IANA name (``Europe/Berlin``), else ``UTC`` or
+    the offset (``UTC-05:00``) for the fixed offsets used when a recipient's zone is unknown.
+
+    Abbreviations (CST, IST) are avoided: several zones share each of them.
+    """
+    key = getattr(zone, "key", None)
+    if isinstance(key, str) and key:
+        return key
+    offset = at.astimezone(zone).utcoffset() or timedelta(0)
+    if not offset:
+        return "UTC"
+    minutes = int(offset.total_seconds()) // 60
+    sign = "+" if minutes >= 0 else "-"
+    return f"UTC{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+def _duration(minutes: int) -> str:
+    hours, rest = divmod(minutes, 60)
+    parts = []
+    if hours:
+        parts.append(f"{hours} hour{'s' if hours != 1 else ''}")
+    if rest or not hours:
+        parts.append(f"{rest} minute{'s' if rest != 1 else ''}")
+    return " ".join(parts)
+
+
+#: Closer than this, a reminder counts the minutes; further, it names the day and the time.
+COUNTDOWN_LIMIT = timedelta(hours=2)
+
+
 @dataclass(frozen=True, slots=True)
 class Formatter:
     """Bound to one recipient's locale and zone; templates call ``fmt.money(...)`` etc."""
@@ -122,3 +153,27 @@ class Formatter:
 
     def time(self, value: DateTime) -> str:
         return format_time(value.astimezone(self.zone), self.locale)
+
+    def zone_name(self, value: DateTime) -> str:
+        return zone_name(self.zone, value)
+
+    def when(self, value: DateTime) -> str:
+        """Date, time and zone: ``Mar 1, 2025 9:00 AM (America/New_York)``."""
+        return f"{self.datetime(value)} ({self.zone_name(value)})"
+
+    def until(self, value: DateTime, reference: DateTime) -> str:
+        """How far ``value`` is from ``reference``, as a reminder says it.
+
+        ``in 55 minutes`` / ``in 1 hour 5 minutes`` when it is close; otherwise the local day
+        and time: ``today at 18:00 (Europe/Berlin)``, ``tomorrow at 09:00 (Europe/Berlin)``,
+        ``on 03.03.2025 at 09:00 (Europe/Berlin)``. Days are counted in the recipient's zone,
+        so "tomorrow" means their tomorrow. ``reference`` is fixed by the caller (not read
+        from the clock here) so that a retried message renders the same text.
+        """
+        remaining = value - reference
+        if timedelta(0) <= remaining < COUNTDOWN_LIMIT:
+            return f"in {_duration(round(remaining.total_seconds() / 60))}"
+        local, ref_day = value.astimezone(self.zone), reference.astimezone(self.zone).date()
+        days = (local.date() - ref_day).days
+        day = {0: "today", 1: "tomorrow"}.get(days, f"on {format_date(local.date(), self.locale)}")
+        return f"{day} at {format_time(local, self.locale)} ({self.zone_name(value)})"

@@ -21,6 +21,36 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
 
 
+_SENTENCE_END = (".", "!", "?", "…", ")", '"')
+
+
+def sentence(text: object) -> str:
+    """``text`` as a sentence: trimmed, with a full stop added when it has no closing mark.
+
+    Free text from payloads (an alert message, a tip) is followed by more text in the same
+    SMS; without a stop it would read as one run-on sentence.
+    """
+    value = " ".join(str(text).split())
+    return value if not value or value.endswith(_SENTENCE_END) else value + "."
+
+
+_BULLETS = ("- ", "* ", "• ")
+
+
+def even_bullets(paragraph: object) -> str:
+    """``paragraph`` with every bullet line at the same indent (the deepest one it has).
+
+    A body split into paragraphs and trimmed loses the indent of its first line only, so a
+    list that opens a paragraph would show its first item out of line with the rest.
+    """
+    lines = str(paragraph).split("\n")
+    bullets = [i for i, line in enumerate(lines) if line.lstrip().startswith(_BULLETS)]
+    indent = max((len(lines[i]) - len(lines[i].lstrip()) for i in bullets), default=0)
+    for i in bullets:
+        lines[i] = " " * indent + lines[i].lstrip()
+    return "\n".join(lines)
+
+
 @dataclass(frozen=True, slots=True)
 class RenderedEmail:
     subject: str
@@ -37,6 +67,8 @@ class Templates:
             trim_blocks=True,
             lstrip_blocks=True,
         )
+        self._env.filters["sentence"] = sentence
+        self._env.filters["even_bullets"] = even_bullets
 
     def sms(self, name: str, /, **context: Any) -> str:
         """One line of text: template line breaks are layout, not content."""

@@ -42,6 +42,26 @@ class Spending:
     orders: int
 
 
+_WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+_MONTHS = (
+    "January", "February", "March", "April", "May", "June",
+    "July", "August", "September", "October", "November", "December",
+)  # fmt: skip
+#: The generic SMS template appends "Reply STOP to opt out." (23 characters with its space).
+SMS_FOOTER_CHARS = 23
+
+
+def long_date(day: date) -> str:
+    """``Monday 1 December``: how a person names a day close at hand (no locale's strftime,
+    whose month names depend on the machine)."""
+    return f"{_WEEKDAYS[day.weekday()]} {day.day} {_MONTHS[day.month - 1]}"
+
+
+def short_date(day: date) -> str:
+    """``Wed 3 Dec``, for dates inside a list."""
+    return f"{_WEEKDAYS[day.weekday()][:3]} {day.day} {_MONTHS[day.month - 1][:3]}"
+
+
 def _money(amount: Decimal, currency: str | None) -> str:
     return f"{amount:.2f} {currency}" if currency else f"{amount:.2f}"
 
@@ -148,7 +168,8 @@ def render_email(content: dict[str, Any]) -> tuple[str, str]:
         if section["type"] == "bills":
             lines.append("Bills due soon:")
             lines += [
-                f"  - {i['payee']}: {i['amount']} {i['currency']} on {i['due_date']}"
+                f"  - {i['payee']}: {i['amount']} {i['currency']}"
+                f" on {short_date(date.fromisoformat(i['due_date']))}"
                 for i in section["items"]
             ]
         elif section["type"] == "goals":
@@ -166,10 +187,13 @@ def render_email(content: dict[str, Any]) -> tuple[str, str]:
                 for i in section["items"]
             ]
         lines.append("")
-    return f"Your outlook for {content['date']}", "\n".join(lines).rstrip() + "\n"
+    subject = f"Your outlook for {long_date(date.fromisoformat(content['date']))}"
+    return subject, "\n".join(lines).rstrip() + "\n"
 
 
 def render_sms(content: dict[str, Any]) -> str:
-    """One short SMS (aim: a single segment): greeting and headline only."""
+    """One short SMS (aim: a single segment once the opt-out footer is added): greeting and
+    headline only."""
     text = f"{content['greeting']}. {content['headline']}"
-    return text if len(text) <= 160 else text[:157] + "..."
+    room = 160 - SMS_FOOTER_CHARS
+    return text if len(text) <= room else text[: room - 3] + "..."

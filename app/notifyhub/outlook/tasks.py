@@ -1,5 +1,18 @@
 """The daily-outlook tasks: fan out generation, deliver at local morning, measure engagement.
 
+Delivery timing: each outlook is due at one instant, its user's local delivery time on its
+date (:func:`.timing.target_instant`). The five-minute ``deliver_due_outlooks`` sweep does not
+send at that instant itself; it looks :data:`LOOKAHEAD` ahead and enqueues one
+``deliver_outlook`` job per outlook *delayed until its instant*, so the send starts within the
+worker's promotion interval of the target (well under a minute) instead of up to five minutes
+plus jitter late. Outlooks whose instant has already passed (generated late, or a sweep was
+missed) are sent by the sweep at once, as before. A cron entry every minute was the other
+option; it would still be up to a minute late, run 1,440 queries a day to do the work of a
+few hundred delayed jobs, and lean on cron jitter staying small. Enqueuing the delayed jobs at
+generation time instead would park them for up to a day, long enough for a user to change
+zone or preferences; a lookahead of minutes sees those changes, and each delayed job re-checks
+the target when it fires.
+
 Duplicate runs are expected (cron catch-up, retries, an operator re-running a day), so every
 step is safe to repeat: the fan-out skips users who already have the day's outlook and gives
 each job a key per user and date, the store is an upsert on (user, date), and delivery gives
@@ -21,7 +34,7 @@ from notifyhub.state import HandlerState
 from qrunner import Context, JobSpec, Registry
 
 from .content import Bill, Goal, Spending, build_outlook, render_email, render_sms
-from .timing import is_due, outlook_date_for, resolve_zone, utc_now
+from .timing import is_due, outlook_dates_between, resolve_zone, target_instant, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +43,16 @@ registry = Registry()
 QUEUE = "daily_outlook"
 #: Rows fetched per round trip while streaming users or outlooks; also the enqueue batch size.
 BATCH = 500
+#: One generation run covers the delivery instants of the next day: runs are daily, so every
+#: instant falls in exactly one run's window.
+GENERATION_WINDOW = timedelta(days=1)
+#: How far ahead a sweep schedules deliveries: three five-minute sweeps, so one missed or late
+#: sweep still leaves every outlook scheduled before its instant.
+LOOKAHEAD = timedelta(minutes=15)
+#: A delayed delivery whose user's target has since moved by more than this is left to the sweep.
+RETARGET_TOLERANCE = timedelta(seconds=1)
+#: Keys of delayed deliveries outlive the lookahead with room to spare.
+DELIVERY_KEY_TTL_S = 2 * 24 * 3600
 
 
 class GenerateDailyOutlooks(BaseModel):
@@ -49,6 +72,15 @@ class GenerateUserOutlook(BaseModel):
 
 
 class DeliverDueOutlooks(BaseModel):
+    now: datetime | None = None
+
+
+class DeliverOutlook(BaseModel):
+    """One outlook's delivery, enqueued delayed until ``due_at``. ``now`` is set only when the
+    sweep itself ran at an injected time (tests, re-runs): the job then runs at ``due_at``."""
+
+    outlook_id: int
+    due_at: datetime
     now: datetime | None = None
 
 
@@ -86,10 +118,12 @@ async def generate_daily_outlooks(
         )
         while rows := await cursor.fetch(BATCH):
             total += len(rows)
-            wanted = [(r["id"], _target_date(r, ref, payload.target_date)) for r in rows]
-            have: set[int] = set()
+            wanted = [
+                (r["id"], day) for r in rows for day in _target_dates(r, ref, payload.target_date)
+            ]
+            have: set[tuple[int, date]] = set()
             if not payload.force_regenerate:
-                have = await _users_with_outlook(conn, wanted)
+                have = await _existing_outlooks(conn, wanted)
             specs = [
                 JobSpec(
                     "generate_user_outlook",
@@ -101,7 +135,7 @@ async def generate_daily_outlooks(
                     key=_generation_key(uid, day, ctx.job_id if payload.force_regenerate else None),
                 )
                 for uid, day in wanted
-                if uid not in have
+                if (uid, day) not in have
             ]
             existing += len(wanted) - len(specs)
             if specs:
@@ -121,11 +155,15 @@ async def generate_daily_outlooks(
     }
 
 
-def _target_date(row: asyncpg.Record, ref: datetime, fixed: date | None) -> date:
+def _target_dates(row: asyncpg.Record, ref: datetime, fixed: date | None) -> list[date]:
+    """The dates this run generates for one user: those whose delivery instant falls in
+    ``[ref, ref + 1 day)``. A fixed start time per run (not "the next morning") is what keeps
+    a day from being skipped or generated twice when DST or the weekend time moves it."""
     if fixed is not None:
-        return fixed
+        return [fixed]
     zone = resolve_zone(row["time_zone"])
-    return outlook_date_for(ref, zone, row["outlook_weekday_at"], row["outlook_weekend_at"])
+    prefs = (row["outlook_weekday_at"], row["outlook_weekend_at"])
+    return outlook_dates_between(ref, ref + GENERATION_WINDOW, zone, *prefs)
 
 
 def _generation_key(user_id: int, day: date, forced_by: str | None) -> str:
@@ -135,17 +173,17 @@ def _generation_key(user_id: int, day: date, forced_by: str | None) -> str:
     return f"{base}:force:{forced_by}" if forced_by else base
 
 
-async def _users_with_outlook(
+async def _existing_outlooks(
     conn: asyncpg.Connection, wanted: Sequence[tuple[int, date]]
-) -> set[int]:
+) -> set[tuple[int, date]]:
     rows = await conn.fetch(
-        "SELECT o.user_id FROM daily_outlooks o"
+        "SELECT o.user_id, o.outlook_date FROM daily_outlooks o"
         " JOIN unnest($1::bigint[], $2::date[]) AS w(user_id, day)"
         "   ON o.user_id = w.user_id AND o.outlook_date = w.day",
         [u for u, _ in wanted],
         [d for _, d in wanted],
     )
-    return {r["user_id"] for r in rows}
+    return {(r["user_id"], r["outlook_date"]) for r in rows}
 
 
 @registry.task(
@@ -240,7 +278,7 @@ async def _compose(
 
 # -- delivery ----------------------------------------------------------------------------------
 
-_UNDELIVERED = """
+_OUTLOOK_ROW = """
 SELECT o.id, o.user_id, o.outlook_date, o.content,
        u.time_zone, u.outlook_weekday_at, u.outlook_weekend_at, u.email, u.phone,
        coalesce(ce.consented, false) AS email_ok, coalesce(cs.consented, false) AS sms_ok
@@ -248,9 +286,18 @@ FROM daily_outlooks o
 JOIN users u ON u.id = o.user_id
 LEFT JOIN current_consents ce ON ce.user_id = u.id AND ce.channel = 'email'
 LEFT JOIN current_consents cs ON cs.user_id = u.id AND cs.channel = 'sms'
-WHERE o.delivered_at IS NULL AND o.outlook_date BETWEEN $1 AND $2
-ORDER BY o.id
 """
+# Rows a concurrent deliver_outlook holds are skipped: it is sending them.
+_UNDELIVERED = (
+    _OUTLOOK_ROW + "WHERE o.delivered_at IS NULL AND o.outlook_date BETWEEN $1 AND $2"
+    " ORDER BY o.id FOR UPDATE OF o SKIP LOCKED"
+)
+_ONE_UNDELIVERED = _OUTLOOK_ROW + "WHERE o.id = $1 AND o.delivered_at IS NULL FOR UPDATE OF o"
+
+
+def _target(r: asyncpg.Record) -> datetime:
+    zone = resolve_zone(r["time_zone"])
+    return target_instant(r["outlook_date"], zone, r["outlook_weekday_at"], r["outlook_weekend_at"])
 
 
 @registry.task(
@@ -259,7 +306,7 @@ ORDER BY o.id
 async def deliver_due_outlooks(
     ctx: Context[HandlerState], payload: DeliverDueOutlooks
 ) -> dict[str, Any]:
-    """Hand every outlook whose local morning has come to the email or SMS task.
+    """Send every outlook whose instant has passed; schedule those due within the lookahead.
 
     The enqueue happens before ``delivered_at`` is set: a crash in between leaves the outlook
     undelivered, the next run enqueues it again, and the per-outlook key drops the duplicate.
@@ -267,7 +314,7 @@ async def deliver_due_outlooks(
     """
     now = utc_now(payload.now)
     today = now.date()
-    counts = {"due": 0, "email": 0, "sms": 0, "no_channel": 0}
+    counts = {"due": 0, "email": 0, "sms": 0, "no_channel": 0, "scheduled": 0}
     async with ctx.state.db.acquire() as conn, conn.transaction():
         # Local dates run from UTC-12 to UTC+14, so today's outlooks lie within a day of UTC's.
         cursor = await conn.cursor(
@@ -276,8 +323,13 @@ async def deliver_due_outlooks(
         while rows := await cursor.fetch(BATCH):
             specs: list[JobSpec] = []
             ids: list[int] = []
+            later: list[JobSpec] = []
             for r in rows:
                 zone = resolve_zone(r["time_zone"])
+                due_at = _target(r)
+                if now < due_at <= now + LOOKAHEAD:
+                    later.append(_delayed_delivery(r["id"], due_at, now, payload.now is not None))
+                    continue
                 if not is_due(
                     now, zone, r["outlook_date"], r["outlook_weekday_at"], r["outlook_weekend_at"]
                 ):
@@ -290,17 +342,76 @@ async def deliver_due_outlooks(
                 counts["email" if spec.task == "send_email" else "sms"] += 1
                 specs.append(spec)
                 ids.append(r["id"])
+            if later:
+                await ctx.client.enqueue_many(later)
+                counts["scheduled"] += len(later)
             if specs:
                 await ctx.client.enqueue_many(specs)
-                await conn.execute(
-                    "UPDATE daily_outlooks SET delivered_at = $2"
-                    " WHERE id = ANY($1::bigint[]) AND delivered_at IS NULL",
-                    ids,
-                    now,
-                )
+                await _mark_delivered(conn, ids, now)
     if counts["no_channel"]:
         log.warning("%d due outlook(s) have no email address or phone number", counts["no_channel"])
     return {"now": now.isoformat(), **counts}
+
+
+def _delayed_delivery(outlook_id: int, due_at: datetime, now: datetime, pinned: bool) -> JobSpec:
+    """``deliver_outlook`` delayed by the time left until ``due_at``.
+
+    A delay rather than an absolute ``at``: measured from the sweep's own "now", it is the same
+    in production and under an injected clock. The key names the instant, so later sweeps do
+    not add a second job, while a changed preference gets its own.
+    """
+    return JobSpec(
+        "deliver_outlook",
+        {
+            "outlook_id": outlook_id,
+            "due_at": due_at.isoformat(),
+            "now": due_at.isoformat() if pinned else None,
+        },
+        delay_s=(due_at - now).total_seconds(),
+        key=f"outlook-deliver:{outlook_id}:{int(due_at.timestamp())}",
+        key_ttl_s=DELIVERY_KEY_TTL_S,
+    )
+
+
+async def _mark_delivered(conn: asyncpg.Connection, ids: list[int], at: datetime) -> None:
+    await conn.execute(
+        "UPDATE daily_outlooks SET delivered_at = $2"
+        " WHERE id = ANY($1::bigint[]) AND delivered_at IS NULL",
+        ids,
+        at,
+    )
+
+
+@registry.task(queue=QUEUE, payload=DeliverOutlook, max_retries=2, backoff_base_s=10, timeout_s=60)
+async def deliver_outlook(ctx: Context[HandlerState], payload: DeliverOutlook) -> dict[str, Any]:
+    """Send one outlook at its instant, unless it went already or its instant has moved.
+
+    A moved instant (the user changed zone or delivery time since the sweep scheduled this
+    job) is left to the sweep, which schedules the new one; a local day that is over is not
+    sent at all, as in the sweep.
+    """
+    now = utc_now(payload.now)
+    async with ctx.state.db.acquire() as conn, conn.transaction():
+        r = await conn.fetchrow(_ONE_UNDELIVERED, payload.outlook_id)
+        if r is None:
+            return {"outlook_id": payload.outlook_id, "status": "already_delivered"}
+        due_at = _target(r)
+        if abs(due_at - payload.due_at) > RETARGET_TOLERANCE:
+            return {
+                "outlook_id": payload.outlook_id,
+                "status": "moved",
+                "due_at": due_at.isoformat(),
+            }
+        if now.astimezone(resolve_zone(r["time_zone"])).date() != r["outlook_date"]:
+            return {"outlook_id": payload.outlook_id, "status": "day_over"}
+        spec = _notification(r)
+        if spec is None:
+            log.warning("outlook %d has no email address or phone number", payload.outlook_id)
+            return {"outlook_id": payload.outlook_id, "status": "no_channel"}
+        await ctx.client.enqueue_many([spec])
+        await _mark_delivered(conn, [r["id"]], now)
+    channel = "email" if spec.task == "send_email" else "sms"
+    return {"outlook_id": payload.outlook_id, "status": "sent", "channel": channel}
 
 
 def _notification(r: asyncpg.Record) -> JobSpec | None:

@@ -1,8 +1,17 @@
 """When an outlook is for and when it is due: plain functions of their inputs, ``now`` included.
 
 Users live in their own zones, so "today's outlook" is a local calendar date and "the morning"
-is a local wall time. Keeping the rules here, free of I/O, lets them be tested with tables of
-zones and instants instead of a running worker.
+is a local wall time: 06:45 on weekdays and 08:30 at weekends unless the user saved their own.
+Keeping the rules here, free of I/O, lets them be tested with tables of zones and instants
+instead of a running worker.
+
+Everything is reduced to one instant per (user, local day), :func:`target_instant`, and the
+rest compares instants, never wall times. That is what makes DST transitions safe: a local day
+has exactly one target whether it lasts 23, 24 or 25 hours; a wall time repeated at fall-back
+is read as its first occurrence; one skipped at spring-forward (only possible for a saved time
+between 02:00 and 03:00) is read with the offset before the jump, so 02:30 arrives at 03:30.
+Generation covers half-open windows of instants, ``[ref, ref + 24 h)``, so daily runs cover
+every target once, however the local day's length or the weekday/weekend times shift it.
 """
 
 from __future__ import annotations
@@ -13,7 +22,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DELIVERY_AT = time(7, 0)
+DEFAULT_WEEKDAY_AT = time(6, 45)
+DEFAULT_WEEKEND_AT = time(8, 30)
 
 
 def resolve_zone(name: str | None) -> tzinfo:
@@ -32,25 +42,51 @@ def resolve_zone(name: str | None) -> tzinfo:
 
 def delivery_time(local_day: date, weekday_at: time | None, weekend_at: time | None) -> time:
     """The user's preferred local delivery time on ``local_day`` (Saturday and Sunday use the
-    weekend preference), falling back to the other preference, then to 07:00."""
-    weekend = local_day.weekday() >= 5
-    preferred = weekend_at if weekend else weekday_at
-    return preferred or (weekday_at if weekend else None) or DEFAULT_DELIVERY_AT
+    weekend preference, falling back to the weekday one), else 06:45 on weekdays and 08:30 at
+    weekends."""
+    if local_day.weekday() >= 5:
+        return weekend_at or weekday_at or DEFAULT_WEEKEND_AT
+    return weekday_at or DEFAULT_WEEKDAY_AT
+
+
+def target_instant(
+    local_day: date, zone: tzinfo, weekday_at: time | None = None, weekend_at: time | None = None
+) -> datetime:
+    """The UTC instant of the delivery on ``local_day`` (see the module docstring for DST)."""
+    wall = datetime.combine(local_day, delivery_time(local_day, weekday_at, weekend_at), zone)
+    return wall.astimezone(UTC)
+
+
+def outlook_dates_between(
+    start: datetime,
+    end: datetime,
+    zone: tzinfo,
+    weekday_at: time | None = None,
+    weekend_at: time | None = None,
+) -> list[date]:
+    """Local dates whose delivery instant lies in ``[start, end)``.
+
+    Consecutive windows therefore name each date exactly once. A 24-hour window may name none
+    or two dates: targets are 24 h apart give or take a DST hour and the weekday/weekend shift.
+    """
+    day = start.astimezone(zone).date() - timedelta(days=1)
+    last = end.astimezone(zone).date() + timedelta(days=1)
+    found = []
+    while day <= last:
+        if start <= target_instant(day, zone, weekday_at, weekend_at) < end:
+            found.append(day)
+        day += timedelta(days=1)
+    return found
 
 
 def outlook_date_for(
     ref: datetime, zone: tzinfo, weekday_at: time | None = None, weekend_at: time | None = None
 ) -> date:
-    """The local date of the next morning delivery at or after ``ref``.
-
-    Generation runs once a day at a fixed UTC time. For a user whose morning is still ahead
-    that is today's local date; for one whose morning has passed (east of UTC) it is
-    tomorrow's, so every user has an outlook ready before their own morning.
-    """
-    local = ref.astimezone(zone)
-    day = local.date()
-    if local.timetz().replace(tzinfo=None) >= delivery_time(day, weekday_at, weekend_at):
-        return day + timedelta(days=1)
+    """The local date of the next delivery at or after ``ref``: today's for a user whose
+    morning is still ahead, tomorrow's for one whose morning has passed (east of UTC)."""
+    day = ref.astimezone(zone).date()
+    while target_instant(day, zone, weekday_at, weekend_at) < ref:
+        day += timedelta(days=1)
     return day
 
 
@@ -66,10 +102,9 @@ def is_due(
     An outlook whose local day is over is not due: yesterday's outlook delivered tonight would
     be noise, so a worker outage skips it instead.
     """
-    local = now.astimezone(zone)
-    if local.date() != outlook_date:
+    if now.astimezone(zone).date() != outlook_date:
         return False
-    return local.time() >= delivery_time(outlook_date, weekday_at, weekend_at)
+    return now >= target_instant(outlook_date, zone, weekday_at, weekend_at)
 
 
 def utc_now(override: datetime | None = None) -> datetime:

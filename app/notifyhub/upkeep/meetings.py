@@ -87,7 +87,7 @@ KINDS = (
     ),
 )
 #: How far apart the cron runs are (schedules.yaml): each run plans up to the next one.
-RUN_PERIOD = timedelta(hours=1)
+RUN_PERIOD = timedelta(minutes=5)
 
 
 def reminder_delay(
