@@ -138,12 +138,16 @@ def _string(node: dict[str, Any]) -> str:
     if node.get("format") in _FORMATS:
         return _FORMATS[node["format"]]
     pattern = node.get("pattern")
+    low = int(node.get("minLength", 0))
     if isinstance(pattern, str):
         sampled = sample_pattern(pattern)
+        if sampled is not None and len(sampled) < low:  # e.g. [!-~]+ with a minimum length
+            longer = sampled + sampled[-1:] * (low - len(sampled))
+            sampled = longer if re.search(pattern, longer) else None
         if sampled is not None:
             return sampled
     text = "example"
-    low, high = int(node.get("minLength", 0)), node.get("maxLength")
+    high = node.get("maxLength")
     if len(text) < low:
         text = text + "x" * (low - len(text))
     if high is not None:

@@ -332,10 +332,36 @@ def failover_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
         cluster.stop()
 
 
+#: bin/test sets QRUNNER_TEST_ONCE=1 on its first server and 0 on the others.
+ONCE_ENV = "QRUNNER_TEST_ONCE"
+_APP_MODULES: dict[str, bool] = {}
+
+
+def _tests_the_app(item: pytest.Item) -> bool:
+    """A module that imports the notification app tests the app's logic (PostgreSQL, providers,
+    templates); which Redis server is underneath does not change what it checks."""
+    path = str(item.path)
+    if path not in _APP_MODULES:
+        text = item.path.read_text(encoding="utf-8")
+        _APP_MODULES[path] = "from notifyhub" in text or "import notifyhub" in text
+    return _APP_MODULES[path]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Connected as the least-privilege worker user, tests that do admin work of their own
-    through the test's client (FLUSHALL, KEYS, CONFIG, MULTI, DEL) are skipped: that work is
-    not the worker's, and they run as the default user in every other run."""
+    """Two skips, each announced with its reason:
+
+    - With ``QRUNNER_TEST_ONCE=0`` (bin/test's second and later servers), tests that do not
+      depend on the server are skipped: the app's tests and those marked ``once`` (browser,
+      packaging, import contracts, deploy files). The runtime's tests run on every server.
+    - Connected as the least-privilege worker user, tests that do admin work of their own
+      through the test's client (FLUSHALL, KEYS, CONFIG, MULTI, DEL) are skipped: that work
+      is not the worker's, and they run as the default user in every other run.
+    """
+    if os.environ.get(ONCE_ENV) == "0":
+        once = pytest.mark.skip(reason="server-independent: runs on bin/test's first server")
+        for item in items:
+            if item.get_closest_marker("once") is not None or _tests_the_app(item):
+                item.add_marker(once)
     if os.environ.get(ACL_ENV) != "1":
         return
     skip = pytest.mark.skip(reason="does admin work of its own; runs in the default-user runs")

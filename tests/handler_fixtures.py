@@ -41,6 +41,23 @@ class EmailIn(BaseModel):
     template: str = "message"
 
 
+class PreferredIn(BaseModel):
+    """The agreed payload of messaging's ``send_preferred`` (push, else email, else SMS)."""
+
+    model_config = ConfigDict(extra="forbid")
+    user_id: int
+    title: str
+    body: str
+    email_template: str = "message"
+    email_context: dict[str, Any] = {}
+    sms_text: str
+    template: str = "message"
+    category: str = "transactional"
+    data: dict[str, str] = {}
+    collapse_key: str | None = None
+    quiet_hours_exempt: bool = False
+
+
 class SmsIn(BaseModel):
     """The agreed payload of messaging's ``send_sms``."""
 

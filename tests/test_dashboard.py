@@ -22,7 +22,7 @@ from qrunner.http import build_app
 from qrunner.metrics import Metrics
 from tests.helpers import dashboard_tasks
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.once, pytest.mark.timeout(60)]
 
 TOKEN = "dashboard-token-for-tests-7f3a-0123456789"
 HTML = {"Accept": "text/html"}

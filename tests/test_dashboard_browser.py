@@ -32,6 +32,7 @@ from tests.helpers.waiting import wait_for
 from tests.worker_fixtures import FAST
 
 pytestmark = [
+    pytest.mark.once,
     pytest.mark.timeout(120),
     pytest.mark.skipif(
         dashboard_browser.missing() is not None, reason=str(dashboard_browser.missing())

@@ -18,6 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from qrunner.metrics import Metrics
 
+pytestmark = pytest.mark.once
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 PROMTOOL = shutil.which("promtool")

@@ -46,6 +46,8 @@ from qrunner.runner import Runner
 from qrunner.settings import load_settings
 from qrunner.task import Registry
 
+pytestmark = pytest.mark.once
+
 #: 100 examples per property, no example database written into the working tree.
 FAST = settings(
     max_examples=100,
@@ -68,7 +70,15 @@ json_values = st.recursive(
 )
 
 ENVELOPE_FIELDS = (
-    "id", "task", "payload", "queue", "attempt", "enqueued_ms", "not_before_ms", "key", "errors",
+    "id",
+    "task",
+    "payload",
+    "queue",
+    "attempt",
+    "enqueued_ms",
+    "not_before_ms",
+    "key",
+    "errors",
 )
 #: Objects shaped like envelopes: the known fields with any JSON value, some left out.
 envelope_like = st.dictionaries(
@@ -156,14 +166,11 @@ def test_runner_decode_refuses_oversized_entries_before_parsing() -> None:
 # -- the command line's parsers --------------------------------------------------------------------
 
 
-jsonl_lines = (
-    st.binary(max_size=200)
-    | st.dictionaries(
-        st.sampled_from(("task", "payload", "queue", "delay", "key")) | st.text(max_size=5),
-        json_values | st.sampled_from(["greet", "default", "{evil}", "a\nb", 1e300, -1, 5.5]),
-        max_size=6,
-    ).map(orjson.dumps)
-)
+jsonl_lines = st.binary(max_size=200) | st.dictionaries(
+    st.sampled_from(("task", "payload", "queue", "delay", "key")) | st.text(max_size=5),
+    json_values | st.sampled_from(["greet", "default", "{evil}", "a\nb", 1e300, -1, 5.5]),
+    max_size=6,
+).map(orjson.dumps)
 
 
 @FAST
@@ -291,8 +298,14 @@ def test_delays_are_finite_and_in_range(delay: Any) -> None:
 # -- settings ------------------------------------------------------------------------------------
 
 SETTING_VARS = (
-    "QRUNNER_REDIS_URL", "QRUNNER_LOG_LEVEL", "QRUNNER_LOG_FORMAT", "QRUNNER_HTTP_TOKEN",
-    "QRUNNER_GRACE_S", "QRUNNER_CONCURRENCY", "QRUNNER_MAX_PAYLOAD_BYTES", "QRUNNER_UVLOOP",
+    "QRUNNER_REDIS_URL",
+    "QRUNNER_LOG_LEVEL",
+    "QRUNNER_LOG_FORMAT",
+    "QRUNNER_HTTP_TOKEN",
+    "QRUNNER_GRACE_S",
+    "QRUNNER_CONCURRENCY",
+    "QRUNNER_MAX_PAYLOAD_BYTES",
+    "QRUNNER_UVLOOP",
 )
 url_like = st.builds(
     "{}://{}{}{}".format,
@@ -301,7 +314,15 @@ url_like = st.builds(
     st.sampled_from(["", "host", "127.0.0.1", "[::1]", "h:x", "a:1,b:2", "[::1"]),
     st.sampled_from(
         [
-            "", ":6379", ":0", ":99999999", "/0", "/x", "/\u00b2", "/m/1", "?db=a",
+            "",
+            ":6379",
+            ":0",
+            ":99999999",
+            "/0",
+            "/x",
+            "/\u00b2",
+            "/m/1",
+            "?db=a",
             "?socket_timeout=x",
         ]
     ),

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from qrunner import Context
-from tests.handler_fixtures import EmailIn, HandlerEnv, SmsIn, handler_stack, standin_registry
+from tests.handler_fixtures import HandlerEnv, PreferredIn, handler_stack, standin_registry
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -42,7 +42,7 @@ async def env(database_url: str, redis: Redis, tmp_path: Path) -> AsyncIterator[
         e.sent.append((name, payload.model_dump(), ctx.job.key))
 
     standins = standin_registry(
-        "email_education", {"send_email": EmailIn, "send_sms": SmsIn}, record
+        "email_education", {"send_preferred": PreferredIn}, record
     )
     async with handler_stack(database_url, redis, tmp_path, outlook_registry, standins) as stack:
         e = Env(*stack)
@@ -199,22 +199,23 @@ async def test_delivery_waits_for_each_users_local_morning(env: Env) -> None:
     at_1120 = datetime(2024, 3, 5, 11, 20, tzinfo=UTC)
     result = await env.run("deliver_due_outlooks", {"now": at_1120.isoformat()})
 
-    # Then London, Tokyo (by SMS) and the unknown zone (read as UTC) are notified; New York is not
+    # Then London, Tokyo and the unknown zone (read as UTC) are notified; New York is not
     assert result == {
         "now": at_1120.isoformat(),
         "due": 3,
-        "email": 2,
-        "sms": 1,
+        "sent": 3,
         "no_channel": 0,
         "scheduled": 0,
     }
     by_user = {p["user_id"]: (task, key) for task, p, key in env.sent}
     assert by_user == {
-        london: ("send_email", f"outlook-notify:{await _outlook_id(env, london)}"),
-        tokyo: ("send_sms", f"outlook-notify:{await _outlook_id(env, tokyo)}"),
-        odd: ("send_email", f"outlook-notify:{await _outlook_id(env, odd)}"),
+        # One preferred-channel job each: push, else email, else SMS, judged when it runs
+        london: ("send_preferred", f"outlook-notify:{await _outlook_id(env, london)}"),
+        tokyo: ("send_preferred", f"outlook-notify:{await _outlook_id(env, tokyo)}"),
+        odd: ("send_preferred", f"outlook-notify:{await _outlook_id(env, odd)}"),
     }
-    assert next(p for t, p, _ in env.sent if t == "send_email")["template"] == "daily_outlook"
+    first = next(p for _, p, _ in env.sent)
+    assert first["template"] == "daily_outlook" and first["quiet_hours_exempt"] is True
     undelivered = await env.db.fetch(
         "SELECT user_id FROM daily_outlooks WHERE delivered_at IS NULL"
     )

@@ -2,8 +2,10 @@
 
 Given users in New York, Tokyo and Berlin without saved preferences, when the delivery sweep
 runs shortly before their local delivery time (its clock injected through the payload's
-``now``), then the outlook reaches the send task within a minute after that time; and across
-the US and EU DST transitions every local day gets exactly one outlook.
+``now``), then the outlook is delivered within a minute after that time, by push to a user
+with a device and by email to one without (through the real messaging tasks, into the
+sandbox outbox: no provider credentials here); and across the US and EU DST transitions every
+local day gets exactly one outlook.
 
 The delayed delivery waits in real time: each sweep runs :data:`LEAD` before the target, so the
 wait is that long. The arrival is read on the injected clock: the sweep's ``now`` plus the real
@@ -22,14 +24,16 @@ from zoneinfo import ZoneInfo
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
+from notifyhub.messaging import registry as messaging_registry
+from notifyhub.messaging.push_devices import register_device
 from notifyhub.outlook import registry as outlook_registry
 from notifyhub.outlook.tasks import GENERATION_WINDOW
 from notifyhub.outlook.timing import outlook_dates_between, target_instant
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from qrunner import Context
-from tests.handler_fixtures import EmailIn, HandlerEnv, SmsIn, handler_stack, standin_registry
+from qrunner import Context, Registry
+from tests.handler_fixtures import HandlerEnv, PreferredIn, handler_stack, standin_registry
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -63,12 +67,18 @@ async def env(database_url: str, redis: Redis, tmp_path: Path) -> AsyncIterator[
     async def record(name: str, ctx: Context[Any], payload: BaseModel) -> None:
         e.sent.append((name, payload.model_dump(), wall.time()))
 
-    standins = standin_registry(
-        "email_education", {"send_email": EmailIn, "send_sms": SmsIn}, record
-    )
+    standins = standin_registry("email_education", {"send_preferred": PreferredIn}, record)
     async with handler_stack(database_url, redis, tmp_path, outlook_registry, standins) as stack:
         e = Env(*stack)
         yield e
+
+
+@pytest.fixture
+async def live(database_url: str, redis: Redis, tmp_path: Path) -> AsyncIterator[Env]:
+    """The outlook tasks with the real messaging tasks behind them."""
+    registry = outlook_registry.merge(messaging_registry)
+    async with handler_stack(database_url, redis, tmp_path, registry, Registry()) as stack:
+        yield Env(*stack)
 
 
 async def add_user(db: asyncpg.Pool, name: str, zone: str, active_at: datetime) -> int:
@@ -140,26 +150,45 @@ def test_saved_times_and_a_time_in_the_spring_forward_gap() -> None:
 # -- through the worker -------------------------------------------------------------------------
 
 
-async def test_outlooks_arrive_within_a_minute_of_local_delivery_time(env: Env) -> None:
+async def test_outlooks_arrive_within_a_minute_of_local_delivery_time(live: Env) -> None:
+    env = live
     for n, (zone_name, day, local_at) in enumerate(ARRIVALS):
         zone = ZoneInfo(zone_name)
         target = datetime.combine(day, local_at, zone).astimezone(UTC)
-        # Given a user without preferences and their outlook for that local day
+        # Given a user without preferences and their outlook for that local day; every other
+        # user has a phone app registered for push and agreed to push
         uid = await add_user(env.db, f"User{n}", zone_name, target - timedelta(days=1))
+        by_push = n % 2 == 0
+        if by_push:
+            async with env.db.acquire() as conn:
+                await register_device(conn, uid, "fcm", f"device-token-{n}-0123456789")
+                await conn.execute(
+                    "INSERT INTO consents (user_id, channel, opted_in_at, opt_in_source)"
+                    " VALUES ($1, 'push', now() - interval '1 day', 'app')",
+                    uid,
+                )
         await env.run("generate_user_outlook", {"user_id": uid, "outlook_date": day.isoformat()})
 
         # When the sweep runs shortly before the target
         swept_at = target - LEAD
+        mark = await env.db.fetchval("SELECT coalesce(max(id), 0) FROM sandbox_outbox")
         started = wall.time()
         result = await env.run("deliver_due_outlooks", {"now": swept_at.isoformat()})
 
         # Then it schedules the delivery rather than sending early
         assert result["scheduled"] == 1 and result["due"] == 0, result
-        # And the outlook reaches the send task within a minute after the target, never before
-        (sent,) = [s for s in env.sent if s[1]["user_id"] == uid]
-        arrived = swept_at + timedelta(seconds=sent[2] - started)
+        # And it is delivered within a minute after the target, never before: by push to the
+        # user with a device, by email to the one without
+        (row,) = await env.db.fetch(
+            "SELECT channel, subject, body, extract(epoch FROM created_at) AS at"
+            " FROM sandbox_outbox WHERE id > $1 ORDER BY id",
+            mark,
+        )
+        arrived = swept_at + timedelta(seconds=float(row["at"]) - started)
         assert target <= arrived <= target + timedelta(seconds=60), (zone_name, day, arrived)
-        assert sent[0] == "send_email" and day.strftime("%d").lstrip("0") in sent[1]["subject"]
+        assert row["channel"] == ("push" if by_push else "email"), row
+        shown = row["subject"] if row["subject"] else row["body"]
+        assert day.strftime("%d").lstrip("0") in shown
         delivered_at = await env.db.fetchval(
             "SELECT delivered_at FROM daily_outlooks WHERE user_id = $1", uid
         )
@@ -206,7 +235,8 @@ async def test_dst_transitions_give_one_outlook_per_user_per_local_day(
                 await env.run("deliver_due_outlooks", {"now": (at + later).isoformat()})
 
     # Then every outlook went out exactly once, at its own local morning
-    sent = [(p["user_id"], p["subject"]) for _, p, _ in env.sent]
+    assert {name for name, _, _ in env.sent} == {"send_preferred"}
+    sent = [(p["user_id"], p["title"]) for _, p, _ in env.sent]
     assert len(sent) == len(set(sent)) == len(outlooks)
     delivered = await env.db.fetch(
         "SELECT o.outlook_date, o.delivered_at, u.time_zone FROM daily_outlooks o"

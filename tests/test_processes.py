@@ -20,7 +20,7 @@ from qrunner.control import Control
 from qrunner.processes import child_argv
 from tests.helpers import pid_tasks
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.once]
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -10,6 +10,8 @@ from qrunner import Registry
 
 from .api import registry as _api
 from .commands import register_commands
+from .engagement import registry as _engagement
+from .experiments import registry as _experiments
 from .messaging import registry as _messaging
 from .outlook import registry as _outlook
 from .reports import registry as _reports
@@ -38,6 +40,8 @@ registry: Registry = (
     .merge(_webhooks)
     .merge(_upkeep)
     .merge(_api)
+    .merge(_engagement)
+    .merge(_experiments)
 )
 registry.lifespan(lifespan)
 

@@ -29,15 +29,19 @@ ALIASES = {
     "TWILIO_AUTH_TOKEN": "twilio_auth_token",
     "TWILIO_FROM_NUMBER": "twilio_from_number",
     "RESEND_API_KEY": "resend_api_key",
+    "RESEND_WEBHOOK_SECRET": "resend_webhook_secret",
 }
 _SECRET = (
     "database_url",
     "signing_secret",
     "twilio_auth_token",
     "resend_api_key",
+    "resend_webhook_secret",
     "api_enqueue_token",
     "api_read_token",
     "api_admin_token",
+    "fcm_access_token",
+    "apns_auth_token",
 )
 
 
@@ -72,6 +76,18 @@ class AppSettings(BaseSettings):
     twilio_auth_token: SecretStr | None = None
     twilio_from_number: str | None = None
     resend_api_key: SecretStr | None = None
+    #: The ``whsec_...`` signing secret of the Resend webhook endpoint (``POST /hooks/resend``);
+    #: unset, Resend's webhooks are answered 503 and Resend retries them.
+    resend_webhook_secret: SecretStr | None = None
+    #: Push (:mod:`notifyhub.providers.push`). FCM HTTP v1 takes an OAuth access token for the
+    #: project; minting it from a service account is left to the deployment. APNs takes a
+    #: provider token (a JWT signed with the team's key) and the app's bundle id as its topic.
+    fcm_access_token: SecretStr | None = None
+    fcm_project: str | None = None
+    fcm_base_url: str | None = None
+    apns_auth_token: SecretStr | None = None
+    apns_topic: str | None = None
+    apns_base_url: str | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -89,6 +105,7 @@ class AppSettings(BaseSettings):
         "signing_secret",
         "twilio_auth_token",
         "resend_api_key",
+        "resend_webhook_secret",
         "twilio_account_sid",
         "twilio_from_number",
         "twilio_base_url",
@@ -96,13 +113,21 @@ class AppSettings(BaseSettings):
         "api_enqueue_token",
         "api_read_token",
         "api_admin_token",
+        "fcm_access_token",
+        "fcm_project",
+        "fcm_base_url",
+        "apns_auth_token",
+        "apns_topic",
+        "apns_base_url",
         mode="before",
     )
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
 
-    @field_validator("public_url", "twilio_base_url", "email_base_url")
+    @field_validator(
+        "public_url", "twilio_base_url", "email_base_url", "fcm_base_url", "apns_base_url"
+    )
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
@@ -125,6 +150,13 @@ class AppSettings(BaseSettings):
                 f"{MIN_MASTER_CHARS} (generate one with: python -c "
                 "'import secrets; print(secrets.token_urlsafe(32))')"
             )
+        return value
+
+    @field_validator("resend_webhook_secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith("whsec_"):
+            raise ValueError("must be the endpoint's signing secret (whsec_...)")
         return value
 
     @field_validator("api_enqueue_token", "api_read_token", "api_admin_token")
@@ -152,6 +184,14 @@ class AppSettings(BaseSettings):
     @property
     def has_email(self) -> bool:
         return bool(self.resend_api_key)
+
+    @property
+    def has_fcm(self) -> bool:
+        return bool(self.fcm_access_token and self.fcm_project)
+
+    @property
+    def has_apns(self) -> bool:
+        return bool(self.apns_auth_token and self.apns_topic)
 
     @property
     def signing_key(self) -> str | None:

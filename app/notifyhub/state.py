@@ -23,6 +23,7 @@ from .db import create_pool
 from .messaging.services import Messaging
 from .migrate import DEFAULT_MIGRATIONS_DIR, migrate
 from .providers.email import ResendEmail
+from .providers.push import APNS_BASE_URL, FCM_BASE_URL, ApnsPush, FcmPush, PushClients
 from .providers.sms import TwilioSms
 from .secrets import ProviderSecrets, load_provider_secrets
 from .settings import AppSettings, load_app_settings, reveal
@@ -40,6 +41,33 @@ class HandlerState:
     email: ResendEmail | None
     providers: ProviderSecrets = field(default_factory=ProviderSecrets)
     messaging: Messaging = field(default_factory=Messaging)
+    #: FCM / APNs clients; ``None`` (or a platform left ``None``) sends push to the sandbox.
+    push: PushClients | None = None
+
+
+def _push_clients(s: AppSettings) -> PushClients:
+    # httpx logs every request URL at INFO, and an APNs URL ends in the device token.
+    logging.getLogger("httpx").setLevel(max(logging.getLogger().level, logging.WARNING))
+    push = PushClients()
+    if s.has_fcm:
+        assert s.fcm_access_token and s.fcm_project
+        push.fcm = FcmPush(
+            s.fcm_access_token.get_secret_value(),
+            s.fcm_project,
+            base_url=s.fcm_base_url or FCM_BASE_URL,
+        )
+    else:
+        log.warning("no FCM credentials: Android push goes to the sandbox outbox table")
+    if s.has_apns:
+        assert s.apns_auth_token and s.apns_topic
+        push.apns = ApnsPush(
+            s.apns_auth_token.get_secret_value(),
+            s.apns_topic,
+            base_url=s.apns_base_url or APNS_BASE_URL,
+        )
+    else:
+        log.warning("no APNs credentials: iOS push goes to the sandbox outbox table")
+    return push
 
 
 async def lifespan(args: LifespanArgs) -> AsyncIterator[HandlerState]:
@@ -78,11 +106,21 @@ async def lifespan(args: LifespanArgs) -> AsyncIterator[HandlerState]:
         )
     else:
         log.warning("no RESEND_API_KEY: email goes to the sandbox outbox table, not to inboxes")
+    push = _push_clients(s)
     try:
         yield HandlerState(
-            s, pool, args.redis, args.client, sms, email, providers, messaging=Messaging()
+            s,
+            pool,
+            args.redis,
+            args.client,
+            sms,
+            email,
+            providers,
+            messaging=Messaging(),
+            push=push,
         )
     finally:
+        await push.close()
         if sms is not None:
             await sms.close()
         if email is not None:

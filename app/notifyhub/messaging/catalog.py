@@ -73,4 +73,11 @@ EMAIL_TASKS: tuple[TaskSpec, ...] = (
     TaskSpec("send_email", "default", "60/m", 3, 60.0),
 )
 
-SPECS: dict[str, TaskSpec] = {s.name: s for s in (*SMS_TASKS, *EMAIL_TASKS)}
+#: Push (:mod:`.push_tasks`) and the push -> email -> SMS choice (:mod:`.preferred`).
+PUSH_TASKS: tuple[TaskSpec, ...] = (
+    TaskSpec("send_push", "default", "120/m", 3, 60.0),
+    TaskSpec("send_preferred", "default", "60/m", 3, 60.0),
+    TaskSpec("register_device", "default", "600/m", 3, 5.0, 60.0),
+)
+
+SPECS: dict[str, TaskSpec] = {s.name: s for s in (*SMS_TASKS, *EMAIL_TASKS, *PUSH_TASKS)}

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from urllib.parse import quote
 
 import asyncpg  # type: ignore[import-untyped]
 
@@ -200,7 +201,17 @@ class SmsChannel(Channel[str, SmsResult]):
 
     async def send(self, state: HandlerState, address: str, message: str, key: str) -> SmsResult:
         assert state.sms is not None
-        return await state.sms.send(address, message, from_=state.settings.twilio_from_number or "")
+        # Twilio reports the final status here; the key finds the message even when this call's
+        # reply is lost (a maybe-sent SMS has no SID of its own; see messaging/webhooks.py).
+        callback = (
+            f"{state.settings.public_url.rstrip('/')}/hooks/twilio/status?key={quote(key, safe='')}"
+        )
+        return await state.sms.send(
+            address,
+            message,
+            from_=state.settings.twilio_from_number or "",
+            status_callback=callback,
+        )
 
     async def to_sandbox(
         self, conn: asyncpg.Connection, job_id: str, address: str, message: str

@@ -22,6 +22,9 @@ content they subscribe to (insights, education, onboarding tips). Opt-in jurisdi
 EU/EEA, the UK and Switzerland (GDPR/PECR), Canada (CASL) and Australia (Spam Act). An unknown
 country is treated as opt-in, the stricter reading. A suppressed address (hard bounce,
 complaint) blocks every category.
+
+Push needs an opt-in whatever the category (the app asks, as iOS and Android 13+ make it ask
+for the permission anyway), no later opt-out, and a registered device.
 """
 
 from __future__ import annotations
@@ -106,4 +109,14 @@ def email_verdict(
         if not consent.consented:
             where = "opt-in jurisdiction" if email_opt_in_required(country) else "marketing"
             return Verdict(False, f"no email opt-in ({where})")
+    return ALLOW
+
+
+def push_verdict(*, has_device: bool, consent: ChannelConsent) -> Verdict:
+    if consent.opted_out:
+        return Verdict(False, "opted out of push")
+    if not consent.consented:
+        return Verdict(False, "no push opt-in")
+    if not has_device:
+        return Verdict(False, "no registered device")
     return ALLOW

@@ -107,6 +107,12 @@ class EmailPayload(_Payload):
     """A generic email to a user (``user_id``) or to a bare address (``to``, no user row: a
     guest, an admin's test message); the same suppression checks apply either way."""
 
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={"examples": [{"user_id": 1, "subject": "Hello", "body": "Hi there."}]},
+    )
+
     user_id: int | None = Field(default=None, gt=0)
     to: str | None = Field(default=None, min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")
     subject: str = Field(min_length=1, max_length=200)

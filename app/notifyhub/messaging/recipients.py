@@ -9,7 +9,7 @@ an advisory one rather than a row lock because an email opt-out may create the c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, time
 from typing import Any
 
@@ -19,8 +19,16 @@ from .consent import ChannelConsent
 
 #: Advisory-lock class per channel (two-int4 form, so it cannot collide with the one-bigint
 #: locks the migrator and the demo seeder take).
-_LOCK_CLASS = {"sms": 0x716D0001, "email": 0x716D0002}
+_LOCK_CLASS = {"sms": 0x716D0001, "email": 0x716D0002, "push": 0x716D0003}
 _INT4_MAX = 2_147_483_647
+
+
+@dataclass(frozen=True, slots=True)
+class PushDevice:
+    """A registered app install: ``platform`` is ``fcm`` or ``apns``."""
+
+    platform: str
+    token: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +46,9 @@ class Recipient:
     email_consent: ChannelConsent
     sms_suppressed: bool
     email_suppressed: bool
+    push_consent: ChannelConsent = field(default_factory=ChannelConsent)
+    #: Oldest registration first (``push_devices``, migration 0500).
+    push_devices: tuple[PushDevice, ...] = ()
 
     @property
     def first_name(self) -> str:
@@ -52,10 +63,14 @@ SELECT u.id, u.name, u.email, u.phone, u.time_zone, u.locale, u.country_code,
        EXISTS (SELECT 1 FROM suppressions s
                WHERE s.channel = 'sms' AND s.recipient = u.phone) AS sms_suppressed,
        EXISTS (SELECT 1 FROM suppressions s
-               WHERE s.channel = 'email' AND s.recipient = lower(u.email)) AS email_suppressed
+               WHERE s.channel = 'email' AND s.recipient = lower(u.email)) AS email_suppressed,
+       pc.opted_in_at AS push_in, pc.opted_out_at AS push_out,
+       ARRAY(SELECT ARRAY[d.platform, d.token] FROM push_devices d
+             WHERE d.user_id = u.id ORDER BY d.id) AS push_devices
 FROM users u
 LEFT JOIN consents sc ON sc.user_id = u.id AND sc.channel = 'sms'
 LEFT JOIN consents ec ON ec.user_id = u.id AND ec.channel = 'email'
+LEFT JOIN consents pc ON pc.user_id = u.id AND pc.channel = 'push'
 WHERE {where}
 """
 
@@ -75,6 +90,8 @@ def _recipient(row: Any) -> Recipient:
         email_consent=ChannelConsent(row["email_in"], row["email_out"]),
         sms_suppressed=row["sms_suppressed"],
         email_suppressed=row["email_suppressed"],
+        push_consent=ChannelConsent(row["push_in"], row["push_out"]),
+        push_devices=tuple(PushDevice(p, t) for p, t in row["push_devices"]),
     )
 
 

@@ -1,4 +1,4 @@
-"""The path of every message from job to provider: one pipeline for SMS and email.
+"""The path of every message from job to provider: one pipeline for SMS, email and push.
 
 In order, for one message on one :class:`~.channels.Channel`:
 
@@ -38,6 +38,7 @@ from .consent import Verdict
 from .delivery_log import LogEntry, mask
 from .ledger import ClaimState, Ledger, idempotency_key
 from .options import MessagingOptions
+from .push_channel import PushChannel, deliver_to_devices
 from .quiet_hours import Window, parse_window, quiet_wait_s, resolve_zones
 from .recipients import Recipient, load_address, load_user, lock_consent_shared
 from .templates import Templates
@@ -56,13 +57,14 @@ R = TypeVar("R")
 
 
 class Sender:
-    """Runs the pipeline on the SMS and email channels; built once per process with the state
+    """Runs the pipeline on the SMS, email and push channels; built once per process with the state
     (:class:`~.services.Messaging`)."""
 
     def __init__(self, options: MessagingOptions, templates: Templates, signer: Signer) -> None:
         self.options = options
         self.sms_channel = SmsChannel(options, templates, signer)
         self.email_channel = EmailChannel(options, templates, signer)
+        self.push_channel = PushChannel(options, templates, signer)
 
     async def sms(self, ctx: Context[HandlerState], user_id: int, d: Delivery) -> Result:
         return await self.deliver(ctx, self.sms_channel, d, user_id=user_id)
@@ -80,6 +82,10 @@ class Sender:
         return await self.deliver(
             ctx, self.email_channel, d, user_id=user_id, address=address, guest_name=guest_name
         )
+
+    async def push(self, ctx: Context[HandlerState], user_id: int, d: Delivery) -> Result:
+        """To every device the user registered (:func:`.push_channel.deliver_to_devices`)."""
+        return await deliver_to_devices(ctx, self, user_id, d)
 
     # -- the pipeline -----------------------------------------------------------------------
 

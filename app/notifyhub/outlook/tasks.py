@@ -281,7 +281,8 @@ async def _compose(
 _OUTLOOK_ROW = """
 SELECT o.id, o.user_id, o.outlook_date, o.content,
        u.time_zone, u.outlook_weekday_at, u.outlook_weekend_at, u.email, u.phone,
-       coalesce(ce.consented, false) AS email_ok, coalesce(cs.consented, false) AS sms_ok
+       coalesce(ce.consented, false) AS email_ok, coalesce(cs.consented, false) AS sms_ok,
+       EXISTS (SELECT 1 FROM push_devices d WHERE d.user_id = u.id) AS has_device
 FROM daily_outlooks o
 JOIN users u ON u.id = o.user_id
 LEFT JOIN current_consents ce ON ce.user_id = u.id AND ce.channel = 'email'
@@ -314,7 +315,7 @@ async def deliver_due_outlooks(
     """
     now = utc_now(payload.now)
     today = now.date()
-    counts = {"due": 0, "email": 0, "sms": 0, "no_channel": 0, "scheduled": 0}
+    counts = {"due": 0, "sent": 0, "no_channel": 0, "scheduled": 0}
     async with ctx.state.db.acquire() as conn, conn.transaction():
         # Local dates run from UTC-12 to UTC+14, so today's outlooks lie within a day of UTC's.
         cursor = await conn.cursor(
@@ -339,7 +340,7 @@ async def deliver_due_outlooks(
                 if spec is None:
                     counts["no_channel"] += 1
                     continue
-                counts["email" if spec.task == "send_email" else "sms"] += 1
+                counts["sent"] += 1
                 specs.append(spec)
                 ids.append(r["id"])
             if later:
@@ -349,7 +350,9 @@ async def deliver_due_outlooks(
                 await ctx.client.enqueue_many(specs)
                 await _mark_delivered(conn, ids, now)
     if counts["no_channel"]:
-        log.warning("%d due outlook(s) have no email address or phone number", counts["no_channel"])
+        log.warning(
+            "%d due outlook(s) have no device, email address or phone number", counts["no_channel"]
+        )
     return {"now": now.isoformat(), **counts}
 
 
@@ -406,42 +409,43 @@ async def deliver_outlook(ctx: Context[HandlerState], payload: DeliverOutlook) -
             return {"outlook_id": payload.outlook_id, "status": "day_over"}
         spec = _notification(r)
         if spec is None:
-            log.warning("outlook %d has no email address or phone number", payload.outlook_id)
+            log.warning(
+                "outlook %d has no device, email address or phone number", payload.outlook_id
+            )
             return {"outlook_id": payload.outlook_id, "status": "no_channel"}
         await ctx.client.enqueue_many([spec])
         await _mark_delivered(conn, [r["id"]], now)
-    channel = "email" if spec.task == "send_email" else "sms"
-    return {"outlook_id": payload.outlook_id, "status": "sent", "channel": channel}
+    return {"outlook_id": payload.outlook_id, "status": "sent", "channel": "preferred"}
 
 
 def _notification(r: asyncpg.Record) -> JobSpec | None:
-    """Email when the user agreed to email (or has no SMS consent either but an address);
-    SMS when only SMS was agreed to."""
-    key = f"outlook-notify:{r['id']}"
-    use_email = r["email"] and (r["email_ok"] or not (r["phone"] and r["sms_ok"]))
-    if use_email:
-        subject, text = render_email(r["content"])
-        return JobSpec(
-            "send_email",
-            {
-                "user_id": r["user_id"],
-                "subject": subject,
-                "body": text,
-                "template": "daily_outlook",
+    """One ``send_preferred`` job: push when the user has a device and agreed to push, else
+    email, else SMS, each by the user's consents (judged when the job runs; see
+    :mod:`notifyhub.messaging.preferred`). None when the user has no way to be reached."""
+    if not (r["email"] or r["phone"] or r["has_device"]):
+        return None
+    subject, text = render_email(r["content"])
+    sms_text = render_sms(r["content"])
+    return JobSpec(
+        "send_preferred",
+        {
+            "user_id": r["user_id"],
+            "title": subject,
+            "body": sms_text,
+            "email_template": "message",
+            "email_context": {
+                "email_subject": subject,
+                "paragraphs": [p.strip("\n") for p in text.split("\n\n") if p.strip()],
             },
-            key=key,
-        )
-    if r["phone"]:
-        return JobSpec(
-            "send_sms",
-            {
-                "user_id": r["user_id"],
-                "body": render_sms(r["content"]),
-                "template": "daily_outlook",
-            },
-            key=key,
-        )
-    return None
+            "sms_text": sms_text,
+            "template": "daily_outlook",
+            "collapse_key": "daily-outlook",
+            "data": {"outlook_id": str(r["id"])},
+            # Sent at the morning time the user has (or was given): not held by quiet hours.
+            "quiet_hours_exempt": True,
+        },
+        key=f"outlook-notify:{r['id']}",
+    )
 
 
 # -- engagement --------------------------------------------------------------------------------

@@ -1,10 +1,19 @@
-"""Re-drive deliveries that failed for a transient reason, once each.
+"""Re-drive deliveries that failed for a transient reason, a bounded number of times.
 
 qrunner already retries a failing send and dead-letters it when retries run out. What is left
 for this task is the dead-lettered send whose last error was transient (a provider outage that
-outlasted the retries): it goes back on its queue, once. Only rows logged ``failed`` qualify;
-a ``maybe_sent`` SMS may have reached the phone and is never re-sent (DESIGN G3), and neither is
-a message that some later attempt sent, suppressed or left maybe-sent.
+outlasted the retries): it goes back on its queue. Three rules, each a tombstone outcome:
+
+- **never a maybe-sent SMS** (``maybe_sent``): a job with any attempt logged ``maybe_sent``,
+  a row a status callback resolved from maybe-sent (``resolved_from``), or an effect-ledger
+  entry still ``maybe_sent`` may have reached the phone (DESIGN G3); it is never re-sent,
+  whatever later attempts or callbacks said;
+- **only transient failures** (``not_transient``): a refusal, an invalid number or an opt-out
+  fails the same way every time;
+- **bounded** (``exhausted``): a job is replayed at most ``max_redrives`` times (default 1)
+  over its life, so a send that keeps failing after its replays is left dead.
+
+A message that some attempt sent or suppressed is not examined at all.
 
 The job is replayed from the dead-letter stream, keeping its id and idempotency key, so the
 send task's effect ledger and the email provider's Idempotency-Key still recognise it; the
@@ -58,22 +67,47 @@ def is_transient(error: str | None) -> bool:
 class ProcessFailedMessages(BaseModel):
     lookback_hours: int = Field(default=24, ge=1, le=7 * 24)
     limit: int = Field(default=500, ge=1, le=10_000)
+    #: Replays a job may have over its life; later failures of it are left dead.
+    max_redrives: int = Field(default=1, ge=1, le=5)
     now: datetime | None = None
 
 
 _CANDIDATES = """
-SELECT d.id, d.job_id, d.error
+SELECT d.id, d.job_id, d.error,
+       (d.resolved_from = 'maybe_sent'
+        OR EXISTS (SELECT 1 FROM delivery_log m
+                   WHERE (m.job_id = d.job_id
+                          OR (d.idempotency_key IS NOT NULL
+                              AND m.idempotency_key = d.idempotency_key))
+                     AND (m.status = 'maybe_sent' OR m.resolved_from = 'maybe_sent'))
+        OR EXISTS (SELECT 1 FROM effect_ledger l
+                   WHERE l.job_id = d.job_id AND l.state = 'maybe_sent')) AS maybe_sent,
+       (SELECT count(*) FROM delivery_redrives r
+        WHERE r.job_id = d.job_id AND r.outcome = 'replayed') AS replays
 FROM delivery_log d
 WHERE d.status = 'failed' AND d.created_at >= $1
   AND NOT EXISTS (SELECT 1 FROM delivery_redrives r WHERE r.delivery_log_id = d.id)
   AND NOT EXISTS (
       SELECT 1 FROM delivery_log later
-      WHERE later.status IN ('sent', 'maybe_sent', 'sandbox', 'suppressed')
+      WHERE later.status IN ('sent', 'sandbox', 'suppressed') AND later.resolved_from IS NULL
         AND (later.job_id = d.job_id
              OR (d.idempotency_key IS NOT NULL AND later.idempotency_key = d.idempotency_key)))
 ORDER BY d.id
 LIMIT $2
 """
+
+
+def verdict(error: str | None, maybe_sent: bool, replays: int, max_redrives: int) -> str | None:
+    """Why a failed delivery must not be re-driven (its tombstone outcome), or ``None``.
+
+    The order matters: a maybe-sent message is never re-sent whatever its error says."""
+    if maybe_sent:
+        return "maybe_sent"
+    if not is_transient(error):
+        return "not_transient"
+    if replays >= max_redrives:
+        return "exhausted"
+    return None
 
 
 @registry.task(queue=QUEUE, payload=ProcessFailedMessages, max_retries=1, timeout_s=300)
@@ -85,10 +119,11 @@ async def process_failed_messages(
     tombstones: list[tuple[int, str, str]] = []
     by_job: dict[str, list[int]] = {}
     for r in rows:
-        if is_transient(r["error"]):
+        why = verdict(r["error"], r["maybe_sent"], r["replays"], payload.max_redrives)
+        if why is None:
             by_job.setdefault(r["job_id"], []).append(r["id"])
         else:
-            tombstones.append((r["id"], r["job_id"], "not_transient"))
+            tombstones.append((r["id"], r["job_id"], why))
     dead: dict[str, list[str]] = {}  # queue -> job ids waiting in its dead-letter stream
     in_flight = 0
     for job_id, log_ids in by_job.items():
@@ -119,8 +154,10 @@ async def process_failed_messages(
         "examined": len(rows),
         "replayed": sorted(replayed),
         "in_flight": in_flight,
-        "not_transient": sum(1 for t in tombstones if t[2] == "not_transient"),
-        "no_envelope": sum(1 for t in tombstones if t[2] == "no_envelope"),
+        **{
+            outcome: sum(1 for t in tombstones if t[2] == outcome)
+            for outcome in ("not_transient", "maybe_sent", "exhausted", "no_envelope")
+        },
     }
 
 

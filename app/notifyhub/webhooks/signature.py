@@ -51,7 +51,7 @@ SIGNATURE_HEADER = "webhook-signature"
 #: What ``{provider}`` in the path may be.
 PROVIDER_NAME = re.compile(r"^[a-z0-9_-]{1,32}$")
 #: Names that have their own route and their own events in ``inbound_events``.
-RESERVED_PROVIDERS = frozenset({"twilio"})
+RESERVED_PROVIDERS = frozenset({"twilio", "resend"})
 #: Providers verified with their own scheme; any other name uses the Standard Webhooks scheme.
 VENDOR_SCHEMES = frozenset({"paystack", "flutterwave", "stripe"})
 #: Providers whose scheme signs no timestamp.
