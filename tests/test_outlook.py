@@ -266,3 +266,35 @@ async def test_content_stats_flag_low_view_rates(env: Env) -> None:
         ("bills", 6, 6),
         ("goals", 6, 1),
     ]
+
+
+async def test_content_ab_test_assigns_each_user_a_stable_variant(env: Env) -> None:
+    # Given the content experiment running and users with bills and goals
+    from notifyhub.experiments import assign, create_experiment
+    from notifyhub.outlook.content import CONTENT_EXPERIMENT, CONTENT_VARIANTS
+
+    async with env.db.acquire() as conn:
+        await create_experiment(conn, CONTENT_EXPERIMENT, CONTENT_VARIANTS, min_sample=10)
+    users = [await add_user(env.db, f"U{n}", "UTC", 1) for n in range(12)]
+    # When each user's outlook is generated (twice: a rerun must not reassign)
+    for _ in range(2):
+        for uid in users:
+            await env.run(
+                "generate_user_outlook",
+                {"user_id": uid, "outlook_date": "2024-03-05", "force": True},
+            )
+    # Then each outlook carries the user's deterministic variant, and "focus" is shorter
+    rows = await env.db.fetch("SELECT user_id, content FROM daily_outlooks ORDER BY user_id")
+    seen = set()
+    for r in rows:
+        content = r["content"]
+        expected = assign(CONTENT_EXPERIMENT, r["user_id"], CONTENT_VARIANTS)
+        assert content["variant"] == expected
+        seen.add(expected)
+        if expected == "focus":
+            assert len(content["sections"]) <= 1
+    assert seen == set(CONTENT_VARIANTS)  # 12 users: both arms have members
+    assigned = await env.db.fetchval(
+        "SELECT count(*) FROM experiment_assignments WHERE experiment = $1", CONTENT_EXPERIMENT
+    )
+    assert assigned == len(users)

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import datetime
 import os
+import secrets
 import socket
 import time
 from typing import Any
@@ -26,8 +27,12 @@ from qrunner import (
 
 from .db import create_pool
 from .demo_data import seed_demo_data
+from .experiments import create_experiment, variant_for
 from .fakeproviders import FakeResend, FakeTwilio
+from .fakeproviders.fcm import FakeFcm
+from .messaging.push_devices import register_device
 from .migrate import DEFAULT_MIGRATIONS_DIR, migrate
+from .outlook.content import CONTENT_EXPERIMENT, CONTENT_VARIANTS
 from .providers.redact import mask_email, mask_phone, redact_text
 from .settings import load_app_settings, reveal
 
@@ -42,7 +47,7 @@ def _free_port() -> int:
 
 
 async def run_demo(settings: Settings, seconds: float = 0) -> int:
-    async with FakeTwilio() as twilio, FakeResend() as resend:
+    async with FakeTwilio() as twilio, FakeResend() as resend, FakeFcm() as fcm:
         port = _free_port()
         # The worker's lifespan reads the app's settings from the environment, like any worker.
         os.environ.update(
@@ -54,9 +59,17 @@ async def run_demo(settings: Settings, seconds: float = 0) -> int:
                 "RESEND_API_KEY": resend.api_key,
                 "NOTIFYHUB_EMAIL_BASE_URL": resend.base_url,
                 "NOTIFYHUB_PUBLIC_URL": f"http://127.0.0.1:{port}",
+                "NOTIFYHUB_FCM_ACCESS_TOKEN": fcm.access_token,
+                "NOTIFYHUB_FCM_PROJECT": fcm.project,
+                "NOTIFYHUB_FCM_BASE_URL": fcm.base_url,
             }
         )
-        print(f"fake Twilio at {twilio.base_url}, fake Resend at {resend.base_url}")
+        # Report download links are signed: a secret for this demo when none is configured.
+        os.environ.setdefault("NOTIFYHUB_SIGNING_SECRET", secrets.token_urlsafe(32))
+        print(
+            f"fake Twilio at {twilio.base_url}, fake Resend at {resend.base_url}, "
+            f"fake FCM at {fcm.base_url}"
+        )
         registry = load_registry(APP)
         db_url = reveal(load_app_settings().database_url)
         if db_url is None:
@@ -71,6 +84,7 @@ async def run_demo(settings: Settings, seconds: float = 0) -> int:
         try:
             await seed_demo_data(pool)
             print("seeded demo users, orders, meetings and bills in PostgreSQL")
+            variants = await _seed_push_and_experiment(pool)
             worker = asyncio.create_task(
                 serve(WorkerOptions(app=APP, metrics_port=port, cron=False), settings, stop)
             )
@@ -81,6 +95,11 @@ async def run_demo(settings: Settings, seconds: float = 0) -> int:
             stop.set()
             await worker
             await _report(client, jobs, twilio, resend)
+            _report_push_and_experiment(fcm, variants)
+            print(
+                "\nInspect with: bin/qrunner stats | bin/qrunner dlq list | bin/qrunner status "
+                f"JOB_ID | the dashboard at http://127.0.0.1:{port}/dashboard/ while a worker runs"
+            )
         finally:
             stop.set()
             await redis.aclose()
@@ -98,11 +117,28 @@ async def _enqueue_mix(client: Client, pool: Any) -> dict[str, str]:
     jobs["generate daily outlooks"] = await client.enqueue("generate_daily_outlooks", {})
     business_id = await pool.fetchval("SELECT id FROM businesses ORDER BY id LIMIT 1")
     today = datetime.date.today()
-    jobs["sales report (xlsx)"] = await client.enqueue(
+    owner = await pool.fetchval("SELECT id FROM users WHERE email = 'ava@example.com'")
+    jobs["outlook by push (preferred channel)"] = await client.enqueue(
+        "send_preferred",
+        {
+            "user_id": owner,
+            "title": "Your outlook for today",
+            "body": "Two bills this week and your savings goal is 62% there.",
+            "email_context": {
+                "email_subject": "Your outlook for today",
+                "paragraphs": ["Two bills this week and your savings goal is 62% there."],
+            },
+            "sms_text": "Your outlook: two bills this week; savings goal 62% there.",
+            "template": "daily_outlook",
+            "collapse_key": "daily-outlook",
+        },
+    )
+    jobs["sales report (pdf, link)"] = await client.enqueue(
         "generate_sales_report",
         {
             "business_id": business_id,
-            "format": "xlsx",
+            "user_id": owner,
+            "format": "pdf",
             "start_date": str(today - datetime.timedelta(days=30)),
             "end_date": str(today),
         },
@@ -152,6 +188,8 @@ async def _report(
         extra = ""
         if st.state == "dead":
             extra = f"  reason: {redact_text(st.last_error or '')[:90]}"
+        elif isinstance(st.result, dict) and st.result.get("download_url"):
+            extra = f"  -> PDF {st.result.get('row_count')} row(s): {st.result['download_url']}"
         elif st.state == "scheduled":
             extra = "  (deferred: quiet hours or rate limit; it will run later)"
         elif isinstance(st.result, str | dict):
@@ -172,4 +210,37 @@ async def _report(
                 f"  {s.queue:<16} depth={s.depth} pending={s.pending} delayed={s.delayed} "
                 f"dead={s.dead}"
             )
-    print("\nInspect with: bin/qrunner stats | bin/qrunner dlq list | bin/qrunner status JOB_ID")
+
+
+DEMO_DEVICE = "demo-fcm-registration-token-0123456789abcdef"
+
+
+async def _seed_push_and_experiment(pool: Any) -> dict[str, str]:
+    """Ava's phone app for push (with her push consent), and the outlook content A/B test
+    with each demo user's variant."""
+    async with pool.acquire() as conn:
+        ava = await conn.fetchval("SELECT id FROM users WHERE email = 'ava@example.com'")
+        await register_device(conn, ava, "fcm", DEMO_DEVICE)
+        await conn.execute(
+            "INSERT INTO consents (user_id, channel, opted_in_at, opt_in_source)"
+            " SELECT $1, 'push', now(), 'demo' WHERE NOT EXISTS (SELECT 1 FROM current_consents"
+            " WHERE user_id = $1 AND channel = 'push' AND consented)",
+            ava,
+        )
+        await create_experiment(conn, CONTENT_EXPERIMENT, CONTENT_VARIANTS, min_sample=50)
+        users = await conn.fetch("SELECT id, email FROM users ORDER BY id")
+        return {
+            mask_email(u["email"] or f"user {u['id']}"): await variant_for(
+                conn, CONTENT_EXPERIMENT, u["id"]
+            )
+            for u in users
+        }
+
+
+def _report_push_and_experiment(fcm: FakeFcm, variants: dict[str, str]) -> None:
+    print(f"\n== push received by the fake FCM ({len(fcm.messages)})")
+    for m in fcm.messages:
+        print(f"  to device ...{m.token[-6:]}: {m.title}: {m.body}")
+    print(f"\n== A/B test {CONTENT_EXPERIMENT!r}: each user's outlook variant (deterministic)")
+    for who, variant in variants.items():
+        print(f"  {who:<28} {variant}")

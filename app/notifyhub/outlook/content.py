@@ -197,3 +197,19 @@ def render_sms(content: dict[str, Any]) -> str:
     text = f"{content['greeting']}. {content['headline']}"
     room = 160 - SMS_FOOTER_CHARS
     return text if len(text) <= room else text[: room - 3] + "..."
+
+
+#: The A/B test the outlook content takes part in while it runs (:mod:`notifyhub.experiments`;
+#: started with ``create_experiment(conn, CONTENT_EXPERIMENT, CONTENT_VARIANTS)``).
+CONTENT_EXPERIMENT = "outlook_content"
+#: ``standard``: every section; ``focus``: the lead section only (a shorter outlook).
+CONTENT_VARIANTS = ("standard", "focus")
+
+
+def apply_variant(content: dict[str, Any], variant: str) -> dict[str, Any]:
+    """The outlook as ``variant`` shows it, labelled with the variant (kept with the outlook,
+    so views and ratings count for the variant it showed)."""
+    out = {**content, "variant": variant}
+    if variant == "focus":
+        out["sections"] = list(content["sections"][:1])
+    return out

@@ -30,10 +30,20 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 from pydantic import BaseModel, Field
 
+from notifyhub.experiments import variant_for
 from notifyhub.state import HandlerState
 from qrunner import Context, JobSpec, Registry
 
-from .content import Bill, Goal, Spending, build_outlook, render_email, render_sms
+from .content import (
+    CONTENT_EXPERIMENT,
+    Bill,
+    Goal,
+    Spending,
+    apply_variant,
+    build_outlook,
+    render_email,
+    render_sms,
+)
 from .timing import is_due, outlook_dates_between, resolve_zone, target_instant, utc_now
 
 log = logging.getLogger(__name__)
@@ -206,6 +216,12 @@ async def generate_user_outlook(
         content = await _compose(
             conn, payload.user_id, user["name"], user["time_zone"], payload.outlook_date
         )
+        try:  # while the content A/B test runs, each user sees their assigned variant
+            variant = await variant_for(conn, CONTENT_EXPERIMENT, payload.user_id)
+        except LookupError:
+            variant = None
+        if variant is not None:
+            content = apply_variant(content, variant)
         if payload.force:
             row = await conn.fetchrow(
                 "INSERT INTO daily_outlooks (user_id, outlook_date, content) VALUES ($1, $2, $3)"
