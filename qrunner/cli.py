@@ -646,6 +646,10 @@ async def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
             replayed, skipped = await dl.replay(
                 queues, task=args.task, ident=args.id, per_second=args.rate
             )
+            target = args.id or (f"task {args.task}" if args.task else "all")
+            await cli_ops.control_for(redis, settings).record(
+                "dlq-replay", target, f"{replayed} job(s)"
+            )
             print(
                 f"replayed {replayed} job(s)"
                 + (f"; {skipped} malformed entr(y/ies) left" if skipped else "")
@@ -654,6 +658,9 @@ async def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
         if not args.yes:
             raise UsageError("dlq purge: deletes dead-lettered jobs for good; add --yes")
         n = await dl.purge(queues, task=args.task)
+        await cli_ops.control_for(redis, settings).record(
+            "dlq-purge", f"task {args.task}" if args.task else "all", f"{n} job(s)"
+        )
         print(f"purged {n} dead-lettered job(s)")
         return 0
     finally:

@@ -108,6 +108,10 @@ async def _redis(settings: Settings) -> Any:
     return await connect_redis(redis_url(settings))
 
 
+def control_for(redis: Any, settings: Settings) -> Any:
+    return _control(redis, settings)
+
+
 def _control(redis: Any, settings: Settings) -> Any:
     from .control import Control
 

@@ -344,6 +344,11 @@ class Control:
         pipe.hincrby(keys.action_counts(), action, 1)
         await pipe.execute()
 
+    async def record(self, action: str, target: str, detail: str = "") -> None:
+        """Log, audit and count an action taken through another API (dead-letter replay and
+        purge go through :class:`~qrunner.DeadLetters`)."""
+        await self._record(action, target, detail)
+
     async def pause(self, queue: str) -> bool:
         """Workers stop reading ``queue`` (in-flight jobs finish); True if it was not paused."""
         check_queue_name(queue)

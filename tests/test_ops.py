@@ -299,3 +299,17 @@ async def test_every_action_is_audited_and_counted(redis: Redis, redis_url: str)
     text = metrics.exposition().decode()
     assert 'qrunner_operator_actions_total{action="pause"} 1.0' in text
     assert 'qrunner_operator_actions_total{action="resume"} 1.0' in text
+
+
+async def test_dead_letter_replay_and_purge_are_audited(redis: Redis, redis_url: str) -> None:
+    client = Client(redis, ops_tasks.registry)
+    first = await client.enqueue("broken", {"n": 1})
+    await client.enqueue("broken", {"n": 2})
+    await asyncio.wait_for(Worker(redis, ops_tasks.registry, settings=FAST, burst=True).run(), 30)
+    assert cli("dlq", "replay", first, redis_url=redis_url).returncode == 0
+    assert cli("dlq", "purge", "--yes", redis_url=redis_url).returncode == 0
+    audit = await Control(redis).audit()
+    assert [(a["action"], a["target"]) for a in audit[:2]] == [
+        ("dlq-purge", "all"),
+        ("dlq-replay", first),
+    ]

@@ -98,7 +98,8 @@ async def run_demo(settings: Settings, seconds: float = 0) -> int:
             _report_push_and_experiment(fcm, variants)
             print(
                 "\nInspect with: bin/qrunner stats | bin/qrunner dlq list | bin/qrunner status "
-                f"JOB_ID | the dashboard at http://127.0.0.1:{port}/dashboard/ while a worker runs"
+                "JOB_ID | bin/qrunner worker --metrics-port 8080, then the dashboard at "
+                "http://127.0.0.1:8080/dashboard/"
             )
         finally:
             stop.set()

@@ -313,7 +313,7 @@ class Pages:
             return _see(f"{b.prefix}/dead?queue={entry.queue}")
         if entry.job is None or not await b.dead.replay_one(entry):
             return _problem(b, request, 409, "This entry is malformed and cannot be replayed.")
-        log.info("dashboard: replayed dead-lettered job %s of %s", entry.job.id, entry.queue)
+        await b.control.record("dlq-replay", entry.job.id, f"queue {entry.queue}")
         return _see(f"{b.prefix}/jobs/{entry.job.id}")
 
     # -- schedules ------------------------------------------------------------------------------
