@@ -41,9 +41,7 @@ async def env(database_url: str, redis: Redis, tmp_path: Path) -> AsyncIterator[
     async def record(name: str, ctx: Context[Any], payload: BaseModel) -> None:
         e.sent.append((name, payload.model_dump(), ctx.job.key))
 
-    standins = standin_registry(
-        "email_education", {"send_preferred": PreferredIn}, record
-    )
+    standins = standin_registry("email_education", {"send_preferred": PreferredIn}, record)
     async with handler_stack(database_url, redis, tmp_path, outlook_registry, standins) as stack:
         e = Env(*stack)
         yield e
@@ -111,6 +109,29 @@ def test_due_once_local_delivery_time_has_passed(
 ) -> None:
     zone = resolve_zone("America/New_York")
     assert is_due(utc, zone, date(2024, 3, 5), weekday_at) is due
+
+
+@pytest.mark.parametrize(
+    ("utc", "weekday_at", "best_hour", "due"),
+    [
+        (datetime(2024, 3, 5, 11, 45, tzinfo=UTC), None, 9, False),  # 06:45: not the hour yet
+        (datetime(2024, 3, 5, 13, 59, tzinfo=UTC), None, 9, False),  # 08:59
+        (datetime(2024, 3, 5, 14, 0, tzinfo=UTC), None, 9, True),  # 09:00: the learned hour
+        (datetime(2024, 3, 5, 10, 30, tzinfo=UTC), time(5, 30), 9, True),  # saved time wins
+    ],
+)
+def test_due_at_the_learned_hour_without_a_saved_time(
+    utc: datetime, weekday_at: time | None, best_hour: int, due: bool
+) -> None:
+    zone = resolve_zone("America/New_York")
+    assert is_due(utc, zone, date(2024, 3, 5), weekday_at, best_hour=best_hour) is due
+
+
+def test_outlook_date_follows_the_learned_hour() -> None:
+    # 14:00 in Tokyo: the 06:45 default has passed, but a learned 20:00 is still ahead today
+    zone = resolve_zone("Asia/Tokyo")
+    assert outlook_date_for(NOW, zone) == date(2024, 3, 6)
+    assert outlook_date_for(NOW, zone, best_hour=20) == date(2024, 3, 5)
 
 
 def test_urgent_bill_leads_the_outlook() -> None:

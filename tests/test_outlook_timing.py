@@ -1,4 +1,5 @@
-"""Outlooks arrive at 06:45 local on weekdays and 08:30 at weekends, once per local day.
+"""Outlooks arrive at 06:45 local on weekdays and 08:30 at weekends, once per local day; at
+the user's saved time, or else at the top of their learned best hour, when they have one.
 
 Given users in New York, Tokyo and Berlin without saved preferences, when the delivery sweep
 runs shortly before their local delivery time (its clock injected through the payload's
@@ -147,7 +148,103 @@ def test_saved_times_and_a_time_in_the_spring_forward_gap() -> None:
     assert twice == datetime(2025, 11, 2, 5, 30, tzinfo=UTC)
 
 
+@pytest.mark.parametrize("zone_name", [*ZONES, "Australia/Sydney"])
+@pytest.mark.parametrize("sunday", TRANSITIONS)
+def test_a_learned_hour_replaces_the_defaults_every_day(zone_name: str, sunday: date) -> None:
+    # Given a user without saved times whose best hour is 19
+    zone = ZoneInfo(zone_name)
+    days = [sunday + timedelta(days=n) for n in range(-3, 4)]
+    # Then every day's target is 19:00 local, weekends included, across the transition
+    for day in days:
+        local = target_instant(day, zone, best_hour=19).astimezone(zone)
+        assert (local.date(), local.time()) == (day, time(19))
+    # And daily generation windows still name every day once
+    slots = [datetime.combine(sunday + timedelta(days=n), time(5), UTC) for n in range(-7, 8)]
+    named = [
+        d
+        for s in slots
+        for d in outlook_dates_between(s, s + GENERATION_WINDOW, zone, best_hour=19)
+    ]
+    assert len(named) == len(set(named))
+    assert sorted(named) == [
+        min(named) + timedelta(days=n) for n in range((max(named) - min(named)).days + 1)
+    ]
+
+
+def test_saved_times_win_over_a_learned_hour() -> None:
+    ny = ZoneInfo("America/New_York")
+    weekday, saturday = date(2025, 1, 15), date(2025, 1, 18)
+    local = [
+        target_instant(day, ny, *saved, best_hour=21).astimezone(ny).time()
+        for day in (weekday, saturday)
+        for saved in ((time(5, 30), None), (None, time(9, 15)), (None, None))
+    ]
+    # A saved weekday time serves weekends too; a weekend-only one leaves weekdays to the hour
+    assert local == [time(5, 30), time(21), time(21), time(5, 30), time(9, 15), time(21)]
+    # A learned 02:00 on the spring-forward night arrives at 03:00 EDT, like a saved 02:00
+    assert target_instant(date(2025, 3, 9), ny, best_hour=2) == datetime(
+        2025, 3, 9, 7, 0, tzinfo=UTC
+    )
+
+
 # -- through the worker -------------------------------------------------------------------------
+
+
+async def test_outlooks_arrive_at_the_learned_hour_unless_a_time_is_saved(env: Env) -> None:
+    day = date(2025, 1, 15)  # a Wednesday
+    #: (zone, saved weekday time, learned best hour, expected local arrival)
+    cases = [
+        ("Asia/Tokyo", None, 19, time(19)),
+        ("Europe/Berlin", time(6, 0), 20, time(6, 0)),
+        ("America/New_York", None, None, time(6, 45)),
+    ]
+    for n, (zone_name, saved, hour, local_at) in enumerate(cases):
+        zone = ZoneInfo(zone_name)
+        target = datetime.combine(day, local_at, zone).astimezone(UTC)
+        # Given a user with or without a saved time and a best hour, and their outlook
+        uid = await add_user(env.db, f"Learner{n}", zone_name, target - timedelta(days=1))
+        await env.db.execute("UPDATE users SET outlook_weekday_at = $2 WHERE id = $1", uid, saved)
+        if hour is not None:
+            await env.db.execute(
+                "INSERT INTO user_send_hours (user_id, best_hour, events, time_zone)"
+                " VALUES ($1, $2, 9, $3)",
+                uid,
+                hour,
+                zone_name,
+            )
+        await env.run("generate_user_outlook", {"user_id": uid, "outlook_date": day.isoformat()})
+
+        # When the sweep runs shortly before the expected instant
+        swept_at = target - LEAD
+        started = wall.time()
+        result = await env.run("deliver_due_outlooks", {"now": swept_at.isoformat()})
+
+        # Then it holds the outlook for that instant and it arrives within a minute after it
+        assert result["scheduled"] == 1 and result["due"] == 0, (zone_name, result)
+        (ran_at,) = [at for _, p, at in env.sent if p["user_id"] == uid]
+        arrived = swept_at + timedelta(seconds=ran_at - started)
+        assert target <= arrived <= target + timedelta(seconds=60), (zone_name, arrived)
+        delivered_at = await env.db.fetchval(
+            "SELECT delivered_at FROM daily_outlooks WHERE user_id = $1", uid
+        )
+        assert delivered_at == target
+
+
+async def test_generation_names_the_day_whose_learned_hour_falls_in_its_window(env: Env) -> None:
+    # Given a Tokyo user whose best hour is 22 (13:00 UTC) and a 05:00 UTC generation slot
+    slot = datetime(2025, 1, 15, 5, 0, tzinfo=UTC)
+    uid = await add_user(env.db, "Owl", "Asia/Tokyo", slot)
+    await env.db.execute(
+        "INSERT INTO user_send_hours (user_id, best_hour, events, time_zone)"
+        " VALUES ($1, 22, 9, 'Asia/Tokyo')",
+        uid,
+    )
+    # When generation runs for the slot
+    await env.run("generate_daily_outlooks", {"scheduled_for": slot.isoformat()})
+    # Then the outlook is for the local day whose 22:00 comes next (the 15th, 13:00 UTC), not
+    # the day the 06:45 default would name (the 16th, 21:45 UTC on the 15th)
+    days = await env.db.fetch("SELECT outlook_date FROM daily_outlooks WHERE user_id = $1", uid)
+    assert [r["outlook_date"] for r in days] == [date(2025, 1, 15)]
 
 
 async def test_outlooks_arrive_within_a_minute_of_local_delivery_time(live: Env) -> None:

@@ -12,11 +12,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 from notifyhub.upkeep import registry as upkeep_registry
-from notifyhub.upkeep.meetings import KINDS, RUN_PERIOD, ReminderKind, reminder_delay
+from notifyhub.upkeep.meetings import (
+    KINDS,
+    RUN_PERIOD,
+    ReminderKind,
+    next_meeting_start,
+    reminder_delay,
+)
 from notifyhub.upkeep.monitoring import delivery_rates, depth_alerts
 from notifyhub.upkeep.redrive import is_transient, verdict
 from pydantic import BaseModel, ConfigDict
@@ -37,6 +44,14 @@ class Env(HandlerEnv):
     fail_first: set[str] = field(default_factory=set)
     #: Job ids whose stand-in send fails on every run.
     fail_always: set[str] = field(default_factory=set)
+
+
+class InvitationIn(BaseModel):
+    """The agreed payload of messaging's ``send_meeting_invitation``."""
+
+    model_config = ConfigDict(extra="forbid")
+    user_id: int
+    meeting_id: int
 
 
 class ReminderIn(BaseModel):
@@ -60,7 +75,11 @@ async def env(database_url: str, redis: Redis, tmp_path: Path) -> AsyncIterator[
 
     standins = standin_registry(
         "sms_daily",
-        {"send_meeting_reminder": ReminderIn, "send_sms": SmsIn},
+        {
+            "send_meeting_reminder": ReminderIn,
+            "send_meeting_invitation": InvitationIn,
+            "send_sms": SmsIn,
+        },
         record,
         max_retries=0,
     )
@@ -258,6 +277,131 @@ async def test_meeting_statuses_follow_the_clock(env: Env) -> None:
         future: "scheduled",
         cancelled: "cancelled",
     }
+
+
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+@pytest.mark.parametrize(
+    ("prev_local", "every_days", "now_local", "expected_local"),
+    [
+        # The next interval, same wall time
+        (datetime(2025, 1, 7, 18, 0), 7, datetime(2025, 1, 7, 19, 0), datetime(2025, 1, 14, 18, 0)),
+        # Across the spring-forward: still 18:00 local, so 6 days 23 hours later
+        (datetime(2025, 3, 27, 18, 0), 7, datetime(2025, 3, 27, 19), datetime(2025, 4, 3, 18, 0)),
+        # Across the fall-back
+        (datetime(2025, 10, 23, 9, 0), 7, datetime(2025, 10, 23, 10), datetime(2025, 10, 30, 9)),
+        # A missed stretch is skipped: the first slot after now, never one in the past
+        (datetime(2025, 1, 7, 18, 0), 7, datetime(2025, 2, 1, 12, 0), datetime(2025, 2, 4, 18, 0)),
+        (datetime(2025, 1, 7, 18, 0), 7, datetime(2025, 1, 14, 18, 0), datetime(2025, 1, 21, 18)),
+        (datetime(2025, 1, 7, 18, 0), 14, datetime(2025, 1, 7, 19, 0), datetime(2025, 1, 21, 18)),
+    ],
+)
+def test_next_meeting_keeps_its_local_time_and_lies_ahead(
+    prev_local: datetime, every_days: int, now_local: datetime, expected_local: datetime
+) -> None:
+    prev = prev_local.replace(tzinfo=BERLIN).astimezone(UTC)
+    now = now_local.replace(tzinfo=BERLIN).astimezone(UTC)
+    start = next_meeting_start(prev, every_days, BERLIN, now)
+    assert start == expected_local.replace(tzinfo=BERLIN).astimezone(UTC)
+    assert start.tzinfo is not None and start > now
+
+
+async def add_tracking_user(db: asyncpg.Pool, name: str, phase: str = "tracking") -> int:
+    uid: int = await db.fetchval(
+        "INSERT INTO users (name, coaching_phase, time_zone) VALUES ($1, $2, 'Europe/Berlin')"
+        " RETURNING id",
+        name,
+        phase,
+    )
+    return uid
+
+
+async def add_coaching(db: asyncpg.Pool, coach: int, user: int, starts_in: timedelta) -> int:
+    mid = await add_meeting(db, starts_in, minutes=45)
+    await db.execute("UPDATE meetings SET organiser_user_id = $2 WHERE id = $1", mid, coach)
+    await db.executemany(
+        "INSERT INTO meeting_participants (meeting_id, user_id, role, response)"
+        " VALUES ($1, $2, $3, 'accepted')",
+        [(mid, coach, "organiser"), (mid, user, "attendee")],
+    )
+    return mid
+
+
+async def test_tracking_users_get_their_next_meeting_and_one_invitation(env: Env) -> None:
+    # Given a coach; Ann in the tracking phase whose weekly meeting ended an hour ago; Bob in
+    # the setup phase whose meeting also ended; Dee tracking with her next meeting booked
+    coach = await add_user(env.db, "Coach")
+    ann = await add_tracking_user(env.db, "Ann")
+    bob = await add_tracking_user(env.db, "Bob", phase="setup")
+    dee = await add_tracking_user(env.db, "Dee")
+    anns = await add_coaching(env.db, coach, ann, -timedelta(hours=2))
+    await add_coaching(env.db, coach, bob, -timedelta(hours=2))
+    await add_coaching(env.db, coach, dee, -timedelta(days=7))
+    await add_coaching(env.db, coach, dee, timedelta(hours=5))
+
+    # When the status task runs twice at once, then again (cron catch-up, a retry)
+    jobs = [
+        await env.client.enqueue("update_meeting_statuses", {"now": NOW.isoformat()})
+        for _ in range(2)
+    ]
+    await env.drain()
+    again = await env.run("update_meeting_statuses", {"now": NOW.isoformat()})
+
+    # Then Ann's meeting is followed by exactly one booking, a week on, with the same people
+    results = [(await env.client.status(j)).result for j in jobs]
+    assert sum(r["booked"] for r in results) == 1 and again["booked"] == 0
+    (booked,) = await env.db.fetch(
+        "SELECT id, title, organiser_user_id, starts_at, ends_at, status FROM meetings"
+        " WHERE follows_meeting_id IS NOT NULL"
+    )
+    follows = await env.db.fetchval(
+        "SELECT follows_meeting_id FROM meetings WHERE id = $1", booked["id"]
+    )
+    assert follows == anns and booked["status"] == "scheduled"
+    assert booked["starts_at"] == NOW - timedelta(hours=2) + timedelta(days=7)
+    assert booked["ends_at"] - booked["starts_at"] == timedelta(minutes=45)
+    assert booked["organiser_user_id"] == coach and booked["title"] == "Check-in"
+    people = await env.db.fetch(
+        "SELECT user_id, role, response, invited_at FROM meeting_participants"
+        " WHERE meeting_id = $1 ORDER BY user_id",
+        booked["id"],
+    )
+    assert [(p["user_id"], p["role"], p["response"]) for p in people] == [
+        (coach, "organiser", "pending"),
+        (ann, "attendee", "pending"),
+    ]
+    assert all(p["invited_at"] == NOW for p in people)
+    # And Ann, not the organising coach, is invited once, whatever ran twice
+    invitations = [(p, key) for name, p, key in env.calls if name == "send_meeting_invitation"]
+    assert invitations == [
+        (
+            {"user_id": ann, "meeting_id": booked["id"]},
+            f"meeting-invitation:{booked['id']}:{ann}",
+        )
+    ]
+    assert sum(r["invited"] for r in results) == 1 and again["invited"] == 0
+    # And neither Bob (not tracking) nor Dee (already booked) gets a meeting
+    assert await env.db.fetchval("SELECT count(*) FROM meetings") == 5
+
+
+async def test_a_cancelled_follow_up_is_not_booked_again(env: Env) -> None:
+    # Given Ann, tracking, whose meeting ended and whose booked follow-up the coach cancelled
+    coach = await add_user(env.db, "Coach")
+    ann = await add_tracking_user(env.db, "Ann")
+    await add_coaching(env.db, coach, ann, -timedelta(hours=2))
+    first = await env.run("update_meeting_statuses", {"now": NOW.isoformat()})
+    assert first["booked"] == 1
+    await env.db.execute(
+        "UPDATE meetings SET status = 'cancelled' WHERE follows_meeting_id IS NOT NULL"
+    )
+
+    # When the status task runs again
+    again = await env.run("update_meeting_statuses", {"now": NOW.isoformat()})
+
+    # Then nothing is booked in its place
+    assert again["booked"] == 0 and again["invited"] == 0
+    assert await env.db.fetchval("SELECT count(*) FROM meetings") == 2
 
 
 async def test_cleanup_deletes_only_old_messages_in_batches(env: Env) -> None:

@@ -1,7 +1,9 @@
 """The daily-outlook tasks: fan out generation, deliver at local morning, measure engagement.
 
 Delivery timing: each outlook is due at one instant, its user's local delivery time on its
-date (:func:`.timing.target_instant`). The five-minute ``deliver_due_outlooks`` sweep does not
+date (:func:`.timing.target_instant`): a saved time, else the user's learned best hour
+(``user_send_hours``, joined into the query that reads the user or the outlook, so no sweep
+asks once per user), else the defaults. The five-minute ``deliver_due_outlooks`` sweep does not
 send at that instant itself; it looks :data:`LOOKAHEAD` ahead and enqueues one
 ``deliver_outlook`` job per outlook *delayed until its instant*, so the send starts within the
 worker's promotion interval of the target (well under a minute) instead of up to five minutes
@@ -122,8 +124,9 @@ async def generate_daily_outlooks(
     total = enqueued = existing = 0
     async with ctx.state.db.acquire() as conn, conn.transaction(readonly=True):
         cursor = await conn.cursor(
-            "SELECT id, time_zone, outlook_weekday_at, outlook_weekend_at FROM users"
-            " WHERE last_active_at >= $1 ORDER BY id",
+            "SELECT u.id, u.time_zone, u.outlook_weekday_at, u.outlook_weekend_at, sh.best_hour"
+            " FROM users u LEFT JOIN user_send_hours sh ON sh.user_id = u.id"
+            " WHERE u.last_active_at >= $1 ORDER BY u.id",
             since,
         )
         while rows := await cursor.fetch(BATCH):
@@ -172,8 +175,14 @@ def _target_dates(row: asyncpg.Record, ref: datetime, fixed: date | None) -> lis
     if fixed is not None:
         return [fixed]
     zone = resolve_zone(row["time_zone"])
-    prefs = (row["outlook_weekday_at"], row["outlook_weekend_at"])
-    return outlook_dates_between(ref, ref + GENERATION_WINDOW, zone, *prefs)
+    return outlook_dates_between(
+        ref,
+        ref + GENERATION_WINDOW,
+        zone,
+        row["outlook_weekday_at"],
+        row["outlook_weekend_at"],
+        best_hour=row["best_hour"],
+    )
 
 
 def _generation_key(user_id: int, day: date, forced_by: str | None) -> str:
@@ -296,11 +305,12 @@ async def _compose(
 
 _OUTLOOK_ROW = """
 SELECT o.id, o.user_id, o.outlook_date, o.content,
-       u.time_zone, u.outlook_weekday_at, u.outlook_weekend_at, u.email, u.phone,
+       u.time_zone, u.outlook_weekday_at, u.outlook_weekend_at, sh.best_hour, u.email, u.phone,
        coalesce(ce.consented, false) AS email_ok, coalesce(cs.consented, false) AS sms_ok,
        EXISTS (SELECT 1 FROM push_devices d WHERE d.user_id = u.id) AS has_device
 FROM daily_outlooks o
 JOIN users u ON u.id = o.user_id
+LEFT JOIN user_send_hours sh ON sh.user_id = u.id
 LEFT JOIN current_consents ce ON ce.user_id = u.id AND ce.channel = 'email'
 LEFT JOIN current_consents cs ON cs.user_id = u.id AND cs.channel = 'sms'
 """
@@ -313,8 +323,14 @@ _ONE_UNDELIVERED = _OUTLOOK_ROW + "WHERE o.id = $1 AND o.delivered_at IS NULL FO
 
 
 def _target(r: asyncpg.Record) -> datetime:
-    zone = resolve_zone(r["time_zone"])
-    return target_instant(r["outlook_date"], zone, r["outlook_weekday_at"], r["outlook_weekend_at"])
+    """The outlook's delivery instant: the saved time, else the learned hour, else the default."""
+    return target_instant(
+        r["outlook_date"],
+        resolve_zone(r["time_zone"]),
+        r["outlook_weekday_at"],
+        r["outlook_weekend_at"],
+        best_hour=r["best_hour"],
+    )
 
 
 @registry.task(
@@ -342,13 +358,17 @@ async def deliver_due_outlooks(
             ids: list[int] = []
             later: list[JobSpec] = []
             for r in rows:
-                zone = resolve_zone(r["time_zone"])
                 due_at = _target(r)
                 if now < due_at <= now + LOOKAHEAD:
                     later.append(_delayed_delivery(r["id"], due_at, now, payload.now is not None))
                     continue
                 if not is_due(
-                    now, zone, r["outlook_date"], r["outlook_weekday_at"], r["outlook_weekend_at"]
+                    now,
+                    resolve_zone(r["time_zone"]),
+                    r["outlook_date"],
+                    r["outlook_weekday_at"],
+                    r["outlook_weekend_at"],
+                    best_hour=r["best_hour"],
                 ):
                     continue
                 counts["due"] += 1
