@@ -25,7 +25,7 @@ from .errors import (
 )
 from .job import Job
 from .queue import Client, Group, JobSpec, JobStatus, QueueStats
-from .settings import Settings, build_settings, load_settings
+from .settings import Settings, SettingsModel, build_settings, load_settings
 from .task import Registry, Task
 from .workflow import GroupCounts
 
@@ -59,6 +59,7 @@ __all__ = [
     "Registry",
     "Retry",
     "Settings",
+    "SettingsModel",
     "SyncClient",
     "Task",
     "UnknownTask",

@@ -202,6 +202,39 @@ def _text(value: Any) -> str | None:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+class EnqueueRetries:
+    """The retry policy of an enqueue, shared by :class:`Client` and the synchronous client:
+    lost connections and busy servers are retried with a doubling pause (safe: every job id
+    is written at most once); out of memory, other errors and the last failure are raised as
+    qrunner errors."""
+
+    def __init__(self, job_ids: list[str], where: str) -> None:
+        self.job_ids = job_ids
+        self.where = where
+        self.attempt = 0
+        self.pause = ENQUEUE_BACKOFF_S
+        self.lost: BaseException | None = None
+
+    def after(self, exc: Exception) -> float:
+        """Seconds to wait before trying again after ``exc``; raises when not to retry."""
+        fault = classify(exc)
+        if isinstance(fault, OutOfMemory):
+            raise ServerFull(self.where, self.job_ids) from exc
+        if not isinstance(fault, ConnectionLost | ServerBusy):
+            raise exc
+        if isinstance(fault, ConnectionLost):
+            self.lost = exc
+        self.attempt += 1
+        if self.attempt == ENQUEUE_ATTEMPTS:
+            if self.lost is not None:
+                raise EnqueueUncertain(self.job_ids, self.where, self.lost) from exc
+            raise BackendUnavailable(
+                f"Redis at {self.where} is busy ({fault}); nothing was enqueued"
+            ) from exc
+        pause, self.pause = self.pause, self.pause * 2
+        return pause
+
+
 class Client:
     """Enqueue jobs and read their status.
 
@@ -352,28 +385,12 @@ class Client:
     async def _send(self, job_ids: list[str], send: Callable[[], Awaitable[Any]]) -> Any:
         """Run an enqueue, retrying lost connections and busy servers (safe: every job id is
         written at most once), and turn what remains into qrunner errors."""
-        pause = ENQUEUE_BACKOFF_S
-        lost: BaseException | None = None
-        for attempt in range(ENQUEUE_ATTEMPTS):
+        policy = EnqueueRetries(job_ids, _where(self.redis))
+        while True:
             try:
                 return await send()
             except Exception as exc:
-                fault = classify(exc)
-                if isinstance(fault, OutOfMemory):
-                    raise ServerFull(_where(self.redis), job_ids) from exc
-                if not isinstance(fault, ConnectionLost | ServerBusy):
-                    raise
-                if isinstance(fault, ConnectionLost):
-                    lost = exc
-                if attempt + 1 == ENQUEUE_ATTEMPTS:
-                    if lost is not None:
-                        raise EnqueueUncertain(job_ids, _where(self.redis), lost) from exc
-                    raise BackendUnavailable(
-                        f"Redis at {_where(self.redis)} is busy ({fault}); nothing was enqueued"
-                    ) from exc
-                await asyncio.sleep(pause)
-                pause *= 2
-        raise AssertionError("unreachable")
+                await asyncio.sleep(policy.after(exc))
 
     async def enqueue_many(
         self,

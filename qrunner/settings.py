@@ -58,13 +58,32 @@ def check_redis_url(url: str) -> None:
             raise ConfigError(f"QRUNNER_REDIS_URL: {exc}") from None
 
 
-class Settings(BaseSettings):
+class SettingsModel(BaseSettings):
+    """A frozen settings model that takes values as keywords and reads no environment by itself:
+    :func:`build_settings` reads them from an environment mapping, so a test's settings are
+    exactly what it passes. The runtime's :class:`Settings` and an application's settings
+    (with a prefix of their own) derive from it."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Only keywords: the environment is read by build_settings, from the mapping it is given.
+        return (init_settings,)
+
+
+class Settings(SettingsModel):
     """Runtime settings. ``Settings(...)`` takes values as keywords and reads no environment;
     :func:`load_settings` reads them from an environment mapping."""
 
-    model_config = SettingsConfigDict(
-        env_prefix=PREFIX, frozen=True, extra="forbid", validate_default=True
-    )
+    model_config = SettingsConfigDict(env_prefix=PREFIX)
 
     #: ``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://``, ``redis+sentinel://``.
     redis_url: SecretStr | None = None
@@ -91,18 +110,6 @@ class Settings(BaseSettings):
     uvloop: bool = True
     http_host: str = "127.0.0.1"
     http_token: SecretStr | None = None
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Only keywords: the environment is read by load_settings, from the mapping it is given.
-        return (init_settings,)
 
     @field_validator("log_level")
     @classmethod

@@ -40,14 +40,11 @@ from .errors import (
     BackendUnavailable,
     ConfigError,
     ConnectionLost,
-    EnqueueUncertain,
     JobNotFound,
-    OutOfMemory,
     ServerBusy,
-    ServerFull,
 )
 from .faults import classify
-from .queue import ENQUEUE_ATTEMPTS, ENQUEUE_BACKOFF_S, Client, JobSpec, JobStatus
+from .queue import Client, EnqueueRetries, JobSpec, JobStatus
 from .redis_url import parse_redis_url
 from .scripts import Script
 from .task import Registry
@@ -219,30 +216,13 @@ class SyncClient:
             raise
 
     def _send(self, job_ids: list[str], send: Callable[[], T]) -> T:
-        """The async client's retry policy: lost connections and busy servers are retried
-        (safe: each job id is written at most once); what remains becomes a qrunner error."""
-        pause = ENQUEUE_BACKOFF_S
-        lost: BaseException | None = None
-        for attempt in range(ENQUEUE_ATTEMPTS):
+        """The async client's retry policy (:class:`qrunner.queue.EnqueueRetries`)."""
+        policy = EnqueueRetries(job_ids, _where(self.redis))
+        while True:
             try:
                 return send()
             except Exception as exc:
-                fault = classify(exc)
-                if isinstance(fault, OutOfMemory):
-                    raise ServerFull(_where(self.redis), job_ids) from exc
-                if not isinstance(fault, ConnectionLost | ServerBusy):
-                    raise
-                if isinstance(fault, ConnectionLost):
-                    lost = exc
-                if attempt + 1 == ENQUEUE_ATTEMPTS:
-                    if lost is not None:
-                        raise EnqueueUncertain(job_ids, _where(self.redis), lost) from exc
-                    raise BackendUnavailable(
-                        f"Redis at {_where(self.redis)} is busy ({fault}); nothing was enqueued"
-                    ) from exc
-                time.sleep(pause)
-                pause *= 2
-        raise AssertionError("unreachable")
+                time.sleep(policy.after(exc))
 
 
 def _text(value: Any) -> str:

@@ -41,6 +41,7 @@ PUBLIC_API = [
     "Registry",
     "Retry",
     "Settings",
+    "SettingsModel",
     "SyncClient",
     "Task",
     "UnknownTask",

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from qrunner import build_settings
+from qrunner import SettingsModel, build_settings
 
 PREFIX = "NOTIFYHUB_"
 #: A shorter master secret is refused at start-up (32 random characters carry ~190 bits).
@@ -49,10 +49,8 @@ def reveal(value: SecretStr | None) -> str | None:
     return None if value is None else value.get_secret_value()
 
 
-class AppSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix=PREFIX, frozen=True, extra="forbid", validate_default=True
-    )
+class AppSettings(SettingsModel):
+    model_config = SettingsConfigDict(env_prefix=PREFIX)
 
     #: PostgreSQL (``postgresql://user:password@host:port/db``); required by the worker.
     database_url: SecretStr | None = None
@@ -88,17 +86,6 @@ class AppSettings(BaseSettings):
     apns_auth_token: SecretStr | None = None
     apns_topic: str | None = None
     apns_base_url: str | None = None
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
 
     @field_validator(
         "database_url",
