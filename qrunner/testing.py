@@ -251,12 +251,25 @@ async def _bring_forward(redis: Redis, queue: str, horizon_ms: int, retries_now:
     return int(moved)
 
 
-async def _left(redis: Redis, queues: Sequence[str]) -> int:
+async def _left(redis: Redis, queues: Sequence[str], horizon_ms: int, retries_now: bool) -> int:
+    """Jobs still to run on ``queues``: in the stream (waiting or running), parked for
+    fairness, or delayed but due by ``horizon_ms`` (or retries, with ``retries_now``).
+
+    Each queue is read in one MULTI (its keys share a hash tag): a job moving between its
+    stream and its delayed set (a retry written, a delayed job promoted) is atomic in Redis, so
+    a snapshot always sees it on one side or the other."""
     total = 0
     async with translated():
         for q in queues:
-            total += int(await redis.xlen(keys.stream(q)))
-            total += int(await redis.llen(keys.fair_ring(q)))
+            pipe = redis.pipeline(transaction=True)
+            pipe.xlen(keys.stream(q))
+            pipe.llen(keys.fair_ring(q))
+            pipe.zcount(keys.delayed(q), "-inf", horizon_ms)
+            pipe.zrangebyscore(keys.delayed(q), f"({horizon_ms}", "+inf")
+            queued, parked, due, later = await pipe.execute()
+            total += int(queued) + int(parked) + int(due)
+            if retries_now:
+                total += sum(1 for env in later if Job.decode(env).attempt > 1)
     return total
 
 
@@ -293,15 +306,16 @@ async def drain(
     deadline = time.monotonic() + timeout_s
     try:
         while not running.done():
-            # Emptiness first, then promotion: a job can only enter a delayed set from a
-            # stream, so an empty stream followed by nothing to promote means done.
-            left = await _left(redis, worker.queues)
             now = await redis.time()
             horizon_ms = int(now[0]) * 1000 + int(now[1]) // 1000 + int(until_s * 1000)
-            moved = 0
             for q in worker.queues:
-                moved += await _bring_forward(redis, q, horizon_ms, retries_now)
-            if not left and not moved and not worker._held and not worker.finisher.backlog:
+                await _bring_forward(redis, q, horizon_ms, retries_now)
+            # Done when a consistent snapshot of every queue holds nothing to run and the
+            # worker holds nothing: a job always is in one of those places until it is acked,
+            # and whatever it enqueues (follow-ups, children) is written before its ack.
+            idle = not worker._held and not worker.finisher.backlog
+            left = await _left(redis, worker.queues, horizon_ms, retries_now)
+            if idle and not left and not worker._held and not worker.finisher.backlog:
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"drain: jobs still left after {timeout_s:g}s")
