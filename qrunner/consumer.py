@@ -38,8 +38,6 @@ class Entry:
     #: The decoded envelope (a Job) or the reason it could not be decoded, filled in once by
     #: the worker so the body is parsed a single time.
     decoded: Any = None
-    #: True when the read already recorded the job's running state.
-    marked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +48,11 @@ class Completion:
     job_id: str
     attempt: int
     result: bytes
+    task: str = ""
+    enqueued_ms: int = 0
+    #: How long the handler ran, in ms: the record's start time is the Redis clock at the ack
+    #: minus this, so a job never finishes before it started whatever the worker's clock says.
+    run_ms: int = 0
 
 
 #: On Redis Cluster, the longest an idle worker waits on one queue before sweeping them all.
@@ -110,7 +113,6 @@ class Consumer:
     _reclaim = Script("reclaim")
     _release = Script("release_consumer")
     _promote = Script("promote")
-    _mark_running = Script("mark_running")
     _finish_cancelled = Script("finish_cancelled")
     _fetch = Script("fetch")
     _ensure_group = Script("ensure_group")
@@ -134,11 +136,9 @@ class Consumer:
                 raise
         return bool(int(created))
 
-    async def read_available(
-        self, queues: Sequence[str], count: int, *, status_ttl_ms: int = 0
-    ) -> list[Entry]:
-        """Non-blocking read in the given order until ``count`` entries are held; with a
-        status TTL the jobs are marked running in the same round trip."""
+    async def read_available(self, queues: Sequence[str], count: int) -> list[Entry]:
+        """Non-blocking read in the given order until ``count`` entries are held (a held
+        entry is what makes its job *running*: nothing is written per job)."""
         got: list[Entry] = []
         for q in queues:
             want = count - len(got)
@@ -148,11 +148,11 @@ class Consumer:
                 flat = await self._fetch(
                     self.redis,
                     [keys.stream(q)],
-                    [keys.GROUP, self.name, want, "", status_ttl_ms, keys.job_prefix(q)],
+                    [keys.GROUP, self.name, want],
                 )
             for i in range(0, len(flat), 2):
                 body = flat[i + 1]
-                got.append(Entry(q, _s(flat[i]), body if body else None, marked=True))
+                got.append(Entry(q, _s(flat[i]), body if body else None))
         return got
 
     async def read_blocking(self, queues: Sequence[str], count: int, block_ms: int) -> list[Entry]:
@@ -178,19 +178,43 @@ class Consumer:
 
     async def ack(self, queue: str, done: Sequence[Completion], result_ttl_ms: int) -> list[Finish]:
         packed = b"\n".join(
-            b"%s\t%s\t%d\t%s" % (c.entry_id.encode(), c.job_id.encode(), c.attempt, c.result)
+            b"%s\t%s\t%d\t%s\t%d\t%d\t%s"
+            % (
+                c.entry_id.encode(),
+                c.job_id.encode(),
+                c.attempt,
+                c.task.encode(),
+                c.enqueued_ms,
+                c.run_ms,
+                c.result,
+            )
             for c in done
         )
         async with translated(queue):
             res = await self._ack(
                 self.redis,
                 [keys.stream(queue)],
-                [keys.GROUP, self.name, "", result_ttl_ms, keys.job_prefix(queue), packed],
+                [
+                    keys.GROUP,
+                    self.name,
+                    "",
+                    result_ttl_ms,
+                    keys.job_prefix(queue),
+                    packed,
+                    keys.ID_MARKER_TTL_MS,
+                ],
             )
         return [_finish(int(x)) for x in res]
 
     async def finish_cancelled(
-        self, entry: Entry, job_id: str, attempt: int, status_ttl_ms: int
+        self,
+        entry: Entry,
+        job_id: str,
+        attempt: int,
+        status_ttl_ms: int,
+        *,
+        task: str = "",
+        enqueued_ms: int = 0,
     ) -> Finish:
         """Ack an entry an operator cancelled, recording the job as ``cancelled``."""
         q = entry.queue
@@ -198,7 +222,15 @@ class Consumer:
             res = await self._finish_cancelled(
                 self.redis,
                 [keys.stream(q), keys.job(q, job_id)],
-                [keys.GROUP, self.name, entry.entry_id, attempt, status_ttl_ms],
+                [
+                    keys.GROUP,
+                    self.name,
+                    entry.entry_id,
+                    attempt,
+                    status_ttl_ms,
+                    task,
+                    enqueued_ms or "",
+                ],
             )
         return _finish(int(res))
 
@@ -213,6 +245,8 @@ class Consumer:
         attempt: int,
         status_ttl_ms: int,
         last_error: str = "",
+        task: str = "",
+        enqueued_ms: int = 0,
     ) -> Finish:
         q = entry.queue
         async with translated(q):
@@ -230,6 +264,8 @@ class Consumer:
                     state,
                     attempt,
                     last_error,
+                    task,
+                    enqueued_ms or "",
                 ],
             )
         return _finish(int(due))
@@ -243,13 +279,26 @@ class Consumer:
         *,
         task: str,
         status_ttl_ms: int,
+        attempt: int = 0,
+        enqueued_ms: int = 0,
     ) -> Finish:
         q = entry.queue
         async with translated(q):
             res = await self._deadletter(
                 self.redis,
                 [keys.stream(q), keys.dlq(q), keys.job(q, job_id or "_malformed")],
-                [keys.GROUP, self.name, entry.entry_id, envelope, reason, "", status_ttl_ms, task],
+                [
+                    keys.GROUP,
+                    self.name,
+                    entry.entry_id,
+                    envelope,
+                    reason,
+                    "",
+                    status_ttl_ms,
+                    task,
+                    attempt or "",
+                    enqueued_ms or "",
+                ],
             )
         return _finish(res)
 
@@ -283,16 +332,6 @@ class Consumer:
                 self.redis, [keys.delayed(queue), keys.stream(queue)], ["", limit]
             )
         return int(moved), int(wait_ms)
-
-    async def mark_running(self, queue: str, job_ids: Sequence[str], ttl_ms: int) -> None:
-        """Record running state (Redis clock); skipped quietly when Redis is out of memory."""
-        if job_ids:
-            async with translated(queue):
-                await self._mark_running(
-                    self.redis,
-                    [keys.stream(queue)],
-                    ["", ttl_ms, keys.job_prefix(queue), "\n".join(job_ids), self.name],
-                )
 
     async def group_consumers(self, queue: str) -> list[tuple[str, int, int]]:
         """(name, pending entries, ms since it last read or claimed) per consumer of the group."""

@@ -27,7 +27,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from . import keys
+from . import jobstatus, keys
 from .errors import ConfigError, JobNotFound
 from .job import Job, MalformedJob
 from .names import check_queue_name
@@ -279,7 +279,7 @@ class Control:
         or last one from its status record."""
         raw = await self.redis.lrange(keys.job_history(queue, job_id), 0, -1)
         attempts = [Attempt(**orjson.loads(r)) for r in raw]
-        rec = {_text(k): v for k, v in (await self.redis.hgetall(keys.job(queue, job_id))).items()}
+        rec = await jobstatus.read(self.redis, queue, job_id)
         if not rec:
             return attempts
         number = _int(rec.get("attempt")) or 1
@@ -396,7 +396,13 @@ class Control:
             if not batch:
                 break
             ids = [_text(entry_id) for entry_id, _ in batch]
-            removed += int(await self.redis.xdel(stream, *ids))
+            jobs = [_decode((fields or {}).get(b"j")) for _, fields in batch]
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.xdel(stream, *ids)
+            job_ids = [job.id for job in jobs if job is not None]
+            if job_ids:
+                pipe.hdel(keys.live(queue), *job_ids)
+            removed += int((await pipe.execute())[0])
             last = ids[-1]
         delayed = int(await self.redis.zcard(keys.delayed(queue)))
         await self.redis.delete(keys.delayed(queue))

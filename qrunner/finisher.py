@@ -156,6 +156,8 @@ class Finisher:
                 attempt=job.attempt,
                 status_ttl_ms=self.status_ttl_ms,
                 last_error=outcome.error if isinstance(outcome, RetryLater) else "",
+                task=job.task,
+                enqueued_ms=job.enqueued_ms,
             )
         assert isinstance(outcome, DeadLettered)
         dead: Job | None = outcome.job
@@ -167,4 +169,6 @@ class Finisher:
             outcome.reason,
             task=dead.task if dead else "",
             status_ttl_ms=self.status_ttl_ms,
+            attempt=dead.attempt if dead else 0,
+            enqueued_ms=dead.enqueued_ms if dead else 0,
         )

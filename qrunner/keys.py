@@ -10,6 +10,7 @@ from __future__ import annotations
 PREFIX = "qr"
 GROUP = "workers"
 
+
 def stream(queue: str) -> str:
     return f"{PREFIX}:{{{queue}}}:stream"
 
@@ -35,6 +36,10 @@ def job(queue: str, job_id: str) -> str:
     return f"{PREFIX}:{{{queue}}}:job:{job_id}"
 
 
+#: How long a marker keeps a job id known when status records are off (see id_marker).
+ID_MARKER_TTL_MS = 120_000
+
+
 def id_marker(queue: str, job_id: str) -> str:
     """Marks a job id as enqueued when status records are off, so a retried enqueue is
     skipped (a short-lived string; with status records on, the record itself does this)."""
@@ -44,6 +49,12 @@ def id_marker(queue: str, job_id: str) -> str:
 def stall_note(queue: str, job_id: str) -> str:
     """Why a job's worker ended: it blocked the event loop (written by the watchdog)."""
     return f"{PREFIX}:{{{queue}}}:stall:{job_id}"
+
+
+def live(queue: str) -> str:
+    """The queue's live index: job id -> stream entry id of each job waiting in or taken from
+    the stream (status records on). A hash with no TTL: fields leave with their entries."""
+    return f"{PREFIX}:{{{queue}}}:live"
 
 
 def job_prefix(queue: str) -> str:

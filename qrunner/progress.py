@@ -99,17 +99,21 @@ class RedisProgress(Throttled):
         *,
         interval_s: float = MIN_INTERVAL_S,
         clock: Callable[[], float] = time.monotonic,
+        status_ttl_ms: int = 0,
     ) -> None:
         super().__init__(self._store, interval_s=interval_s, clock=clock)
         self.redis = redis
         self.queue = queue
         self.job_id = job_id
+        self.status_ttl_ms = status_ttl_ms
 
     async def _store(self, fraction: str, meta: bytes) -> None:
         try:
             async with translated(self.queue):
                 await self._script(
-                    self.redis, [keys.job(self.queue, self.job_id)], [fraction, meta, ""]
+                    self.redis,
+                    [keys.job(self.queue, self.job_id)],
+                    [fraction, meta, "", self.status_ttl_ms],
                 )
         except RedisFault as fault:
             log.warning("progress of job %s not recorded: %s", self.job_id, fault)

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import keys, workflow
+from . import jobstatus, keys, workflow
 from .connection import describe
 from .errors import (
     BackendUnavailable,
@@ -50,7 +50,7 @@ BULK_CHUNK = 500
 DEFAULT_DEDUP_TTL_S = 24 * 3600
 #: With status records off, how long an enqueued id is remembered so that a retried enqueue
 #: is skipped. Retries happen within seconds; the marker costs memory while it lives.
-ID_MARKER_TTL_MS = 120_000
+ID_MARKER_TTL_MS = keys.ID_MARKER_TTL_MS
 #: Attempts of an enqueue whose connection failed or whose server was busy, and the first
 #: pause between them (doubling). Safe: an id is written at most once.
 ENQUEUE_ATTEMPTS = 5
@@ -565,28 +565,22 @@ class Client:
         return ordered + sorted(names - set(ordered))
 
     async def status(self, job_id: str, queue: str | None = None) -> JobStatus:
-        """The job's status record; raises :class:`JobNotFound` when there is none."""
+        """The job's status; raises :class:`JobNotFound` when no queue has a trace of it.
+
+        A queued or running job's state is read from where its stream entry is (see
+        :mod:`qrunner.jobstatus`); anything else from its status record."""
         queues = [queue] if queue else await self.known_queues()
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            for q in queues:
-                pipe.hgetall(keys.job(q, job_id))
-            records = await pipe.execute()
+            hit = await jobstatus.find(self.redis, queues, job_id)
+            if hit is None:
+                raise JobNotFound(job_id)
+            found = self._status_from(job_id, hit[0], hit[1])
+            counts = await workflow.read_counts(self.redis, workflow.fanout_group_id(job_id))
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise _redis_down(self.redis, exc) from exc
-        for q, rec in zip(queues, records, strict=True):
-            if rec:
-                found = self._status_from(job_id, q, {_text(k) or "": v for k, v in rec.items()})
-                try:
-                    counts = await workflow.read_counts(
-                        self.redis, workflow.fanout_group_id(job_id)
-                    )
-                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                    raise _redis_down(self.redis, exc) from exc
-                if counts is None:
-                    return found
-                return replace(found, children=counts.to_dict())
-        raise JobNotFound(job_id)
+        if counts is None:
+            return found
+        return replace(found, children=counts.to_dict())
 
     async def enqueue_group(
         self,

@@ -35,7 +35,7 @@ from typing import Any, TypeVar, cast
 import redis as sync_redis
 from redis.exceptions import NoScriptError
 
-from . import keys
+from . import jobstatus, keys
 from .errors import (
     BackendUnavailable,
     ConfigError,
@@ -175,14 +175,10 @@ class SyncClient:
     def status(self, job_id: str, queue: str | None = None) -> JobStatus:
         """The job's status record; raises :class:`JobNotFound` when there is none."""
         queues = [queue] if queue else self._queues()
-        pipe = self.redis.pipeline(transaction=False)
-        for q in queues:
-            pipe.hgetall(keys.job(q, job_id))
-        records = self._io(pipe.execute)
-        for q, rec in zip(queues, records, strict=True):
-            if rec:
-                return Client._status_from(job_id, q, {_text(k): v for k, v in rec.items()})
-        raise JobNotFound(job_id)
+        hit = self._io(lambda: jobstatus.find_sync(self.redis, queues, job_id))
+        if hit is None:
+            raise JobNotFound(job_id)
+        return Client._status_from(job_id, hit[0], hit[1])
 
     def _queues(self) -> list[str]:
         names = {_text(q) for q in self._io(lambda: self.redis.smembers(keys.queues_set()))}

@@ -58,6 +58,23 @@ from .workflow import FollowUps
 
 log = logging.getLogger(__name__)
 
+#: With most slots busy, how long the worker may wait for more to free up before reading
+#: (batched refills: one read per several finished jobs instead of one per job).
+REFILL_WAIT_S = 0.002
+
+#: Python 3.12+: start a job's task eagerly, running it up to its first wait at once. A job that
+#: never waits (or waits on something already done) then costs no event-loop round. 3.11 has
+#: no eager tasks and creates them as usual.
+_eager_factory = getattr(asyncio, "eager_task_factory", None)
+
+
+def _spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    if _eager_factory is None:
+        return asyncio.create_task(coro)
+    task: asyncio.Task[None] = _eager_factory(asyncio.get_running_loop(), coro)
+    return task
+
+
 ExtraLoop = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
 
 
@@ -153,13 +170,20 @@ class Worker:
         self.presence = Presence(self)
         self._active = 0
         self._slot_free = asyncio.Event()
+        #: The entry _start is spawning, and the one whose task gave up its hold before _start
+        #: recorded it (an eager start runs a task up to its first wait inside _spawn).
+        self._starting: tuple[str, str] | None = None
+        self._ended_early: list[tuple[str, str]] = []
+        #: Free slots worth a read while most are busy (see _fetch_step).
+        self._refill_batch = max(1, self.concurrency // 10)
+        #: When a partial refill is due anyway (see _fetch_step); None while not waiting.
+        self._refill_by: float | None = None
         self._reading_stopped = asyncio.Event()
         self._stop = asyncio.Event()
         self._closing = asyncio.Event()
         self._never = asyncio.Event()
         self._recovering = asyncio.Lock()
         self._debug = log.isEnabledFor(logging.DEBUG)
-        self._status_warned = 0.0
         #: Let the watchdog end the process when SIGTERM finds the loop blocked (only where the
         #: process' signal handlers are the worker's: the CLI).
         self.signal_escape = signal_escape
@@ -194,7 +218,9 @@ class Worker:
     def _context(self, job: Job, deliveries: int) -> Context[Any]:
         reporter = None
         if self.status_ttl_ms:
-            reporter = self._progress[job.id] = RedisProgress(self.redis, job.queue, job.id)
+            reporter = self._progress[job.id] = RedisProgress(
+                self.redis, job.queue, job.id, status_ttl_ms=self.status_ttl_ms
+            )
         return Context(
             job=job,
             redis=self.redis,
@@ -412,6 +438,18 @@ class Worker:
             self._slot_free.clear()
             await self._wait_any(self._slot_free)
             return 0.0
+        # Refill in batches: with most slots busy, wait briefly for more to free up rather
+        # than paying one read per finished job. Never longer than REFILL_WAIT_S, so slow jobs
+        # holding most slots do not keep the free ones idle.
+        if free < self._refill_batch and self._active:
+            now = time.monotonic()
+            if self._refill_by is None:
+                self._refill_by = now + REFILL_WAIT_S
+            if now < self._refill_by:
+                self._slot_free.clear()
+                await self._wait_any(self._slot_free, self._refill_by - now)
+                return 0.0
+        self._refill_by = None
         for q in self._fair_queues:
             await fairness.release(self.redis, q, self.concurrency)
         order = [q for q in self._read_order() if q not in self.paused]
@@ -422,9 +460,7 @@ class Worker:
             return CONTROL_INTERVAL_S
         sent = time.monotonic()
         if self.gate is None:
-            entries = await self.consumer.read_available(
-                order, free, status_ttl_ms=self.status_ttl_ms
-            )
+            entries = await self.consumer.read_available(order, free)
             wait_queues, wait_count, max_wait_ms = order, free, None
         else:
             # A queue whose jobs all wait for one exhausted rate limit is read only as far as
@@ -435,9 +471,7 @@ class Worker:
                 count = min(count, free - len(entries))
                 if count <= 0:
                     break
-                entries += await self.consumer.read_available(
-                    [queue], count, status_ttl_ms=self.status_ttl_ms
-                )
+                entries += await self.consumer.read_available([queue], count)
             wait_queues = [q for q in plan.wait_queues if q not in self.paused]
             wait_count = min(free, plan.wait_count)
             max_wait_ms = plan.max_wait_ms
@@ -478,10 +512,10 @@ class Worker:
             )
         return [e for e in entries if (e.queue, e.entry_id) not in lost]
 
-    async def _wait_any(self, event: asyncio.Event) -> None:
+    async def _wait_any(self, event: asyncio.Event, within: float | None = None) -> None:
         waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._stop.wait())]
         try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiters, timeout=within, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for w in waiters:
                 w.cancel()
@@ -498,21 +532,9 @@ class Worker:
         return not self._held and not self.finisher.backlog and not any(counts)
 
     async def _dispatch(self, entries: list[Entry]) -> None:
-        started: dict[str, list[str]] = {}
         for e in entries:
             if e.decoded is None:
                 e.decoded = self.runner.decode(e)
-            if isinstance(e.decoded, Job) and not e.marked:
-                started.setdefault(e.queue, []).append(e.decoded.id)
-        if started and self.status_ttl_ms:
-            try:
-                for queue, job_ids in started.items():
-                    await self.consumer.mark_running(queue, job_ids, self.status_ttl_ms)
-            except RedisFault as fault:  # status records are advisory; the jobs run anyway
-                now = time.monotonic()
-                if now - self._status_warned > 30:
-                    self._status_warned = now
-                    log.warning("could not record running state: %s", fault)
         for entry in entries:
             self._start(entry)
 
@@ -521,7 +543,13 @@ class Worker:
         if key in self._held:
             return
         self._active += 1
-        self._held[key] = asyncio.create_task(self._process(entry))
+        self._starting = key
+        try:
+            self._held[key] = _spawn(self._process(entry))
+        finally:
+            self._starting = None
+        if self._ended_early:  # it gave up its hold inside _spawn (eager start)
+            self._held.pop(self._ended_early.pop(), None)
 
     def _release_entry(self, queue: str, entry_id: str) -> None:
         self._held.pop((queue, entry_id), None)
@@ -581,7 +609,10 @@ class Worker:
             if job is not None:
                 self._progress.pop(job.id, None)
             if outcome is None:  # cancelled, or not admitted: the entry stays pending
-                self._held.pop(key, None)
+                if self._starting == key:
+                    self._ended_early.append(key)
+                else:
+                    self._held.pop(key, None)
                 if job is not None and not cancelled:
                     self._attempt_started.pop(job.id, None)
         duration = time.perf_counter() - t0
@@ -594,7 +625,16 @@ class Worker:
             else:
                 self._attempt_started.pop(job.id, None)
             self.finisher.succeeded(
-                entry.queue, Completion(entry.entry_id, job.id, job.attempt, outcome.result)
+                entry.queue,
+                Completion(
+                    entry.entry_id,
+                    job.id,
+                    job.attempt,
+                    outcome.result,
+                    job.task,
+                    job.enqueued_ms,
+                    int(duration * 1000),
+                ),
             )
             self.observer.job_finished(task_name, entry.queue, "succeeded", duration)
             self.finisher.processed += 1
@@ -704,7 +744,12 @@ class Worker:
         key = (entry.queue, entry.entry_id)
         try:
             done = await self.consumer.finish_cancelled(
-                entry, job.id, job.attempt, self.status_ttl_ms
+                entry,
+                job.id,
+                job.attempt,
+                self.status_ttl_ms,
+                task=job.task,
+                enqueued_ms=job.enqueued_ms,
             )
         except RedisFault as fault:
             log.warning(

@@ -16,7 +16,9 @@ local function qr_fair_release(stream, group, ring, target)
     if not list then break end
     local env = redis.call('LPOP', list)
     if env then
-      redis.call('XADD', stream, '*', 'j', env)
+      local eid = redis.call('XADD', stream, '*', 'j', env)
+      local job_id = qr_job_id(env)
+      if job_id then redis.call('HSET', qr_live(stream), job_id, eid) end
       unread = unread + 1
       moved = moved + 1
     end

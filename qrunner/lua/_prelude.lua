@@ -54,3 +54,35 @@ local function qr_window(key, full, now, tokens)
   end
   return math.min(full, credit + (now - ts) * tokens), now
 end
+
+-- The queue's live index (job id -> stream entry id of each job waiting in or taken from the
+-- stream, status records on), named from the stream key: qr:{q}:stream -> qr:{q}:live. Same
+-- hash tag, same cluster slot.
+local function qr_live(stream)
+  return string.sub(stream, 1, -7) .. 'live'
+end
+
+-- The job id at the head of an envelope (clients always write "id" first), or nil.
+local function qr_job_id(env)
+  return string.match(env, '^{"id":"([^"]+)"')
+end
+
+-- The job id at the end of a status key qr:{q}:job:<id>.
+local function qr_key_job_id(status_key)
+  return string.match(status_key, ':job:(.+)$')
+end
+
+-- Whether job `id` is in the live index with its stream entry still there (an entry removed
+-- from outside, e.g. by XTRIM, leaves a stale field: it is dropped here).
+local function qr_is_live(live, stream, id)
+  local e = redis.call('HGET', live, id)
+  if not e then return false end
+  if #redis.call('XRANGE', stream, e, e) > 0 then return true end
+  redis.call('HDEL', live, id)
+  return false
+end
+
+-- HSET key field value, unless value is missing or "" (optional ARGV of newer callers).
+local function qr_hset_given(key, field, value)
+  if value ~= nil and value ~= '' then redis.call('HSET', key, field, value) end
+end

@@ -11,6 +11,10 @@ from the queue's key prefix inside the script; they share the stream's hash tag,
 the same cluster slot. XACK comes before any write that needs memory, so acks go through when
 Redis is out of memory (a script that has already written may finish its writes).
 
+The job leaves the queue's live index (qr:{q}:live) here, and its status hash is written once,
+compact: state, attempt, finish time, worker and result. Nothing was written for it when it
+started (see fetch.lua), so this is the only status write of a job that succeeds first time.
+
 KEYS[1]   stream   qr:{q}:stream
 ARGV[1]   consumer group
 ARGV[2]   consumer name
@@ -18,29 +22,43 @@ ARGV[3]   now_ms, or "" to read the Redis clock (TIME)
 ARGV[4]   result TTL in ms (status records of finished jobs; 0: keep none)
 ARGV[5]   status key prefix   qr:{q}:job:
 ARGV[6]   the batch: one record per entry, records separated by "\n", fields by "\t":
-          stream entry id, job id, attempt, result JSON (may be empty). JSON never contains a
-          raw newline or tab, so the separators are unambiguous.
+          stream entry id, job id, attempt, task, enqueued ms, run time in ms, result JSON (may
+          be empty). JSON never contains a raw newline or tab, so the separators are
+          unambiguous. The start time recorded is the Redis clock minus the run time.
+ARGV[7]   id-marker TTL in ms, used when ARGV[4] is 0: the finished job's id is then kept as a
+          marker qr:{q}:id:<id> for that long, so a retried enqueue of it is still skipped
 Returns   array per record: 1 acked, -1 refused (another consumer owns it), -2 gone
 Errors    NOGROUP when the stream or group is missing
 ]]
 local now = qr_now(ARGV[3])
 local stream, group, consumer, ttl, prefix = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[4]), ARGV[5]
+local live = qr_live(stream)
+local marker_ttl = tonumber(ARGV[7] or '') or 0
+local marker_prefix = string.sub(prefix, 1, -5) .. 'id:'
 local out = {}
 for record in string.gmatch(ARGV[6], '[^\n]+') do
-  local id, job_id, attempt, result = string.match(record, '^([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$')
+  local id, job_id, attempt, task, enqueued, run_ms, result = string.match(record,
+    '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$')
   local pend = redis.pcall('XPENDING', stream, group, id, id, 1)
   if pend.err then return qr_error(pend.err) end
   if #pend == 1 and pend[1][2] == consumer then
     redis.call('XACK', stream, group, id)
     redis.call('XDEL', stream, id)
+    redis.call('HDEL', live, job_id)
     if ttl > 0 then
       local sk = prefix .. job_id
       if result ~= '' then
-        redis.call('HSET', sk, 'state', 'succeeded', 'attempt', attempt, 'finished_ms', now, 'result', result)
+        redis.call('HSET', sk, 'state', 'succeeded', 'task', task, 'attempt', attempt,
+          'enqueued_ms', enqueued, 'started_ms', now - tonumber(run_ms), 'finished_ms', now,
+          'worker', consumer, 'result', result)
       else
-        redis.call('HSET', sk, 'state', 'succeeded', 'attempt', attempt, 'finished_ms', now)
+        redis.call('HSET', sk, 'state', 'succeeded', 'task', task, 'attempt', attempt,
+          'enqueued_ms', enqueued, 'started_ms', now - tonumber(run_ms), 'finished_ms', now,
+          'worker', consumer)
       end
       redis.call('PEXPIRE', sk, ttl)
+    elseif marker_ttl > 0 then
+      redis.call('SET', marker_prefix .. job_id, 1, 'PX', marker_ttl)
     end
     out[#out + 1] = 1
   elseif #pend == 0 then

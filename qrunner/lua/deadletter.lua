@@ -14,6 +14,7 @@ ARGV[5]   reason (one line)
 ARGV[6]   now_ms, or "" to read the Redis clock (TIME)
 ARGV[7]   status TTL in ms (0: keep none)
 ARGV[8]   task name ("" when unknown)
+ARGV[9]   attempt, ARGV[10] first enqueue time in ms (recorded unless "")
 Returns   the dead-letter entry id; -1 refused (another consumer owns it); -2 gone
 Errors    NOGROUP when the stream or group is missing
 ]]
@@ -24,11 +25,15 @@ if #pend == 0 then return -2 end
 if pend[1][2] ~= ARGV[2] then return -1 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 redis.call('XDEL', KEYS[1], ARGV[3])
+redis.call('HDEL', qr_live(KEYS[1]), qr_key_job_id(KEYS[3]) or '')
 local dlq_id = redis.call('XADD', KEYS[2], '*', 'j', ARGV[4], 'reason', ARGV[5], 'failed_ms', now,
   'task', ARGV[8], 'source_id', ARGV[3])
 local ttl = tonumber(ARGV[7])
 if ttl > 0 then
   redis.call('HSET', KEYS[3], 'state', 'dead', 'finished_ms', now, 'last_error', ARGV[5], 'dlq_id', dlq_id)
+  qr_hset_given(KEYS[3], 'task', ARGV[8])
+  qr_hset_given(KEYS[3], 'attempt', ARGV[9])
+  qr_hset_given(KEYS[3], 'enqueued_ms', ARGV[10])
   redis.call('PEXPIRE', KEYS[3], ttl)
 end
 return dlq_id

@@ -2,8 +2,14 @@
 
 Job ids are made by the client before sending, and an id is written at most once: a job whose id
 record already exists is skipped. A call retried after its reply was lost (a reset connection, a
-timeout) therefore never enqueues twice. The id record is the job's status hash, or, when status
-records are off, a small marker kept for the id-marker TTL.
+timeout) therefore never enqueues twice.
+
+A job due now costs one field in the queue's live index (qr:{q}:live, job id -> stream entry
+id) and nothing else: its state is where its entry is (unread: queued; pending: running, see
+job_status.lua), and the worker writes a compact status hash only when the job ends, in the
+same call as the ack. The live field is the id record while the job is in the stream; after it,
+the status hash (or, with status records off, a marker kept for the id-marker TTL). A delayed
+job's id record is its 'scheduled' status hash (or the marker).
 
 Under memory pressure (maxmemory with noeviction) the first write is refused and nothing is
 written; the OOM error reaches the caller with its code.
@@ -24,6 +30,7 @@ Returns        flat array: per job, the job id that holds the slot and 1 (enqueu
 local now = qr_now(ARGV[1])
 local status_ttl = tonumber(ARGV[2])
 local marker_ttl = tonumber(ARGV[3])
+local live = qr_live(KEYS[1])
 local out = {}
 local n = (#ARGV - 3) / 6
 for i = 0, n - 1 do
@@ -37,7 +44,7 @@ for i = 0, n - 1 do
   if holder then
     out[#out + 1] = holder
     out[#out + 1] = 0
-  elseif redis.call('EXISTS', id_key) == 1 then
+  elseif redis.call('EXISTS', id_key) == 1 or qr_is_live(live, KEYS[1], id) then
     out[#out + 1] = id
     out[#out + 1] = 2
   else
@@ -54,13 +61,11 @@ for i = 0, n - 1 do
     if dedup_ttl ~= '' then
       redis.call('SET', uniq_key, id, 'PX', dedup_ttl)
     end
-    if status_ttl > 0 then
-      if due ~= nil then
-        redis.call('HSET', id_key, 'state', 'scheduled', 'task', task, 'attempt', 1,
-          'enqueued_ms', now, 'not_before_ms', due)
-      else
-        redis.call('HSET', id_key, 'state', 'queued', 'task', task, 'attempt', 1, 'enqueued_ms', now)
-      end
+    if due == nil then
+      redis.call('HSET', live, id, r)
+    elseif status_ttl > 0 then
+      redis.call('HSET', id_key, 'state', 'scheduled', 'task', task, 'attempt', 1,
+        'enqueued_ms', now, 'not_before_ms', due)
       redis.call('PEXPIRE', id_key, status_ttl)
     else
       redis.call('SET', id_key, 1, 'PX', marker_ttl)

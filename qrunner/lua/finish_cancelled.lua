@@ -11,6 +11,7 @@ ARGV[2]   consumer name
 ARGV[3]   stream entry id
 ARGV[4]   attempt
 ARGV[5]   status TTL in ms (0: no record)
+ARGV[6]   task name, ARGV[7] first enqueue time in ms (recorded unless "")
 Returns   1 done, -1 refused (another consumer owns it), -2 gone
 Errors    NOGROUP when the stream or group is missing
 ]]
@@ -21,9 +22,12 @@ if #pend == 0 then return -2 end
 if pend[1][2] ~= ARGV[2] then return -1 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 redis.call('XDEL', KEYS[1], ARGV[3])
+redis.call('HDEL', qr_live(KEYS[1]), qr_key_job_id(KEYS[2]) or '')
 local ttl = tonumber(ARGV[5])
 if ttl > 0 then
   redis.call('HSET', KEYS[2], 'state', 'cancelled', 'attempt', ARGV[4], 'finished_ms', now)
+  qr_hset_given(KEYS[2], 'task', ARGV[6])
+  qr_hset_given(KEYS[2], 'enqueued_ms', ARGV[7])
   redis.call('PEXPIRE', KEYS[2], ttl)
 end
 return 1

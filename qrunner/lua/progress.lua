@@ -1,15 +1,19 @@
 --[[ progress: record a running job's progress in its status record.
 
-Only an existing record is written: a job whose status records are off, or whose record has
-expired, gets none, so a progress write never leaves a hash without a TTL behind.
+A running job due now usually has no status hash yet (see enqueue.lua): the first report
+creates it with the status TTL. With no TTL given (status records off) only an existing record
+is written, so a progress write never leaves a hash without a TTL behind.
 
 KEYS[1]   status hash   qr:{q}:job:<id>
 ARGV[1]   fraction done, 0..1 (decimal text)
 ARGV[2]   meta as JSON ("" = none: any earlier meta is removed)
 ARGV[3]   now_ms, or "" to read the Redis clock (TIME)
+ARGV[4]   status TTL in ms for a record this call creates ("" or 0: create none)
 Returns   1 written, 0 no record to write to
 ]]
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local ttl = tonumber(ARGV[4] or '') or 0
+local exists = redis.call('EXISTS', KEYS[1]) == 1
+if not exists and ttl <= 0 then return 0 end
 local now = qr_now(ARGV[3])
 redis.call('HSET', KEYS[1], 'progress', ARGV[1], 'progress_ms', now)
 if ARGV[2] ~= '' then
@@ -17,4 +21,5 @@ if ARGV[2] ~= '' then
 else
   redis.call('HDEL', KEYS[1], 'progress_meta')
 end
+if not exists then redis.call('PEXPIRE', KEYS[1], ttl) end
 return 1

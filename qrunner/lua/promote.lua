@@ -12,9 +12,12 @@ Returns   {moved, wait_ms}: wait_ms is how long until the earliest job still wai
 ]]
 local now = qr_now(ARGV[1])
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local live = qr_live(KEYS[2])
 for _, env in ipairs(due) do
   redis.call('ZREM', KEYS[1], env)
-  redis.call('XADD', KEYS[2], '*', 'j', env)
+  local eid = redis.call('XADD', KEYS[2], '*', 'j', env)
+  local job_id = qr_job_id(env)
+  if job_id then redis.call('HSET', live, job_id, eid) end
 end
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local wait = -1

@@ -18,6 +18,8 @@ ARGV[7]   status TTL in ms (0: keep none)
 ARGV[8]   status state to record ("retrying" or "scheduled")
 ARGV[9]   attempt number of the next run
 ARGV[10]  last error message ("" = leave as is)
+ARGV[11]  task name, ARGV[12] first enqueue time in ms (recorded unless ""; a job due now has
+          no status hash before this, see enqueue.lua)
 Returns   due time in ms; -1 refused (another consumer owns it); -2 gone (no longer pending)
 Errors    NOGROUP when the stream or group is missing
 ]]
@@ -29,6 +31,7 @@ if pend[1][2] ~= ARGV[2] then return -1 end
 local due = now + tonumber(ARGV[5])
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 redis.call('XDEL', KEYS[1], ARGV[3])
+redis.call('HDEL', qr_live(KEYS[1]), qr_key_job_id(KEYS[3]) or '')
 redis.call('ZADD', KEYS[2], due, ARGV[4])
 local ttl = tonumber(ARGV[7])
 if ttl > 0 then
@@ -36,6 +39,8 @@ if ttl > 0 then
   if ARGV[10] ~= '' then
     redis.call('HSET', KEYS[3], 'last_error', ARGV[10])
   end
+  qr_hset_given(KEYS[3], 'task', ARGV[11])
+  qr_hset_given(KEYS[3], 'enqueued_ms', ARGV[12])
   redis.call('PEXPIRE', KEYS[3], ttl)
 end
 return due

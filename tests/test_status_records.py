@@ -1,0 +1,144 @@
+"""Status records that cost almost nothing: a job due now is written once at enqueue (its stream
+entry and one field of the queue's live index) and once when it ends (a compact status hash in
+the same script call as the ack). Its state in between is read from where its entry is."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.asyncio import Redis
+
+from qrunner import Client, Worker, keys
+from qrunner.control import Control
+from qrunner.errors import JobNotFound
+from qrunner.settings import Settings
+from tests.helpers import core_tasks, ops_tasks
+from tests.helpers.waiting import wait_for
+from tests.worker_fixtures import FAST, running_worker
+
+
+async def _state_is(client: Client, job_id: str, state: str) -> bool:
+    return (await client.status(job_id)).state == state
+
+
+async def _job_keys(redis: Redis, queue: str) -> list[bytes]:
+    return [k async for k in redis.scan_iter(match=keys.job(queue, "*"))]
+
+
+async def test_a_job_due_now_writes_its_entry_and_one_index_field_only(redis: Redis) -> None:
+    client = Client(redis, core_tasks.registry)
+    job_id = await client.enqueue("record", {"n": 1})
+    assert await _job_keys(redis, "default") == []  # no status hash while it waits
+    [(entry_id, _)] = await redis.xrange(keys.stream("default"))
+    assert await redis.hget(keys.live("default"), job_id) == entry_id
+    status = await client.status(job_id)
+    assert (status.state, status.task, status.attempt) == ("queued", "record", 1)
+    assert status.enqueued_ms is not None and status.enqueued_ms > 0
+
+
+async def test_running_is_read_from_the_pending_entry_then_the_ack_writes_the_record(
+    redis: Redis,
+) -> None:
+    ops_tasks.events.clear()
+    ops_tasks.events["started"] = asyncio.Event()
+    release = ops_tasks.events["release"] = asyncio.Event()
+    client = Client(redis, ops_tasks.registry)
+    job_id = await client.enqueue("hold", {})
+    async with running_worker(redis, ops_tasks.registry, queues=["ops"]) as worker:
+        await asyncio.wait_for(ops_tasks.events["started"].wait(), 10)
+        running = await client.status(job_id)
+        assert running.state == "running"
+        assert running.task == "hold"
+        assert await _job_keys(redis, "ops") == []  # starting wrote nothing
+        history = await Control(redis).history("ops", job_id)
+        assert [(a.outcome, a.worker) for a in history] == [("running", worker.name)]
+        release.set()
+        await wait_for(lambda: _state_is(client, job_id, "succeeded"), what="the job to succeed")
+    done = await client.status(job_id)
+    assert (done.task, done.attempt, done.result) == ("hold", 1, "released")
+    assert done.finished_ms is not None and done.enqueued_ms is not None
+    assert done.enqueued_ms <= done.finished_ms
+    assert not await redis.hexists(keys.live("ops"), job_id)  # left the index with its entry
+    rec = await redis.hgetall(keys.job("ops", job_id))
+    assert rec[b"worker"] == worker.name.encode()
+    assert int(rec[b"started_ms"]) <= int(rec[b"finished_ms"])
+    assert await redis.pttl(keys.job("ops", job_id)) > 0
+
+
+async def test_retried_and_dead_jobs_leave_the_index_and_keep_their_task(redis: Redis) -> None:
+    client = Client(redis, ops_tasks.registry)
+    flaky = await client.enqueue("flaky", {})
+    broken = await client.enqueue("broken", {})
+    await Worker(redis, ops_tasks.registry, queues=["ops"], burst=True, settings=FAST).run()
+    ok, dead = await client.status(flaky), await client.status(broken)
+    assert (ok.state, ok.task, ok.attempt) == ("succeeded", "flaky", 2)
+    assert (dead.state, dead.task, dead.attempt) == ("dead", "broken", 1)
+    assert dead.dlq_id and dead.last_error
+    assert await redis.hlen(keys.live("ops")) == 0
+
+
+async def test_an_id_is_written_once_while_queued_and_after_it_ran(redis: Redis) -> None:
+    client = Client(redis, core_tasks.registry)
+    first = await client.enqueue("record", {}, job_id="fixed-id")
+    again = await client.enqueue("record", {}, job_id="fixed-id")
+    assert first == again == "fixed-id"
+    assert await redis.xlen(keys.stream("default")) == 1
+    await Worker(redis, core_tasks.registry, queues=["default"], burst=True, settings=FAST).run()
+    await client.enqueue("record", {}, job_id="fixed-id")
+    assert await redis.xlen(keys.stream("default")) == 0  # known by its finished record
+    assert await redis.lrange("log:default", 0, -1) == [b"fixed-id"]
+
+
+async def test_with_status_records_off_a_finished_id_is_still_known_for_a_while(
+    redis: Redis,
+) -> None:
+    settings = Settings(status_ttl_s=0, block_ms=50)
+    client = Client(redis, core_tasks.registry, status_ttl_s=0)
+    await client.enqueue("record", {}, job_id="off-id")
+    await Worker(
+        redis, core_tasks.registry, queues=["default"], burst=True, settings=settings
+    ).run()
+    assert await _job_keys(redis, "default") == []
+    assert await redis.pttl(keys.id_marker("default", "off-id")) > 0
+    await client.enqueue("record", {}, job_id="off-id")
+    assert await redis.xlen(keys.stream("default")) == 0
+
+
+async def test_a_promoted_delayed_job_is_indexed_under_its_new_entry(redis: Redis) -> None:
+    client = Client(redis, core_tasks.registry)
+    job_id = await client.enqueue("record", {}, delay_s=0.05)
+    assert (await client.status(job_id)).state == "scheduled"
+    assert not await redis.hexists(keys.live("default"), job_id)
+    worker = Worker(redis, core_tasks.registry, queues=["default"], settings=FAST)
+
+    async def promoted() -> bool:
+        moved, _ = await worker.consumer.promote("default", 100)
+        return moved > 0
+
+    await wait_for(promoted, what="the delayed job to come due")
+    [(entry_id, _)] = await redis.xrange(keys.stream("default"))
+    assert await redis.hget(keys.live("default"), job_id) == entry_id
+    assert (await client.status(job_id)).state == "queued"
+
+
+async def test_purge_drops_the_index_fields_of_the_jobs_it_removes(redis: Redis) -> None:
+    client = Client(redis, core_tasks.registry)
+    await client.enqueue_many([("record", {"i": i}) for i in range(5)])
+    await Worker(
+        redis, core_tasks.registry, queues=["default"], settings=FAST
+    ).consumer.ensure_group("default")
+    assert await Control(redis).purge("default") == 5
+    assert await redis.hlen(keys.live("default")) == 0
+
+
+async def test_a_stale_index_field_does_not_block_a_new_enqueue(redis: Redis) -> None:
+    """An entry removed from outside qrunner (XTRIM, XDEL by hand) leaves its field behind;
+    the id can be enqueued again and the status does not claim it is queued."""
+    client = Client(redis, core_tasks.registry)
+    await client.enqueue("record", {}, job_id="trimmed")
+    await redis.xtrim(keys.stream("default"), maxlen=0)
+    with pytest.raises(JobNotFound):
+        await client.status("trimmed")
+    await client.enqueue("record", {}, job_id="trimmed")
+    assert await redis.xlen(keys.stream("default")) == 1
