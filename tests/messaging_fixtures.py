@@ -189,7 +189,11 @@ async def messaging_env(
     providers: bool = True,
     concurrency: int = 4,
     options: MessagingOptions | None = None,
+    pool_size: int = 6,
+    on_connect: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
 ) -> AsyncIterator[Env]:
+    """The stack; ``pool_size`` and ``on_connect`` go to the handlers' pool (a test counting
+    statements adds a query logger to every connection with ``on_connect``)."""
     await migrate(database_url, MIGRATIONS)
     clock = StepClock(datetime.fromisoformat("2025-03-05T17:00:00+00:00"))  # noon in New York
     opts = replace(
@@ -219,7 +223,7 @@ async def messaging_env(
         )
         redis = Redis.from_url(redis_url)
         stack.push_async_callback(redis.aclose)
-        pool = await create_pool(database_url, max_size=6)
+        pool = await create_pool(database_url, max_size=pool_size, on_connect=on_connect)
         stack.push_async_callback(pool.close)
         sms = email = None
         if providers:

@@ -10,13 +10,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 from notifyhub.outlook import registry as outlook_registry
-from notifyhub.outlook.content import Bill, build_outlook
+from notifyhub.outlook import tasks as outlook_tasks
+from notifyhub.outlook.content import Bill, Goal, Spending, build_outlook
 from notifyhub.outlook.timing import is_due, outlook_date_for, resolve_zone
 from pydantic import BaseModel
 from redis.asyncio import Redis
@@ -186,6 +188,7 @@ async def test_fan_out_creates_one_outlook_per_active_user_and_a_rerun_creates_n
         "reference": NOW.isoformat(),
         "total_users": 3,
         "enqueued": 3,
+        "batches": 1,
         "skipped_existing": 0,
     }
     types = {r["user_id"]: r["content"]["type"] for r in rows}
@@ -319,3 +322,177 @@ async def test_content_ab_test_assigns_each_user_a_stable_variant(env: Env) -> N
         "SELECT count(*) FROM experiment_assignments WHERE experiment = $1", CONTENT_EXPERIMENT
     )
     assert assigned == len(users)
+
+
+# -- batches -----------------------------------------------------------------------------------
+
+BATCH_DAY = date(2024, 3, 5)
+
+
+async def _user_with_data(env: Env, name: str, zone: str) -> int:
+    """A user with two bills due this week (and one paid, one next month), a goal and orders on
+    either side of the start of their local day."""
+    uid = await add_user(env.db, name, zone, 1)
+    await env.db.execute(
+        "INSERT INTO bills (user_id, payee, amount, currency, due_date, status) VALUES"
+        " ($1, 'Rent', 1200, 'USD', '2024-03-07', 'due'),"
+        " ($1, 'Phone', 30, 'USD', '2024-03-06', 'due'),"
+        " ($1, 'Gym', 40, 'USD', '2024-03-06', 'paid'),"
+        " ($1, 'Car', 300, 'USD', '2024-04-01', 'due')",
+        uid,
+    )
+    await env.db.execute(
+        "INSERT INTO goals (user_id, title, target_amount, current_amount, currency)"
+        " VALUES ($1, 'Holiday', 1000, 250, 'USD')",
+        uid,
+    )
+    shop = await env.db.fetchval(
+        "INSERT INTO businesses (slug, name, currency) VALUES ($1, 'Shop', 'USD') RETURNING id",
+        f"shop-{uid}",
+    )
+    start = datetime.combine(BATCH_DAY, time(0), resolve_zone(zone))
+    for n, placed in enumerate([start - timedelta(minutes=30), start + timedelta(minutes=30)]):
+        await env.db.execute(
+            "INSERT INTO orders (business_id, number, user_id, customer_email, status, total,"
+            " currency, placed_at) VALUES ($1, $2, $3, 'a@example.com', 'paid', $4, 'USD', $5)",
+            shop,
+            f"N{n}",
+            uid,
+            Decimal("10.50") * (n + 1),
+            placed,
+        )
+    return uid
+
+
+async def test_one_batch_job_stores_each_outlook_once_even_when_run_again(env: Env) -> None:
+    # Given users in three zones with bills, goals and orders, plain users, and an id that is
+    # no user's (deleted since the fan-out), one of them listed twice
+    rich = [await _user_with_data(env, f"Rich{n}", z) for n, z in enumerate(["Asia/Tokyo", "UTC"])]
+    plain = [await add_user(env.db, f"Plain{n}", "America/New_York", 1) for n in range(4)]
+    users = [*rich, *plain, plain[0], 999_999]
+    payload = {"user_ids": users, "outlook_dates": [BATCH_DAY.isoformat()] * len(users)}
+
+    # When one batch job generates them all
+    first = await env.run("generate_outlook_batch", payload)
+
+    # Then each real user has exactly one outlook and the missing one is reported
+    assert first == {
+        "outlooks": 7,
+        "created": 6,
+        "exists": 0,
+        "regenerated": 0,
+        "kept_delivered": 0,
+        "user_gone": 1,
+    }
+    rows = await env.db.fetch(
+        "SELECT user_id, outlook_date, content, generated_at FROM daily_outlooks ORDER BY user_id"
+    )
+    assert [(r["user_id"], r["outlook_date"]) for r in rows] == [
+        (u, BATCH_DAY) for u in sorted({*rich, *plain})
+    ]
+    # And the content is what the rules build from each user's own rows: the two due bills in
+    # date order, the goal, and only the order placed before the start of their local day
+    for uid in rich:
+        content = next(r["content"] for r in rows if r["user_id"] == uid)
+        name = await env.db.fetchval("SELECT name FROM users WHERE id = $1", uid)
+        assert content == build_outlook(
+            name,
+            BATCH_DAY,
+            [
+                Bill("Phone", Decimal("30.00"), "USD", date(2024, 3, 6)),
+                Bill("Rent", Decimal("1200.00"), "USD", date(2024, 3, 7)),
+            ],
+            [Goal("Holiday", Decimal("1000.00"), Decimal("250.00"), "USD", None)],
+            [Spending("USD", Decimal("10.50"), 1)],
+        )
+    assert all(r["content"]["type"] == "encouragement" for r in rows if r["user_id"] in plain)
+
+    # When the same batch runs again (a retry, a second fan-out)
+    again = await env.run("generate_outlook_batch", payload)
+
+    # Then nothing is stored again and nothing changes
+    assert again["exists"] == 6 and again["created"] == 0 and again["user_gone"] == 1
+    after = await env.db.fetch(
+        "SELECT user_id, content, generated_at FROM daily_outlooks ORDER BY user_id"
+    )
+    assert [(r["user_id"], r["content"], r["generated_at"]) for r in after] == [
+        (r["user_id"], r["content"], r["generated_at"]) for r in rows
+    ]
+
+
+async def test_a_forced_batch_regenerates_only_undelivered_outlooks(env: Env) -> None:
+    # Given two stored outlooks, one of them already delivered
+    sent, waiting = [await add_user(env.db, f"U{n}", "UTC", 1) for n in range(2)]
+    payload = {"user_ids": [sent, waiting], "outlook_dates": [BATCH_DAY.isoformat()] * 2}
+    await env.run("generate_outlook_batch", payload)
+    await env.db.execute("UPDATE daily_outlooks SET delivered_at = now() WHERE user_id = $1", sent)
+    await env.db.execute(
+        "INSERT INTO goals (user_id, title, target_amount, current_amount, currency) VALUES"
+        " ($1, 'Bike', 500, 100, 'USD'), ($2, 'Bike', 500, 100, 'USD')",
+        sent,
+        waiting,
+    )
+    # When a forced batch runs over both
+    result = await env.run("generate_outlook_batch", {**payload, "force": True})
+    # Then only the undelivered one shows the new goal
+    assert result["regenerated"] == 1 and result["kept_delivered"] == 1
+    types = dict(await env.db.fetch("SELECT user_id, content->>'type' FROM daily_outlooks"))
+    assert types == {sent: "encouragement", waiting: "goals"}
+
+
+async def test_fan_out_shares_users_into_batches_and_never_stores_twice(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given five active users and batches of two
+    monkeypatch.setattr(outlook_tasks, "GENERATION_BATCH", 2)
+    users = [await add_user(env.db, f"U{n}", "Europe/London", 1) for n in range(5)]
+    # When the slot's fan-out is enqueued twice before any batch has run (a catch-up racing
+    # the scheduled run), then everything is drained
+    for _ in range(2):
+        await env.client.enqueue("generate_daily_outlooks", {"scheduled_for": NOW.isoformat()})
+    await env.drain()
+    # Then every user has one outlook for their next local morning
+    rows = await env.db.fetch("SELECT user_id, outlook_date FROM daily_outlooks ORDER BY user_id")
+    assert [(r["user_id"], r["outlook_date"]) for r in rows] == [
+        (u, date(2024, 3, 5)) for u in users
+    ]
+    # And a later run finds them all generated
+    again = await env.run("generate_daily_outlooks", {"scheduled_for": NOW.isoformat()})
+    assert again["enqueued"] == 0 and again["batches"] == 0 and again["skipped_existing"] == 5
+
+
+async def test_fan_out_batches_hold_at_most_the_batch_size(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outlook_tasks, "GENERATION_BATCH", 2)
+    users = [await add_user(env.db, f"U{n}", "Asia/Tokyo", 1) for n in range(5)]
+    result = await env.run("generate_daily_outlooks", {"scheduled_for": NOW.isoformat()})
+    assert (result["enqueued"], result["batches"]) == (5, 3)
+    stored = await env.db.fetchval(
+        "SELECT count(*) FROM daily_outlooks WHERE user_id = ANY($1::bigint[])", users
+    )
+    assert stored == 5
+
+
+async def test_a_batch_gives_each_user_their_ab_variant(env: Env) -> None:
+    from notifyhub.experiments import assign, create_experiment
+    from notifyhub.outlook.content import CONTENT_EXPERIMENT, CONTENT_VARIANTS
+
+    async with env.db.acquire() as conn:
+        await create_experiment(conn, CONTENT_EXPERIMENT, CONTENT_VARIANTS, min_sample=10)
+    users = [await _user_with_data(env, f"V{n}", "UTC") for n in range(8)]
+    payload = {"user_ids": users, "outlook_dates": [BATCH_DAY.isoformat()] * len(users)}
+    for force in (False, True):  # a forced rerun must not reassign
+        await env.run("generate_outlook_batch", {**payload, "force": force})
+    rows = await env.db.fetch("SELECT user_id, content FROM daily_outlooks")
+    variants = {r["user_id"]: r["content"]["variant"] for r in rows}
+    assert variants == {u: assign(CONTENT_EXPERIMENT, u, CONTENT_VARIANTS) for u in users}
+    assert set(variants.values()) == set(CONTENT_VARIANTS)
+    for r in rows:
+        sections = len(r["content"]["sections"])
+        assert sections == (1 if variants[r["user_id"]] == "focus" else 3)
+    recorded = await env.db.fetch(
+        "SELECT user_id, variant FROM experiment_assignments WHERE experiment = $1",
+        CONTENT_EXPERIMENT,
+    )
+    assert dict((r["user_id"], r["variant"]) for r in recorded) == variants

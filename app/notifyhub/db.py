@@ -4,6 +4,12 @@ Connection failures surface as :class:`~qrunner.errors.BackendUnavailable` namin
 port only, because the URL usually carries a password and error messages end up in logs,
 terminals and bug reports. json/jsonb columns are decoded with orjson on every pooled
 connection so handlers get Python objects, not strings, without thinking about it.
+
+A connection going back to the pool normally costs one more round trip: asyncpg's reset query
+(``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``). A code path that
+knows it left no session state behind (no session lock still held, no ``SET``, ``LISTEN`` or
+open cursor) says so with :func:`keep_session`, and that one release skips the query. Every
+other release still runs it, so a path that fails half-way is cleaned up as before.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import orjson
 
 from qrunner import BackendUnavailable, ConfigError
 
-__all__ = ["connect", "create_pool", "endpoint", "redact_url"]
+__all__ = ["PooledConnection", "connect", "create_pool", "endpoint", "keep_session", "redact_url"]
 
 _T = TypeVar("_T")
 
@@ -153,6 +159,42 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+class PooledConnection(asyncpg.Connection):  # type: ignore[misc]
+    """The connections :func:`create_pool` makes: they remember whether the code that used them
+    vouched for a clean session (:func:`keep_session`) until they are released."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._session_kept = False
+
+    def keep_session(self) -> None:
+        self._session_kept = True
+
+    def take_kept(self) -> bool:
+        """Whether this release may skip the reset query; the promise covers one release."""
+        kept, self._session_kept = self._session_kept, False
+        return kept
+
+
+def keep_session(conn: Any) -> None:
+    """Vouch that ``conn`` (a pooled connection or the pool's proxy of one) holds no session
+    state now, so releasing it skips the reset query. Call it only after the last statement
+    of the checkout; a connection that is not from :func:`create_pool` is left alone."""
+    mark = getattr(conn, "keep_session", None)
+    if mark is not None:
+        mark()
+
+
+async def _reset_connection(conn: asyncpg.Connection) -> None:
+    """The pool's reset: asyncpg's query unless the checkout vouched for the session. (The pool
+    rolls back a transaction left open before it calls this, whatever this does.)"""
+    if isinstance(conn, PooledConnection) and conn.take_kept():
+        return
+    query = conn.get_reset_query()
+    if query:
+        await conn.execute(query)
+
+
 async def create_pool(
     database_url: str,
     *,
@@ -160,12 +202,20 @@ async def create_pool(
     max_size: int = 10,
     command_timeout: float = 30,
     connect_timeout_s: float = 10.0,
+    on_connect: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
 ) -> asyncpg.Pool:
     """Open a connection pool with orjson json/jsonb codecs on every connection.
 
     The first ``min_size`` connections are opened here, so an unreachable server fails
-    now with :class:`BackendUnavailable` instead of at the first query.
+    now with :class:`BackendUnavailable` instead of at the first query. ``on_connect`` runs on
+    every new connection after the codecs are set (to add a query logger, say).
     """
+
+    async def init(conn: asyncpg.Connection) -> None:
+        await _init_connection(conn)
+        if on_connect is not None:
+            await on_connect(conn)
+
     pool: asyncpg.Pool = await _guarded(
         database_url,
         lambda: asyncpg.create_pool(
@@ -174,7 +224,9 @@ async def create_pool(
             max_size=max_size,
             command_timeout=command_timeout,
             timeout=connect_timeout_s,
-            init=_init_connection,
+            init=init,
+            reset=_reset_connection,
+            connection_class=PooledConnection,
         ),
     )
     return pool

@@ -91,6 +91,29 @@ async def variant_for(conn: asyncpg.Connection, experiment: str, user_id: int) -
     return variant
 
 
+async def variants_for(
+    conn: asyncpg.Connection, experiment: str, user_ids: Sequence[int]
+) -> dict[int, str]:
+    """:func:`variant_for` for many users in two statements (one once there is a winner)."""
+    row = await conn.fetchrow(
+        "SELECT variants, status, winner FROM experiments WHERE name = $1", experiment
+    )
+    if row is None:
+        raise LookupError(f"no experiment named {experiment!r}")
+    if row["winner"] is not None:
+        return dict.fromkeys(user_ids, str(row["winner"]))
+    chosen = {uid: assign(experiment, uid, row["variants"]) for uid in user_ids}
+    await conn.execute(
+        "INSERT INTO experiment_assignments (experiment, user_id, variant)"
+        " SELECT $1, u, v FROM unnest($2::bigint[], $3::text[]) AS t(u, v)"
+        " ON CONFLICT (experiment, user_id) DO NOTHING",
+        experiment,
+        list(chosen),
+        list(chosen.values()),
+    )
+    return chosen
+
+
 # -- the statistics (pure) ---------------------------------------------------------------------
 
 

@@ -22,6 +22,8 @@ from qrunner import SettingsModel, build_settings
 PREFIX = "NOTIFYHUB_"
 #: A shorter master secret is refused at start-up (32 random characters carry ~190 bits).
 MIN_MASTER_CHARS = 32
+#: The largest pool a worker opens by itself (``NOTIFYHUB_DB_POOL_SIZE`` sets any size).
+DEFAULT_MAX_POOL = 20
 
 #: Provider credentials keep their vendors' conventional names.
 ALIASES = {
@@ -54,6 +56,10 @@ class AppSettings(SettingsModel):
 
     #: PostgreSQL (``postgresql://user:password@host:port/db``); required by the worker.
     database_url: SecretStr | None = None
+    #: Connections in each worker process's pool; unset: the worker's concurrency, at most
+    #: :data:`DEFAULT_MAX_POOL` (a batch job or a send holds one connection at a time, and
+    #: PostgreSQL's own limit is shared by every process).
+    db_pool_size: int | None = Field(default=None, ge=1, le=1000)
     #: Where the HTTP endpoint is reached from outside (unsubscribe links, webhook signatures).
     public_url: str = "http://127.0.0.1:8080"
     #: The master secret; each purpose derives its own key from it (:mod:`notifyhub.secrets`).
@@ -179,6 +185,10 @@ class AppSettings(SettingsModel):
     @property
     def has_apns(self) -> bool:
         return bool(self.apns_auth_token and self.apns_topic)
+
+    def pool_size(self, concurrency: int) -> int:
+        """The pool size for a worker running ``concurrency`` jobs at once."""
+        return self.db_pool_size or max(1, min(concurrency, DEFAULT_MAX_POOL))
 
     @property
     def signing_key(self) -> str | None:

@@ -86,7 +86,11 @@ async def lifespan(args: LifespanArgs) -> AsyncIterator[HandlerState]:
             "NOTIFYHUB_SIGNING_SECRET is not set: unsubscribe links last only as long as this "
             "process and qrunner-signed payment webhooks are refused"
         )
-    pool = await create_pool(database_url)
+    # Sized to the jobs that may want a connection at once (a send holds its connection until
+    # the provider answers); a smaller pool leaves jobs queueing for connections.
+    pool = await create_pool(
+        database_url, min_size=1, max_size=s.pool_size(args.settings.concurrency)
+    )
     sms: TwilioSms | None = None
     email: ResendEmail | None = None
     if s.has_twilio:

@@ -338,15 +338,19 @@ class EmailChannel(Channel[EmailMessage, EmailResult]):
         self, conn: asyncpg.Connection, job_id: str, address: str, message: EmailMessage
     ) -> None:
         await delivery_log.to_sandbox(
-            conn,
-            channel="email",
-            recipient=address,
-            subject=message.subject,
-            body=message.text or "",
-            html=message.html,
-            headers=dict(message.headers),
-            job_id=job_id,
+            conn, channel="email", job_id=job_id, **self.outbox_fields(address, message)
         )
+
+    @staticmethod
+    def outbox_fields(address: str, message: EmailMessage) -> dict[str, Any]:
+        """The sandbox outbox row of ``message`` (less channel and job)."""
+        return {
+            "recipient": address,
+            "subject": message.subject,
+            "body": message.text or "",
+            "html": message.html,
+            "headers": dict(message.headers),
+        }
 
     def sent(self, result: EmailResult, message: EmailMessage) -> Sent:
         return Sent(result.id, {"status": "sent", "id": result.id})

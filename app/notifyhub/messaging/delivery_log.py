@@ -39,14 +39,10 @@ class LogEntry:
     idempotency_key: str | None = None
 
 
-async def record(conn: asyncpg.Connection, entry: LogEntry) -> None:
-    await conn.execute(
-        """
-        INSERT INTO delivery_log (job_id, user_id, channel, template, recipient_masked, provider,
-                                  provider_message_id, status, segments, cost, currency, error,
-                                  idempotency_key)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-        """,
+def log_values(entry: LogEntry) -> tuple[Any, ...]:
+    """The row's values in the column order of :func:`record`'s INSERT: the recipient masked,
+    the error redacted and cut to 1,000 characters."""
+    return (
         entry.job_id,
         entry.user_id,
         entry.channel,
@@ -60,6 +56,18 @@ async def record(conn: asyncpg.Connection, entry: LogEntry) -> None:
         entry.currency if entry.cost is not None else None,
         redact_text(entry.error)[:1000] if entry.error else None,
         entry.idempotency_key,
+    )
+
+
+async def record(conn: asyncpg.Connection, entry: LogEntry) -> None:
+    await conn.execute(
+        """
+        INSERT INTO delivery_log (job_id, user_id, channel, template, recipient_masked, provider,
+                                  provider_message_id, status, segments, cost, currency, error,
+                                  idempotency_key)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+        """,
+        *log_values(entry),
     )
 
 

@@ -10,6 +10,10 @@ so they derive the same key and find the earlier claim. Two layers:
   ``INSERT ... ON CONFLICT DO NOTHING`` in state ``pending``, then settled as ``sent``,
   ``maybe_sent`` or ``failed`` (nothing went out, a retry may claim it again).
 
+An email to a user claims and settles the same row, by the same rules, inside the two
+statements of :mod:`.user_email`, and skips the Redis layer: there a re-run costs one statement,
+as much as the look-up would.
+
 What a re-run does with a claim it finds depends on the channel, because a repeated email with
 the same Idempotency-Key is dropped by the provider while a repeated SMS reaches a phone:
 

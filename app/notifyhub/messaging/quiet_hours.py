@@ -15,6 +15,7 @@ unknown zone is UTC.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta, timezone, tzinfo
@@ -137,13 +138,22 @@ def _offset_zones(low_h: float, high_h: float) -> tuple[tzinfo, ...]:
     return tuple(timezone(timedelta(hours=low_h + i / 2)) for i in range(steps + 1))
 
 
+@functools.lru_cache(maxsize=1024)
+def _known_zone(name: str) -> ZoneInfo | None:
+    """``ZoneInfo(name)``, remembered: ``ZoneInfo`` keeps only a few zones for sure and reads
+    the others from the tz database again, which every message would pay for."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
+
+
 def resolve_zones(zone_name: str | None, country_code: str | None, phone: str | None) -> Zones:
     """The recipient's zone, or the plausible zones of their country when it is unknown."""
     if zone_name:
-        try:
-            return Zones((ZoneInfo(zone_name),), zone_name)
-        except (ZoneInfoNotFoundError, ValueError):
-            pass
+        zone = _known_zone(zone_name)
+        if zone is not None:
+            return Zones((zone,), zone_name)
     country = country_of(country_code, phone)
     span = COUNTRY_OFFSETS_H.get(country or "")
     if span is None:

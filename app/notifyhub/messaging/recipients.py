@@ -5,6 +5,8 @@ Opt-out writers and senders meet on a per-(user, channel) advisory lock: a sende
 before changing consent. So an opt-out commits either before a send's check (the send sees it)
 or after that send finished: no message can leave after an opt-out was committed. The lock is
 an advisory one rather than a row lock because an email opt-out may create the consent row.
+An email to a user holds it as a session lock rather than a transaction one (:mod:`.user_email`:
+no transaction to open and close), which conflicts with the writers' lock all the same.
 """
 
 from __future__ import annotations
@@ -75,7 +77,9 @@ WHERE {where}
 """
 
 
-def _recipient(row: Any) -> Recipient:
+def recipient_from_row(row: Any) -> Recipient:
+    """The recipient in a row with the columns of :data:`_USER_SQL` (``email_send_start``,
+    migration 0800, returns the same ones)."""
     return Recipient(
         user_id=row["id"],
         name=row["name"],
@@ -97,14 +101,14 @@ def _recipient(row: Any) -> Recipient:
 
 async def load_user(conn: asyncpg.Connection, user_id: int) -> Recipient | None:
     row = await conn.fetchrow(_USER_SQL.format(where="u.id = $1"), user_id)
-    return None if row is None else _recipient(row)
+    return None if row is None else recipient_from_row(row)
 
 
 async def load_address(conn: asyncpg.Connection, address: str, name: str = "") -> Recipient:
     """The user owning ``address``, or a guest recipient (a guest order's receipt)."""
     row = await conn.fetchrow(_USER_SQL.format(where="lower(u.email) = lower($1)"), address)
     if row is not None:
-        return _recipient(row)
+        return recipient_from_row(row)
     suppressed = await conn.fetchval(
         "SELECT EXISTS (SELECT 1 FROM suppressions "
         "WHERE channel = 'email' AND recipient = lower($1))",
@@ -127,20 +131,22 @@ async def load_address(conn: asyncpg.Connection, address: str, name: str = "") -
     )
 
 
-def _lock_args(user_id: int, channel: str) -> tuple[int, int]:
+def consent_lock(user_id: int, channel: str) -> tuple[int, int]:
+    """The two int4 keys of the (user, channel) consent lock. A sender may also hold it as a
+    session lock (:mod:`.user_email`): the two kinds conflict with each other all the same."""
     return _LOCK_CLASS[channel], user_id % _INT4_MAX
 
 
 async def lock_consent_shared(conn: asyncpg.Connection, user_id: int, channel: str) -> None:
     """Inside a transaction: hold off opt-out writers until the transaction ends."""
     await conn.execute(
-        "SELECT pg_advisory_xact_lock_shared($1::int, $2::int)", *_lock_args(user_id, channel)
+        "SELECT pg_advisory_xact_lock_shared($1::int, $2::int)", *consent_lock(user_id, channel)
     )
 
 
 async def lock_consent_exclusive(conn: asyncpg.Connection, user_id: int, channel: str) -> None:
     await conn.execute(
-        "SELECT pg_advisory_xact_lock($1::int, $2::int)", *_lock_args(user_id, channel)
+        "SELECT pg_advisory_xact_lock($1::int, $2::int)", *consent_lock(user_id, channel)
     )
 
 

@@ -15,16 +15,22 @@ In order, for one message on one :class:`~.channels.Channel`:
    outcomes as the channel classifies them: throttled -> ``RateLimited``, transient ->
    ``Retry``, maybe-sent (SMS) -> success with status ``maybe_sent`` (never re-sent),
    permanent -> the channel's refusal handling (fallback channel) and ``Permanent``.
+
+An email to a user takes a shorter road to the same guarantees (:mod:`.user_email`): steps 1, 3
+and 4's lock and re-check are one statement, taken with the lock held until the provider
+answered, and step 5 is one more; the provider outcomes are handled by the same code.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
+from notifyhub.db import keep_session
 from notifyhub.providers import (
+    EmailResult,
     MaybeSent,
     PermanentProviderError,
     ProviderError,
@@ -32,7 +38,7 @@ from notifyhub.providers import (
 )
 from qrunner import Context, Permanent, RateLimited, Retry
 
-from . import delivery_log
+from . import delivery_log, user_email
 from .channels import Channel, Delivery, Disposition, EmailChannel, Result, SmsChannel
 from .consent import Verdict
 from .delivery_log import LogEntry, mask
@@ -54,6 +60,15 @@ log = logging.getLogger(__name__)
 
 M = TypeVar("M")
 R = TypeVar("R")
+
+
+class Record(Protocol):
+    """Settles the message's ledger key as ``ledger_state`` and logs ``status`` with ``fields``
+    (:class:`~.delivery_log.LogEntry` fields); every outcome after a claim ends in one call."""
+
+    async def __call__(
+        self, ledger_state: str, status: str, /, *, provider_id: str | None = None, **fields: Any
+    ) -> None: ...
 
 
 class Sender:
@@ -99,6 +114,10 @@ class Sender:
         address: str | None = None,
         guest_name: str = "",
     ) -> Result:
+        if user_id is not None and isinstance(channel, EmailChannel):
+            result = await self._user_email(ctx, channel, d, user_id)
+            if result is not None:
+                return result
         async with ctx.state.db.acquire() as conn:
             r = await self._recipient(conn, user_id, address, guest_name)
             verdict = channel.verdict(r, d)
@@ -130,7 +149,73 @@ class Sender:
                     claim.retry_after_s, reason="another attempt of this job is sending"
                 )
             outcome = await self._call(conn, ctx, channel, r, d, to, message, key)
-            return await self._settle(conn, ctx, channel, r, d, key, ledger, message, outcome)
+            record = self._recorder(conn, ctx, channel, r, d.template, key, ledger)
+            if outcome is None:
+                # No provider call: captured in the sandbox outbox (no credentials).
+                await record("sent", "sandbox", idempotency_key=key)
+                return {"status": "sandbox"}
+            if isinstance(outcome, Verdict):
+                await record("failed", "suppressed", error=outcome.reason)
+                return self._suppressed(channel, r, d.template, outcome.reason)
+            return await self._settle(conn, ctx, channel, r, d, key, message, outcome, record)
+
+    async def _user_email(
+        self, ctx: Context[HandlerState], channel: EmailChannel, d: Delivery, user_id: int
+    ) -> Result | None:
+        """An email to a user in two statements (:mod:`.user_email`); ``None`` leaves it to the
+        generic pipeline (an address whose ledger key only the application can compute)."""
+        async with ctx.state.db.acquire() as conn:
+            started = await user_email.start(conn, user_id, ctx.job.id, d.template)
+            if started is None:
+                keep_session(conn)  # the statement released the lock itself
+                raise Permanent(f"user {user_id} does not exist")
+            if started.settled:
+                keep_session(conn)
+                return {"status": "duplicate", "ledger": started.claim}
+            # From here the user's email consent lock is held until a `record` call.
+            r, key = started.recipient, started.key
+
+            async def record(
+                ledger_state: str,
+                status: str,
+                /,
+                *,
+                provider_id: str | None = None,
+                outbox: dict[str, Any] | None = None,
+                **fields: Any,
+            ) -> None:
+                entry = self._entry(ctx, channel, r, d.template, status, **fields)
+                await user_email.finish(
+                    conn,
+                    entry,
+                    key=key,
+                    ledger_state=ledger_state if key is not None else None,
+                    provider_id=provider_id,
+                    outbox=outbox,
+                )
+                keep_session(conn)
+
+            verdict = channel.verdict(r, d)
+            if not verdict.allowed:
+                await record("failed", "suppressed", error=verdict.reason)
+                return self._suppressed(channel, r, d.template, verdict.reason)
+            if key is None:
+                await user_email.unlock(conn, user_id)
+                keep_session(conn)
+                return None
+            to = channel.address(r)
+            assert to is not None  # the verdict refuses a recipient without one
+            message = channel.render(ctx, r, d, to)
+            if not channel.configured(ctx.state):
+                outbox = channel.outbox_fields(to, message)
+                await record("sent", "sandbox", outbox=outbox, idempotency_key=key)
+                return {"status": "sandbox"}
+            outcome: EmailResult | ProviderError
+            try:
+                outcome = await channel.send(ctx.state, to, message, key)
+            except ProviderError as exc:
+                outcome = exc
+            return await self._settle(conn, ctx, channel, r, d, key, message, outcome, record)
 
     @staticmethod
     async def _recipient(
@@ -174,6 +259,26 @@ class Sender:
             except ProviderError as exc:
                 return exc
 
+    def _recorder(
+        self,
+        conn: asyncpg.Connection,
+        ctx: Context[HandlerState],
+        channel: Channel[Any, Any],
+        r: Recipient,
+        template: str,
+        key: str,
+        ledger: Ledger,
+    ) -> Record:
+        """The generic pipeline's :class:`Record`: the ledger settle, then the log row."""
+
+        async def record(
+            ledger_state: str, status: str, /, *, provider_id: str | None = None, **fields: Any
+        ) -> None:
+            await ledger.settle(conn, key, ledger_state, provider_id)
+            await self._log(conn, ctx, channel, r, template, status, **fields)
+
+        return record
+
     async def _settle(
         self,
         conn: asyncpg.Connection,
@@ -182,35 +287,23 @@ class Sender:
         r: Recipient,
         d: Delivery,
         key: str,
-        ledger: Ledger,
         message: M,
-        outcome: R | ProviderError | Verdict | None,
+        outcome: R | ProviderError,
+        record: Record,
     ) -> Result:
-        t = d.template
-        if outcome is None:
-            # No provider call: captured in the sandbox outbox (the channel has no credentials).
-            await ledger.settle(conn, key, "sent")
-            await self._log(conn, ctx, channel, r, t, "sandbox", idempotency_key=key)
-            return {"status": "sandbox"}
-        if isinstance(outcome, Verdict):
-            await ledger.settle(conn, key, "failed")
-            return await self._suppress(conn, ctx, channel, r, t, outcome.reason)
+        """Records what the provider answered and turns it into the job's outcome."""
         if not isinstance(outcome, ProviderError):
             sent = channel.sent(outcome, message)
-            await ledger.settle(conn, key, "sent", sent.message_id)
-            await self._log(
-                conn,
-                ctx,
-                channel,
-                r,
-                t,
+            await record(
                 "sent",
+                "sent",
+                provider_id=sent.message_id,
                 provider_message_id=sent.message_id,
                 idempotency_key=key,
                 **sent.log_fields,
             )
             return sent.result
-        return await self._failed(conn, ctx, channel, r, d, key, ledger, message, outcome)
+        return await self._failed(conn, ctx, channel, r, d, key, message, outcome, record)
 
     async def _failed(
         self,
@@ -220,21 +313,16 @@ class Sender:
         r: Recipient,
         d: Delivery,
         key: str,
-        ledger: Ledger,
         message: M,
         error: ProviderError,
+        record: Record,
     ) -> Result:
         t, provider = d.template, channel.provider
         disposition = channel.classify(error)
         if disposition is Disposition.MAYBE_SENT:
             assert isinstance(error, MaybeSent)
-            await ledger.settle(conn, key, "maybe_sent")
-            await self._log(
-                conn,
-                ctx,
-                channel,
-                r,
-                t,
+            await record(
+                "maybe_sent",
                 "maybe_sent",
                 error=error.reason,
                 idempotency_key=key,
@@ -248,12 +336,11 @@ class Sender:
                 error.reason,
             )
             return {"status": "maybe_sent"}
-        await ledger.settle(conn, key, "failed")
         if disposition is Disposition.THROTTLED:
             assert isinstance(error, ProviderThrottled)
-            await self._log(conn, ctx, channel, r, t, "deferred", error=str(error))
+            await record("failed", "deferred", error=str(error))
             raise RateLimited(error.retry_after_s, bucket=provider, reason=f"{provider} throttled")
-        await self._log(conn, ctx, channel, r, t, "failed", error=str(error), idempotency_key=key)
+        await record("failed", "failed", error=str(error), idempotency_key=key)
         if disposition is Disposition.RETRY:
             raise Retry(self._backoff_s(d, ctx.job.attempt), reason=f"{provider}: {error}")
         assert isinstance(error, PermanentProviderError)
@@ -314,8 +401,19 @@ class Sender:
         status: str,
         **fields: Any,
     ) -> None:
+        await delivery_log.record(conn, self._entry(ctx, channel, r, template, status, **fields))
+
+    @staticmethod
+    def _entry(
+        ctx: Context[HandlerState],
+        channel: Channel[Any, Any],
+        r: Recipient,
+        template: str,
+        status: str,
+        **fields: Any,
+    ) -> LogEntry:
         provider = "sandbox" if status == "sandbox" else channel.provider
-        entry = LogEntry(
+        return LogEntry(
             ctx.job.id,
             r.user_id,
             channel.name,
@@ -325,7 +423,6 @@ class Sender:
             status,
             **fields,
         )
-        await delivery_log.record(conn, entry)
 
     async def _suppress(
         self,
@@ -337,6 +434,10 @@ class Sender:
         reason: str,
     ) -> Result:
         await self._log(conn, ctx, channel, r, template, "suppressed", error=reason)
+        return self._suppressed(channel, r, template, reason)
+
+    @staticmethod
+    def _suppressed(channel: Channel[Any, Any], r: Recipient, template: str, reason: str) -> Result:
         recipient = mask(channel.name, channel.address(r))
         log.info("suppressed %s %s to %s: %s", channel.name, template, recipient, reason)
         return {"status": "suppressed", "reason": reason}

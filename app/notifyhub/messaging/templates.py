@@ -66,6 +66,8 @@ class Templates:
             undefined=StrictUndefined,
             trim_blocks=True,
             lstrip_blocks=True,
+            # Templates ship with the code: no file system check on every message.
+            auto_reload=False,
         )
         self._env.filters["sentence"] = sentence
         self._env.filters["even_bullets"] = even_bullets

@@ -15,24 +15,31 @@ generation time instead would park them for up to a day, long enough for a user 
 zone or preferences; a lookahead of minutes sees those changes, and each delayed job re-checks
 the target when it fires.
 
+Generation is batched: the fan-out enqueues one ``generate_outlook_batch`` job per
+:data:`GENERATION_BATCH` (user, date) pairs, and each job reads what it needs for the whole
+batch and stores every outlook in one statement (seven statements a batch, not seven a user).
+
 Duplicate runs are expected (cron catch-up, retries, an operator re-running a day), so every
 step is safe to repeat: the fan-out skips users who already have the day's outlook and gives
-each job a key per user and date, the store is an upsert on (user, date), and delivery gives
-each notification a key per outlook and marks the outlook delivered only after the enqueue.
+each batch job a key naming its users and dates, the store is an upsert on (user, date) that
+keeps what is there, and delivery gives each notification a key per outlook and marks the
+outlook delivered only after the enqueue.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
-from pydantic import BaseModel, Field
+import orjson
+from pydantic import BaseModel, Field, model_validator
 
-from notifyhub.experiments import variant_for
+from notifyhub.experiments import variants_for
 from notifyhub.state import HandlerState
 from qrunner import Context, JobSpec, Registry
 
@@ -55,6 +62,9 @@ registry = Registry()
 QUEUE = "daily_outlook"
 #: Rows fetched per round trip while streaming users or outlooks; also the enqueue batch size.
 BATCH = 500
+#: Outlooks one ``generate_outlook_batch`` job computes and stores: a few dozen milliseconds of
+#: work, and enough jobs per run that several workers share it.
+GENERATION_BATCH = 500
 #: One generation run covers the delivery instants of the next day: runs are daily, so every
 #: instant falls in exactly one run's window.
 GENERATION_WINDOW = timedelta(days=1)
@@ -81,6 +91,20 @@ class GenerateUserOutlook(BaseModel):
     user_id: int
     outlook_date: date
     force: bool = False
+
+
+class GenerateOutlookBatch(BaseModel):
+    """The outlooks of ``user_ids[i]`` for ``outlook_dates[i]``: the fan-out's unit of work."""
+
+    user_ids: list[int] = Field(min_length=1, max_length=5000)
+    outlook_dates: list[date] = Field(min_length=1, max_length=5000)
+    force: bool = False
+
+    @model_validator(mode="after")
+    def _paired(self) -> GenerateOutlookBatch:
+        if len(self.user_ids) != len(self.outlook_dates):
+            raise ValueError("user_ids and outlook_dates must have the same length")
+        return self
 
 
 class DeliverDueOutlooks(BaseModel):
@@ -114,14 +138,34 @@ class OptimizeOutlookContent(BaseModel):
 async def generate_daily_outlooks(
     ctx: Context[HandlerState], payload: GenerateDailyOutlooks
 ) -> dict[str, Any]:
-    """Enqueue one ``generate_user_outlook`` per active user that lacks the day's outlook.
+    """Enqueue ``generate_outlook_batch`` jobs, :data:`GENERATION_BATCH` outlooks each, for the
+    active users that lack the day's outlook.
 
     Users are streamed with a server-side cursor and enqueued in batches, so memory stays flat
-    however many users there are.
+    however many users there are. Users with the same zone and delivery preferences share their
+    outlook dates, so the zone arithmetic runs once per combination, not once per user.
     """
     ref = utc_now(payload.now or payload.scheduled_for)
     since = ref - timedelta(days=payload.active_days)
-    total = enqueued = existing = 0
+    dates_for = _date_finder(ref, payload.target_date)
+    forced_by = ctx.job_id if payload.force_regenerate else None
+    total = enqueued = existing = batches = 0
+    todo: list[tuple[int, date]] = []
+
+    async def flush(final: bool) -> None:
+        nonlocal todo, enqueued, batches
+        cut = len(todo) if final else len(todo) - len(todo) % GENERATION_BATCH
+        if cut == 0:
+            return
+        specs = [
+            _batch_spec(todo[i : i + GENERATION_BATCH], payload.force_regenerate, forced_by)
+            for i in range(0, cut, GENERATION_BATCH)
+        ]
+        await ctx.client.enqueue_many(specs)
+        enqueued += cut
+        batches += len(specs)
+        todo = todo[cut:]
+
     async with ctx.state.db.acquire() as conn, conn.transaction(readonly=True):
         cursor = await conn.cursor(
             "SELECT u.id, u.time_zone, u.outlook_weekday_at, u.outlook_weekend_at, sh.best_hour"
@@ -131,41 +175,51 @@ async def generate_daily_outlooks(
         )
         while rows := await cursor.fetch(BATCH):
             total += len(rows)
-            wanted = [
-                (r["id"], day) for r in rows for day in _target_dates(r, ref, payload.target_date)
-            ]
+            wanted = [(r["id"], day) for r in rows for day in dates_for(r)]
             have: set[tuple[int, date]] = set()
             if not payload.force_regenerate:
                 have = await _existing_outlooks(conn, wanted)
-            specs = [
-                JobSpec(
-                    "generate_user_outlook",
-                    {
-                        "user_id": uid,
-                        "outlook_date": day.isoformat(),
-                        "force": payload.force_regenerate,
-                    },
-                    key=_generation_key(uid, day, ctx.job_id if payload.force_regenerate else None),
-                )
-                for uid, day in wanted
-                if (uid, day) not in have
-            ]
-            existing += len(wanted) - len(specs)
-            if specs:
-                await ctx.client.enqueue_many(specs)
-                enqueued += len(specs)
+            missing = [pair for pair in wanted if pair not in have]
+            existing += len(wanted) - len(missing)
+            todo += missing
+            await flush(final=False)
+        await flush(final=True)
     log.info(
-        "daily outlooks: %d active user(s), %d enqueued, %d already generated",
+        "daily outlooks: %d active user(s), %d outlook(s) enqueued in %d batch(es),"
+        " %d already generated",
         total,
         enqueued,
+        batches,
         existing,
     )
     return {
         "reference": ref.isoformat(),
         "total_users": total,
         "enqueued": enqueued,
+        "batches": batches,
         "skipped_existing": existing,
     }
+
+
+def _date_finder(ref: datetime, fixed: date | None) -> Callable[[asyncpg.Record], list[date]]:
+    """:func:`_target_dates` for one run, remembered per zone and delivery preferences."""
+    found: dict[tuple[Any, ...], list[date]] = {}
+
+    def dates(row: asyncpg.Record) -> list[date]:
+        if fixed is not None:
+            return [fixed]
+        key = (
+            row["time_zone"],
+            row["outlook_weekday_at"],
+            row["outlook_weekend_at"],
+            row["best_hour"],
+        )
+        days = found.get(key)
+        if days is None:
+            days = found[key] = _target_dates(row, ref, None)
+        return days
+
+    return dates
 
 
 def _target_dates(row: asyncpg.Record, ref: datetime, fixed: date | None) -> list[date]:
@@ -185,11 +239,24 @@ def _target_dates(row: asyncpg.Record, ref: datetime, fixed: date | None) -> lis
     )
 
 
-def _generation_key(user_id: int, day: date, forced_by: str | None) -> str:
-    """One job per user and date; a forced re-run gets its own key so it is not deduplicated
-    against the original run."""
-    base = f"outlook:{user_id}:{day.isoformat()}"
-    return f"{base}:force:{forced_by}" if forced_by else base
+def _batch_spec(pairs: Sequence[tuple[int, date]], force: bool, forced_by: str | None) -> JobSpec:
+    """One batch job; its key names exactly its (user, date) pairs, so a second fan-out that
+    finds the same users still without outlooks does not queue the same work twice. A forced
+    re-run gets keys of its own so it is not deduplicated against the original run."""
+    digest = hashlib.sha256(
+        ",".join(f"{uid}:{day.isoformat()}" for uid, day in pairs).encode()
+    ).hexdigest()[:24]
+    first, last = pairs[0], pairs[-1]
+    key = f"outlooks:{first[0]}:{first[1].isoformat()}..{last[0]}:{last[1].isoformat()}:{digest}"
+    return JobSpec(
+        "generate_outlook_batch",
+        {
+            "user_ids": [uid for uid, _ in pairs],
+            "outlook_dates": [day.isoformat() for _, day in pairs],
+            "force": force,
+        },
+        key=f"{key}:force:{forced_by}" if forced_by else key,
+    )
 
 
 async def _existing_outlooks(
@@ -206,99 +273,171 @@ async def _existing_outlooks(
 
 
 @registry.task(
+    queue=QUEUE, payload=GenerateOutlookBatch, max_retries=3, backoff_base_s=60, timeout_s=300
+)
+async def generate_outlook_batch(
+    ctx: Context[HandlerState], payload: GenerateOutlookBatch
+) -> dict[str, Any]:
+    """Compute and store the outlooks of a batch of (user, date) pairs, once per pair.
+
+    Seven statements whatever the batch size (users, bills, goals, spending, the A/B test, its
+    assignments, the store), instead of seven per user. Without ``force`` an existing outlook is
+    kept as it is; with it the content is replaced while it has not been delivered.
+    """
+    pairs = list(dict.fromkeys(zip(payload.user_ids, payload.outlook_dates, strict=True)))
+    async with ctx.state.db.acquire() as conn:
+        outcomes = await _generate(conn, pairs, force=payload.force)
+    counts = {status: 0 for status in _STATUSES}
+    for status, _ in outcomes.values():
+        counts[status] += 1
+    return {"outlooks": len(pairs), **counts}
+
+
+@registry.task(
     queue=QUEUE, payload=GenerateUserOutlook, max_retries=3, backoff_base_s=60, timeout_s=120
 )
 async def generate_user_outlook(
     ctx: Context[HandlerState], payload: GenerateUserOutlook
 ) -> dict[str, Any]:
-    """Compute one user's outlook and store it once per (user, date).
+    """Compute one user's outlook and store it once per (user, date): the batch job's work for
+    one pair (an operator's re-run for one user, tests).
 
     Without ``force`` an existing outlook is kept as it is; with it the content is replaced,
     but only while it has not been delivered, so nobody is sent one text and shown another.
     """
+    pair = (payload.user_id, payload.outlook_date)
     async with ctx.state.db.acquire() as conn:
-        user = await conn.fetchrow(
-            "SELECT name, time_zone FROM users WHERE id = $1", payload.user_id
-        )
-        if user is None:
-            return {"user_id": payload.user_id, "status": "user_gone"}
-        content = await _compose(
-            conn, payload.user_id, user["name"], user["time_zone"], payload.outlook_date
-        )
-        try:  # while the content A/B test runs, each user sees their assigned variant
-            variant = await variant_for(conn, CONTENT_EXPERIMENT, payload.user_id)
-        except LookupError:
-            variant = None
-        if variant is not None:
-            content = apply_variant(content, variant)
-        if payload.force:
-            row = await conn.fetchrow(
-                "INSERT INTO daily_outlooks (user_id, outlook_date, content) VALUES ($1, $2, $3)"
-                " ON CONFLICT (user_id, outlook_date) DO UPDATE"
-                "   SET content = EXCLUDED.content, generated_at = now()"
-                "   WHERE daily_outlooks.delivered_at IS NULL"
-                " RETURNING id",
-                payload.user_id,
-                payload.outlook_date,
-                content,
-            )
-            status = "regenerated" if row else "kept_delivered"
-        else:
-            row = await conn.fetchrow(
-                "INSERT INTO daily_outlooks (user_id, outlook_date, content) VALUES ($1, $2, $3)"
-                " ON CONFLICT (user_id, outlook_date) DO NOTHING RETURNING id",
-                payload.user_id,
-                payload.outlook_date,
-                content,
-            )
-            status = "created" if row else "exists"
+        outcomes = await _generate(conn, [pair], force=payload.force)
+    status, kind = outcomes[pair]
+    if kind is None:
+        return {"user_id": payload.user_id, "status": status}
     return {
         "user_id": payload.user_id,
         "outlook_date": payload.outlook_date.isoformat(),
         "status": status,
-        "type": content["type"],
+        "type": kind,
     }
 
 
+#: What happened to each pair: stored (``created``; ``regenerated`` when forced), left as it was
+#: (``exists``; ``kept_delivered`` when forced and already delivered), or no such user.
+_STATUSES = ("created", "exists", "regenerated", "kept_delivered", "user_gone")
+
+_USERS = "SELECT id, name, time_zone FROM users WHERE id = ANY($1::bigint[])"
+# Each pair's first five bills due within a week of its date, in due-date order.
+_BILLS = """
+SELECT w.n, b.payee, b.amount, b.currency, b.due_date
+FROM unnest($1::bigint[], $2::date[]) WITH ORDINALITY AS w(user_id, day, n)
+CROSS JOIN LATERAL (
+    SELECT id, payee, amount, currency, due_date FROM bills
+    WHERE user_id = w.user_id AND status = 'due' AND due_date BETWEEN w.day AND w.day + 7
+    ORDER BY due_date, id LIMIT 5
+) b
+ORDER BY w.n, b.due_date, b.id
+"""
+# Each user's first five active goals.
+_GOALS = """
+SELECT u.id AS user_id, g.title, g.target_amount, g.current_amount, g.currency, g.target_date
+FROM unnest($1::bigint[]) AS u(id)
+CROSS JOIN LATERAL (
+    SELECT id, title, target_amount, current_amount, currency, target_date, created_at
+    FROM goals WHERE user_id = u.id AND status = 'active' ORDER BY created_at, id LIMIT 5
+) g
+ORDER BY u.id, g.created_at, g.id
+"""
+# Orders are the only record of a user's own spending; without orders the section is omitted.
+# The window is each pair's seven local days before its date.
+_SPENDING = """
+SELECT w.n, o.currency, sum(o.total) AS total, count(*) AS orders
+FROM unnest($1::bigint[], $2::timestamptz[], $3::timestamptz[]) WITH ORDINALITY
+     AS w(user_id, since, until, n)
+JOIN orders o ON o.user_id = w.user_id AND o.placed_at >= w.since AND o.placed_at < w.until
+WHERE o.status IN ('paid', 'shipped', 'delivered')
+GROUP BY w.n, o.currency
+ORDER BY w.n, o.currency
+"""
+_STORE = """
+INSERT INTO daily_outlooks (user_id, outlook_date, content)
+SELECT u, d, c::jsonb FROM unnest($1::bigint[], $2::date[], $3::text[]) AS t(u, d, c)
+ON CONFLICT (user_id, outlook_date) DO {action}
+RETURNING user_id, outlook_date
+"""
+_STORE_NEW = _STORE.format(action="NOTHING")
+# Forced: replaced only while undelivered, so nobody is sent one text and shown another.
+_STORE_FORCED = _STORE.format(
+    action="UPDATE SET content = EXCLUDED.content, generated_at = now()"
+    " WHERE daily_outlooks.delivered_at IS NULL"
+)
+
+
+async def _generate(
+    conn: asyncpg.Connection, pairs: Sequence[tuple[int, date]], *, force: bool
+) -> dict[tuple[int, date], tuple[str, str | None]]:
+    """Status and content type of each distinct (user, date) in ``pairs`` (type ``None`` for a
+    user that no longer exists), the outlooks stored as the module docstring says."""
+    users = {r["id"]: r for r in await conn.fetch(_USERS, sorted({u for u, _ in pairs}))}
+    outcomes: dict[tuple[int, date], tuple[str, str | None]] = {
+        pair: ("user_gone", None) for pair in pairs if pair[0] not in users
+    }
+    live = [pair for pair in pairs if pair[0] in users]
+    if not live:
+        return outcomes
+    contents = await _compose(conn, live, users)
+    try:  # while the content A/B test runs, each user sees their assigned variant
+        variants = await variants_for(conn, CONTENT_EXPERIMENT, sorted({u for u, _ in live}))
+    except LookupError:
+        variants = {}
+    if variants:
+        contents = [apply_variant(c, variants[u]) for (u, _), c in zip(live, contents, strict=True)]
+    rows = await conn.fetch(
+        _STORE_FORCED if force else _STORE_NEW,
+        [u for u, _ in live],
+        [d for _, d in live],
+        [orjson.dumps(c).decode() for c in contents],
+    )
+    stored = {(r["user_id"], r["outlook_date"]) for r in rows}
+    for pair, content in zip(live, contents, strict=True):
+        if pair in stored:
+            status = "regenerated" if force else "created"
+        else:
+            status = "kept_delivered" if force else "exists"
+        outcomes[pair] = (status, content["type"])
+    return outcomes
+
+
 async def _compose(
-    conn: asyncpg.Connection, user_id: int, name: str, zone_name: str, day: date
-) -> dict[str, Any]:
-    zone = resolve_zone(zone_name)
-    day_start = datetime.combine(day, time(0), zone)
-    bills = await conn.fetch(
-        "SELECT payee, amount, currency, due_date FROM bills"
-        " WHERE user_id = $1 AND status = 'due' AND due_date BETWEEN $2 AND $2 + 7"
-        " ORDER BY due_date, id LIMIT 5",
-        user_id,
-        day,
-    )
-    goals = await conn.fetch(
-        "SELECT title, target_amount, current_amount, currency, target_date FROM goals"
-        " WHERE user_id = $1 AND status = 'active' ORDER BY created_at, id LIMIT 5",
-        user_id,
-    )
-    # Orders are the only record of a user's own spending; without orders the section is omitted.
-    spending = await conn.fetch(
-        "SELECT currency, sum(total) AS total, count(*) AS orders FROM orders"
-        " WHERE user_id = $1 AND placed_at >= $2 AND placed_at < $3"
-        "   AND status IN ('paid', 'shipped', 'delivered')"
-        " GROUP BY currency ORDER BY currency",
-        user_id,
-        day_start - timedelta(days=7),
-        day_start,
-    )
-    return build_outlook(
-        name,
-        day,
-        [Bill(r["payee"], r["amount"], r["currency"], r["due_date"]) for r in bills],
-        [
+    conn: asyncpg.Connection,
+    pairs: Sequence[tuple[int, date]],
+    users: Mapping[int, asyncpg.Record],
+) -> list[dict[str, Any]]:
+    """Each pair's outlook content (three statements for the whole batch)."""
+    ids = [u for u, _ in pairs]
+    day_starts = [
+        datetime.combine(day, time(0), resolve_zone(users[uid]["time_zone"])) for uid, day in pairs
+    ]
+    bills: dict[int, list[Bill]] = {}
+    for r in await conn.fetch(_BILLS, ids, [d for _, d in pairs]):
+        bills.setdefault(r["n"], []).append(
+            Bill(r["payee"], r["amount"], r["currency"], r["due_date"])
+        )
+    goals: dict[int, list[Goal]] = {}
+    for r in await conn.fetch(_GOALS, sorted(set(ids))):
+        goals.setdefault(r["user_id"], []).append(
             Goal(
                 r["title"], r["target_amount"], r["current_amount"], r["currency"], r["target_date"]
             )
-            for r in goals
-        ],
-        [Spending(r["currency"], r["total"], r["orders"]) for r in spending],
-    )
+        )
+    spending: dict[int, list[Spending]] = {}
+    for r in await conn.fetch(
+        _SPENDING, ids, [s - timedelta(days=7) for s in day_starts], day_starts
+    ):
+        spending.setdefault(r["n"], []).append(Spending(r["currency"], r["total"], r["orders"]))
+    return [
+        build_outlook(
+            users[uid]["name"], day, bills.get(n, []), goals.get(uid, []), spending.get(n, [])
+        )
+        for n, (uid, day) in enumerate(pairs, 1)
+    ]
 
 
 # -- delivery ----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ every target once, however the local day's length or the weekday/weekend times s
 
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -29,10 +30,13 @@ DEFAULT_WEEKDAY_AT = time(6, 45)
 DEFAULT_WEEKEND_AT = time(8, 30)
 
 
+@functools.lru_cache(maxsize=1024)
 def resolve_zone(name: str | None) -> tzinfo:
     """The user's zone, or UTC when the name is empty or unknown to this machine's tz data.
 
     An unknown zone must not lose the user their outlook: UTC is a wrong-but-usable guess.
+    Remembered per name: ``ZoneInfo`` itself keeps only a few zones for sure, and reading one
+    from the tz database again costs more than all the arithmetic done with it.
     """
     if not name:
         return UTC
