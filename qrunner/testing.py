@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -209,24 +210,37 @@ class DrainResult:
 
 
 class _RecordingWorker(Worker):
-    """A worker that notes every job's outcome (after its follow-ups were recorded)."""
+    """A worker that notes every job's outcome (after its follow-ups were recorded).
+
+    Outcomes are listed in the order jobs reached this step, not the order it returned: a
+    follow-up enqueued here may run to its end (an eager task on Python 3.12+) before the job
+    that enqueued it gets its turn back."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.ran: list[Ran] = []
+        self._noted: list[tuple[int, Ran]] = []
+        self._turns = itertools.count()
+
+    @property
+    def ran(self) -> list[Ran]:
+        return [r for _, r in sorted(self._noted, key=lambda noted: noted[0])]
 
     async def _after_run(self, job: Job, outcome: Outcome | None) -> Outcome | None:
+        turn = next(self._turns)
         final = await super()._after_run(job, outcome)
         if final is not None:
-            self.ran.append(
-                Ran(
-                    job.id,
-                    job.task,
-                    job.queue,
-                    job.attempt,
-                    _state_of(final),
-                    _result_of(final),
-                    _error_of(final),
+            self._noted.append(
+                (
+                    turn,
+                    Ran(
+                        job.id,
+                        job.task,
+                        job.queue,
+                        job.attempt,
+                        _state_of(final),
+                        _result_of(final),
+                        _error_of(final),
+                    ),
                 )
             )
         return final

@@ -199,14 +199,24 @@ class Worker:
             guard = self._guard = StallGuard(
                 self.redis,
                 self.name,
-                held=lambda: list(self._held),
+                held=self._held_now,
                 culprit=self._culprit,
                 lease_ms=self.settings.lease_ms,
             )
         return guard
 
+    def _held_now(self) -> list[tuple[str, str]]:
+        """Entries this worker holds (watchdog thread), the one being started included: an
+        eager start runs the job inside _spawn, before _start records its task."""
+        starting = self._starting
+        held = list(self._held)
+        return held + [starting] if starting is not None and starting not in held else held
+
     def _culprit(self) -> tuple[str, str] | None:
         """(queue, job id) of the job running on the loop right now (watchdog thread)."""
+        starting = self._starting
+        if starting is not None and starting in self.running:
+            return starting[0], self.running[starting][1]  # blocking inside its eager start
         task = self.watchdog.current_task() if self.watchdog is not None else None
         for key, held in list(self._held.items()):
             if held is task and key in self.running:

@@ -347,21 +347,32 @@ def _tests_the_app(item: pytest.Item) -> bool:
     return _APP_MODULES[path]
 
 
+def _on_cluster(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and callspec.params.get("redis_url") == "cluster"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Two skips, each announced with its reason:
 
     - With ``QRUNNER_TEST_ONCE=0`` (bin/test's second and later servers), tests that do not
       depend on the server are skipped: the app's tests and those marked ``once`` (browser,
-      packaging, import contracts, deploy files). The runtime's tests run on every server.
+      packaging, import contracts, deploy files). The runtime's tests run on every server,
+      except the cluster variants of slow multi-process tests marked ``cluster_once``.
     - Connected as the least-privilege worker user, tests that do admin work of their own
       through the test's client (FLUSHALL, KEYS, CONFIG, MULTI, DEL) are skipped: that work
       is not the worker's, and they run as the default user in every other run.
     """
     if os.environ.get(ONCE_ENV) == "0":
         once = pytest.mark.skip(reason="server-independent: runs on bin/test's first server")
+        cluster_once = pytest.mark.skip(
+            reason="slow multi-process test: its cluster variant runs on bin/test's first server"
+        )
         for item in items:
             if item.get_closest_marker("once") is not None or _tests_the_app(item):
                 item.add_marker(once)
+            elif item.get_closest_marker("cluster_once") is not None and _on_cluster(item):
+                item.add_marker(cluster_once)
     if os.environ.get(ACL_ENV) != "1":
         return
     skip = pytest.mark.skip(reason="does admin work of its own; runs in the default-user runs")

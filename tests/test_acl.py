@@ -375,9 +375,9 @@ async def test_producer_user_enqueues_and_reads_status_but_cannot_take_jobs(
             with pytest.raises(NoPermissionError):
                 await attempt
         refused = {(user, what) for user, what, _ in _refusals(acl.admin)}
-        assert refused == {
-            ("qrunner-producer", what) for what in ("xreadgroup", "xack", "del")
-        } | {("qrunner-producer", "elsewhere")}
+        assert refused == {("qrunner-producer", what) for what in ("xreadgroup", "xack", "del")} | {
+            ("qrunner-producer", "elsewhere")
+        }
     finally:
         await producer.aclose()
 

@@ -460,6 +460,7 @@ def most_in_any_window(grants: list[Grant], span_ms: int) -> int:
     )
 
 
+@pytest.mark.cluster_once
 async def test_three_processes_share_one_limit(redis: Redis, redis_url: str) -> None:
     # Given three OS processes hammering one 20/s bucket (burst 20) for 10 s of Redis time
     go_ms, end_ms, procs = await run_workers(redis, redis_url, "share", 10_000, [0, 0, 0])
@@ -479,6 +480,7 @@ async def test_three_processes_share_one_limit(redis: Redis, redis_url: str) -> 
     assert abs(len(grants) - expected) <= 0.05 * expected, (len(grants), expected)
 
 
+@pytest.mark.cluster_once
 async def test_a_process_killed_after_taking_tokens_does_not_stall_the_bucket(
     redis: Redis, redis_url: str
 ) -> None:

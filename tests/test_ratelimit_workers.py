@@ -18,7 +18,7 @@ from tests.helpers import limited_tasks
 from tests.helpers.waiting import wait_for
 from tests.test_crash import start_worker, stderr_of
 
-pytestmark = pytest.mark.both_topologies
+pytestmark = [pytest.mark.both_topologies, pytest.mark.cluster_once]
 
 
 async def redis_ms(redis: Redis) -> int:
