@@ -210,7 +210,7 @@ class Worker:
         eager start runs the job inside _spawn, before _start records its task."""
         starting = self._starting
         held = list(self._held)
-        return held + [starting] if starting is not None and starting not in held else held
+        return [*held, starting] if starting is not None and starting not in held else held
 
     def _culprit(self) -> tuple[str, str] | None:
         """(queue, job id) of the job running on the loop right now (watchdog thread)."""
