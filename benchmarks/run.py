@@ -123,6 +123,7 @@ def main(argv: list[str]) -> int:
         raise SystemExit(f"unknown peers: {', '.join(sorted(unknown))}")
     work = BENCH_DIR / ".work"
     started = time.monotonic()
+    load_before = os.getloadavg()
     today = dt.date.today().isoformat()
     records: list[dict[str, Any]] = []
     with RedisServer(work / "redis") as server:
@@ -171,6 +172,7 @@ def main(argv: list[str]) -> int:
         "redis": redis_meta,
         "duration": f"{duration / 60:.1f} min",
         "duration_s": duration,
+        "load": {"before": list(load_before), "after": list(os.getloadavg())},
         "sizes": asdict(sizes),
     }
     png = md.with_suffix(".png")

@@ -279,6 +279,14 @@ def to_json(
     )
 
 
+def _load_line(meta: dict[str, Any]) -> list[str]:
+    load = meta.get("load")
+    if not load:
+        return []
+    before, after = (" / ".join(f"{x:.2f}" for x in load[k]) for k in ("before", "after"))
+    return [f"Machine load average (1 / 5 / 15 min) before the run: {before}; after: {after}."]
+
+
 def write(
     out_md: Path,
     meta: dict[str, Any],
@@ -299,6 +307,7 @@ def write(
         f"processing N={meta['sizes']['process_n']:,} per run (cap "
         f"{meta['sizes']['process_cap_s']:.0f} s), latency {meta['sizes']['rate']:.0f} jobs/s for "
         f"{meta['sizes']['latency_s']:g} s, memory N={meta['sizes']['memory_n']:,}.",
+        *_load_line(meta),
         "",
         "Each cell: median ±half the min-max range across repeats, then (x qrunner) = this "
         "peer's median divided by qrunner's. Above 1x is better for jobs/s, worse for "
