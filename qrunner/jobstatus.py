@@ -112,13 +112,7 @@ def find_sync(
         return None
     if _is_cluster(redis):
         for q in queues:
-            ks, argv = _call(q, job_id)
-            try:
-                reply = redis.evalsha(_job_status.sha, len(ks), *ks, *argv)
-            except NoScriptError:
-                redis.script_load(_job_status.source)
-                reply = redis.evalsha(_job_status.sha, len(ks), *ks, *argv)
-            found = _first([q], [reply])
+            found = _first([q], [_job_status.call_sync(redis, *_call(q, job_id))])
             if found:
                 return found
         return None

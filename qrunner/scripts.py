@@ -70,6 +70,15 @@ class Script:
                 raise
             raise fault from exc
 
+    def call_sync(self, redis: Any, keys: list[str] | tuple[str, ...], args: list[Any]) -> Any:
+        """Call with a synchronous redis-py client (qrunner.SyncClient), loading the script on
+        NOSCRIPT; errors are left as redis-py raised them."""
+        try:
+            return redis.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            redis.script_load(self.source)
+            return redis.evalsha(self.sha, len(keys), *keys, *args)
+
     def queue_in(self, pipe: Any, keys: list[str] | tuple[str, ...], args: list[Any]) -> None:
         """Add a call to a pipeline; :meth:`ensure_loaded` must have run on that server first."""
         pipe.evalsha(self.sha, len(keys), *keys, *args)

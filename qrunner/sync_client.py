@@ -33,7 +33,6 @@ from datetime import datetime
 from typing import Any, TypeVar, cast
 
 import redis as sync_redis
-from redis.exceptions import NoScriptError
 
 from . import jobstatus, keys
 from .errors import (
@@ -197,11 +196,7 @@ class SyncClient:
             self._known_queues.update(new)
 
     def _call(self, script: Script, script_keys: list[str], argv: list[Any]) -> Any:
-        try:
-            return self.redis.evalsha(script.sha, len(script_keys), *script_keys, *argv)
-        except NoScriptError:
-            self.redis.script_load(script.source)
-            return self.redis.evalsha(script.sha, len(script_keys), *script_keys, *argv)
+        return script.call_sync(self.redis, script_keys, argv)
 
     def _io(self, call: Callable[[], T]) -> T:
         try:
