@@ -41,7 +41,7 @@ AUDIT_LENGTH = 1000
 #: Attempts kept in a job's history.
 HISTORY_LENGTH = 25
 JOB_STATES = ("queued", "running", "delayed", "scheduled")
-TERMINAL = frozenset({"succeeded", "dead", "cancelled"})
+TERMINAL = jobstatus.ENDED
 
 
 def _text(value: Any) -> str:
