@@ -74,6 +74,40 @@ async def test_a_lost_reply_is_retried_without_a_duplicate(redis_url: str) -> No
         await client_redis.aclose()
 
 
+async def test_a_lost_bulk_reply_is_retried_without_duplicates(redis_url: str) -> None:
+    """Given the pipeline of an enqueue_many whose reply is lost after Redis ran it, the retry
+    (which looks for the ids the first send wrote) leaves each job in the stream once."""
+    client_redis = await connect_redis(redis_url)
+    try:
+        client = Client(client_redis, core_tasks.registry)
+        await client.enqueue("record", {})
+        make_pipeline = client_redis.pipeline
+        lost = 0
+
+        def pipeline(*args: Any, **kwargs: Any) -> Any:
+            pipe = make_pipeline(*args, **kwargs)
+            execute = pipe.execute
+
+            async def execute_then_lose(*eargs: Any, **ekwargs: Any) -> Any:
+                nonlocal lost
+                result = await execute(*eargs, **ekwargs)
+                if lost == 0:
+                    lost += 1
+                    raise RedisConnectionError("reply lost")
+                return result
+
+            pipe.execute = execute_then_lose  # type: ignore[method-assign]
+            return pipe
+
+        client_redis.pipeline = pipeline  # type: ignore[method-assign]
+        ids = await client.enqueue_many([("record", {"n": i}) for i in range(5)])
+        assert lost == 1 and len(set(ids)) == 5
+        assert await client_redis.xlen(keys.stream("default")) == 6  # warm-up + 5
+        assert {(await client.status(i)).state for i in ids} == {"queued"}
+    finally:
+        await client_redis.aclose()
+
+
 async def test_an_enqueue_whose_outcome_is_unknown_names_the_job_id() -> None:
     """Given Redis unreachable for every attempt, the error says the job may have been
     enqueued and names its id, so the caller can retry it safely."""

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from pydantic import BaseModel
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from qrunner import (
     Client,
@@ -22,6 +23,7 @@ from qrunner import (
     SyncClient,
     Worker,
     connect_redis,
+    keys,
 )
 from tests.worker_fixtures import FAST
 
@@ -82,6 +84,27 @@ def test_enqueue_many_and_threads(sync: SyncClient) -> None:
     with ThreadPoolExecutor(8) as pool:  # one client shared by a web server's threads
         threaded = list(pool.map(lambda n: sync.enqueue("greet", {"name": str(n)}), range(64)))
     assert len(set(threaded)) == 64
+
+
+def test_a_lost_reply_is_retried_without_a_duplicate(sync: SyncClient) -> None:
+    """Given Redis running the first enqueue but its reply lost, the client's retry finds the
+    id already written and the job is in the stream once."""
+    original = sync._call
+    calls = 0
+
+    def lose_first_reply(script: Any, ks: list[str], argv: list[Any]) -> Any:
+        nonlocal calls
+        calls += 1
+        result = original(script, ks, argv)
+        if calls == 1:
+            raise RedisConnectionError("reply lost")
+        return result
+
+    sync._call = lose_first_reply  # type: ignore[method-assign]
+    job_id = sync.enqueue("greet", {"name": "ada"})
+    assert calls == 2
+    assert sync.status(job_id).state == "queued"
+    assert sync.redis.xlen(keys.stream("sync")) == 1
 
 
 def test_unreachable_redis_is_a_qrunner_error() -> None:
