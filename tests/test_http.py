@@ -168,8 +168,14 @@ async def running_worker(
         await serve_http(app, "127.0.0.1", 0, stop, on_bound=bound.set_result)
 
     worker = Worker(
-        redis, registry, queues=[QUEUE], concurrency=4, burst=False, settings=FAST,
-        observer=metrics, extra_loops=[http_loop],
+        redis,
+        registry,
+        queues=[QUEUE],
+        concurrency=4,
+        burst=False,
+        settings=FAST,
+        observer=metrics,
+        extra_loops=[http_loop],
     )
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
@@ -327,8 +333,14 @@ async def test_api_queues_lists_the_stats_of_every_queue(redis: Redis) -> None:
     # Then the list is Client.stats() as JSON
     assert status == 200
     assert body == [s.to_dict() for s in await client.stats()]
-    assert {"queue": "reports", "depth": 1, "pending": 0, "delayed": 1, "dead": 0,
-            "consumers": 0} in body
+    assert {
+        "queue": "reports",
+        "depth": 1,
+        "pending": 0,
+        "delayed": 1,
+        "dead": 0,
+        "consumers": 0,
+    } in body
 
 
 # -- health and readiness ----------------------------------------------------------------------
@@ -364,16 +376,22 @@ async def test_readyz_follows_redis_and_each_readiness_check(redis: Redis) -> No
     assert down_status == 503
     assert down_body == {
         "status": "unavailable",
-        "failed": [{"dependency": "postgres",
-                    "error": f"PostgreSQL at 127.0.0.1:{port} is unreachable"}],
+        "failed": [
+            {"dependency": "postgres", "error": f"PostgreSQL at 127.0.0.1:{port} is unreachable"}
+        ],
     }
 
 
 async def test_readyz_names_redis_by_host_and_port_when_it_is_down(redis: Redis) -> None:
     port = closed_port()
     url_password = "hunter2"
-    gone = Redis(host="127.0.0.1", port=port, password=url_password, socket_connect_timeout=1,
-                 retry=RedisRetry(NoBackoff(), 0))
+    gone = Redis(
+        host="127.0.0.1",
+        port=port,
+        password=url_password,
+        socket_connect_timeout=1,
+        retry=RedisRetry(NoBackoff(), 0),
+    )
     app = build_app(client=Client(gone), metrics=Metrics(), redis=gone, token=None)
     try:
         async with serving(app) as ep:
