@@ -6,7 +6,7 @@ that neither has to import the other.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -45,6 +45,9 @@ class Context(Generic[S]):
     #: Where :meth:`progress` goes: the job's status record in a worker, a list in eager
     #: mode (:mod:`qrunner.testing`); None drops reports.
     reporter: ProgressSink | None = None
+    #: Makes :attr:`reporter` on the first :meth:`progress` call (a worker's: most jobs never
+    #: report, and a reporter per job is not free).
+    open_reporter: Callable[[Job], ProgressSink] | None = None
 
     @property
     def job_id(self) -> str:
@@ -61,8 +64,12 @@ class Context(Generic[S]):
         the last value is always written when the job ends. Raises ``ValueError`` for a
         fraction outside 0..1 and ``TypeError`` for meta that is not JSON-serialisable.
         """
-        if self.reporter is not None:
-            await self.reporter.report(fraction, meta)
+        reporter = self.reporter
+        if reporter is None:
+            if self.open_reporter is None:
+                return
+            reporter = self.reporter = self.open_reporter(self.job)
+        await reporter.report(fraction, meta)
 
     @property
     def upstream(self) -> dict[str, Any] | None:

@@ -24,7 +24,6 @@ from typing import Any
 from prometheus_client import (
     CollectorRegistry,
     Counter,
-    Histogram,
     PlatformCollector,
     ProcessCollector,
     disable_created_metrics,
@@ -39,6 +38,7 @@ from .backlog import Backlog, read_backlog
 from .control import Control
 from .errors import BackendUnavailable
 from .events import Observer
+from .hotmetrics import FastCounter, FastHistogram
 from .queue import Client, QueueStats
 
 log = logging.getLogger(__name__)
@@ -221,26 +221,27 @@ class Metrics(Observer):
         self._seen_tasks: set[str] = set()
         self.registry = CollectorRegistry(auto_describe=True)
         reg = self.registry
-        self.jobs = Counter(
-            "qrunner_jobs_total",
+        # The three series every job touches are counted without prometheus_client's locks
+        # and label look-ups (see qrunner.hotmetrics); the rest are the library's own.
+        self.jobs = FastCounter(
+            "qrunner_jobs",
             "Job runs by outcome (succeeded, retried, deferred, dead).",
             ["task", "queue", "outcome"],
-            registry=reg,
         )
-        self.duration = Histogram(
+        self.duration = FastHistogram(
             "qrunner_job_duration_seconds",
             "Time from a handler's start to its outcome.",
             ["task", "queue"],
-            buckets=DURATION_BUCKETS_S,
-            registry=reg,
+            DURATION_BUCKETS_S,
         )
-        self.wait = Histogram(
+        self.wait = FastHistogram(
             "qrunner_job_wait_seconds",
             "Time from enqueue to the start of a run.",
             ["queue"],
-            buckets=WAIT_BUCKETS_S,
-            registry=reg,
+            WAIT_BUCKETS_S,
         )
+        for hot in (self.jobs, self.duration, self.wait):
+            reg.register(hot)
         self.redeliveries = Counter(
             "qrunner_redeliveries_total",
             "Entries reclaimed from a worker whose lease lapsed; each will run again.",
@@ -308,12 +309,12 @@ class Metrics(Observer):
     def job_started(self, task: str, queue: str, wait_ms: int | None) -> None:
         if wait_ms is not None:
             # A producer whose clock runs ahead yields a negative wait; zero is the honest floor.
-            self.wait.labels(queue).observe(max(0, wait_ms) / 1000)
+            self.wait.observe((queue,), max(0, wait_ms) / 1000)
 
     def job_finished(self, task: str, queue: str, outcome: str, duration_s: float) -> None:
         task = self.task_label(task)
-        self.jobs.labels(task, queue, outcome).inc()
-        self.duration.labels(task, queue).observe(duration_s)
+        self.jobs.inc((task, queue, outcome))
+        self.duration.observe((task, queue), duration_s)
 
     def job_redelivered(self, queue: str, count: int) -> None:
         self.redeliveries.labels(queue).inc(count)

@@ -226,11 +226,6 @@ class Worker:
     # -- wiring -----------------------------------------------------------------------------
 
     def _context(self, job: Job, deliveries: int) -> Context[Any]:
-        reporter = None
-        if self.status_ttl_ms:
-            reporter = self._progress[job.id] = RedisProgress(
-                self.redis, job.queue, job.id, status_ttl_ms=self.status_ttl_ms
-            )
         return Context(
             job=job,
             redis=self.redis,
@@ -238,8 +233,15 @@ class Worker:
             state=self.state,
             settings=self.settings,
             deliveries=deliveries,
-            reporter=reporter,
+            open_reporter=self._open_reporter if self.status_ttl_ms else None,
         )
+
+    def _open_reporter(self, job: Job) -> RedisProgress:
+        """The job's progress reporter, made on its first report; flushed by _after_run."""
+        reporter = self._progress[job.id] = RedisProgress(
+            self.redis, job.queue, job.id, status_ttl_ms=self.status_ttl_ms
+        )
+        return reporter
 
     async def _after_run(self, job: Job, outcome: Outcome | None) -> Outcome | None:
         """Before a job's outcome is written: its last progress report, then its workflow
@@ -581,8 +583,9 @@ class Worker:
                 job = decoded
                 task_name = job.task
                 self.running[key] = (task_name, job.id)
-                self.started_at[key] = self._attempt_started[job.id] = int(time.time() * 1000)
-                wait_ms = int(time.time() * 1000) - job.enqueued_ms if job.enqueued_ms else None
+                now_ms = int(time.time() * 1000)
+                self.started_at[key] = self._attempt_started[job.id] = now_ms
+                wait_ms = now_ms - job.enqueued_ms if job.enqueued_ms else None
                 self.observer.job_started(task_name, entry.queue, wait_ms)
                 # Every log line from here on in this task (the handler's too) names the job.
                 JOB_FIELDS.set(
