@@ -82,6 +82,17 @@ def test_job_ids_are_safe_cli_arguments() -> None:
     assert all(len(i) == 16 and i[0] != "-" and i.isalnum() for i in ids)
 
 
+def test_job_ids_spell_their_80_bits_in_lowercase_base32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each id is the RFC 4648 base32 text of 10 random bytes, lowercased."""
+    import base64
+
+    import qrunner.job as job_module
+
+    for raw in (bytes(10), b"\xff" * 10, bytes(range(10)), b"\x80\x01\x02\x04\x08\x10 @\x7f\xfe"):
+        monkeypatch.setattr(job_module.os, "urandom", lambda n, raw=raw: raw[:n])
+        assert new_job_id() == base64.b32encode(raw).decode().lower()
+
+
 async def _noop(ctx: Context[Any], payload: Any) -> None:
     return None
 
