@@ -243,6 +243,7 @@ class Client:
     """
 
     _enqueue = Script("enqueue")
+    _enqueue_now = Script("enqueue_now")
     _enqueue_fair = Script("enqueue_fair")
 
     def __init__(
@@ -323,6 +324,12 @@ class Client:
                 ks.extend(job_keys)
                 argv.extend((args[0], args[1], args[4], args[5]))
             return self._enqueue_fair, ks, argv
+        if ids_new and all(a[2] == a[3] == a[4] == "" for _, a in jobs):
+            # Due now, no dedup key, ids just drawn: the two values each job needs.
+            argv = []
+            for _, args in jobs:
+                argv.extend(args[:2])
+            return self._enqueue_now, [keys.stream(queue)], argv
         ks = [keys.stream(queue), keys.delayed(queue)]
         argv = [*self._script_head(), "1" if ids_new else ""]
         for job_keys, args in jobs:

@@ -49,25 +49,30 @@ async def test_an_enqueue_sent_twice_with_its_id_writes_one_job(
 
 async def test_a_lost_reply_is_retried_without_a_duplicate(redis_url: str) -> None:
     """Given a connection that loses the reply of the first enqueue after Redis executed it,
-    the client retries and the job is in the stream once."""
+    the client retries through the script that looks the id up, and the job is in the stream
+    once."""
     client_redis = await connect_redis(redis_url)
     try:
         client = Client(client_redis, core_tasks.registry)
         await client.enqueue("record", {})  # loads the script and registers the queue
-        original = client._enqueue.__call__
-        calls = 0
+        sent: list[str] = []
 
-        async def lose_first_reply(redis: Any, ks: Any, args: Any) -> Any:
-            nonlocal calls
-            calls += 1
-            result = await original(redis, ks, args)  # executed by Redis...
-            if calls == 1:
-                raise ConnectionLost("reply lost")  # ...but the caller never hears of it
-            return result
+        def counted(script: Any, name: str, lose_reply: bool) -> Any:
+            original = script.__call__
 
-        client._enqueue = lose_first_reply  # type: ignore[assignment, method-assign]
+            async def call(redis: Any, ks: Any, args: Any) -> Any:
+                sent.append(name)
+                result = await original(redis, ks, args)  # executed by Redis...
+                if lose_reply and len(sent) == 1:
+                    raise ConnectionLost("reply lost")  # ...but the caller never hears of it
+                return result
+
+            return call
+
+        client._enqueue_now = counted(client._enqueue_now, "now", True)  # type: ignore[method-assign]
+        client._enqueue = counted(client._enqueue, "checked", False)  # type: ignore[method-assign]
         job_id = await client.enqueue("record", {"n": 2})
-        assert calls == 2
+        assert sent == ["now", "checked"]
         assert await client_redis.xlen(keys.stream("default")) == 2  # the warm-up job + this one
         assert (await client.status(job_id)).state == "queued"
     finally:
@@ -201,7 +206,7 @@ async def test_the_connection_class_turns_a_closed_transport_into_a_connection_e
 
 async def test_server_busy_is_waited_out_by_the_enqueue_retry(redis: Redis) -> None:
     client = Client(redis, core_tasks.registry)
-    original = client._enqueue.__call__
+    original = client._enqueue_now.__call__
     busy = [ServerBusy("LOADING")]
 
     async def busy_once(r: Any, ks: Any, args: Any) -> Any:
@@ -209,8 +214,9 @@ async def test_server_busy_is_waited_out_by_the_enqueue_retry(redis: Redis) -> N
             raise busy.pop()
         return await original(r, ks, args)
 
-    client._enqueue = busy_once  # type: ignore[assignment, method-assign]
+    client._enqueue_now = busy_once  # type: ignore[assignment, method-assign]
     assert await client.enqueue("record", {})
+    assert not busy  # the first send met the busy server
     assert await redis.xlen(keys.stream("default")) == 1
 
 

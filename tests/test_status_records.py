@@ -142,3 +142,48 @@ async def test_a_stale_index_field_does_not_block_a_new_enqueue(redis: Redis) ->
         await client.status("trimmed")
     await client.enqueue("record", {}, job_id="trimmed")
     assert await redis.xlen(keys.stream("default")) == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "script"),
+    [
+        ({}, "enqueue_now"),  # due now, no key, id drawn: two values per job
+        ({"job_id": "given-1"}, "enqueue"),  # a given id is looked up
+        ({"delay_s": 60}, "enqueue"),
+        ({"key": "once"}, "enqueue"),
+    ],
+)
+async def test_only_plain_jobs_with_drawn_ids_take_the_short_script(
+    redis: Redis, options: dict[str, object], script: str
+) -> None:
+    """Each path leaves what its job needs: an entry and an index field when due now, with or
+    without the short script; the routing is by what the job asks for."""
+    client = Client(redis, core_tasks.registry)
+    used: list[str] = []
+    for name in ("_enqueue", "_enqueue_now"):
+        original = getattr(client, name).__call__
+
+        async def call(
+            r: Redis, ks: list[str], args: list[object], *, _o=original, _n=name
+        ) -> object:
+            used.append(_n.lstrip("_"))
+            return await _o(r, ks, args)
+
+        setattr(client, name, call)
+    job_id = await client.enqueue("record", {"n": 1}, **options)  # type: ignore[arg-type]
+    assert used == [script]
+    if "delay_s" in options:
+        assert (await client.status(job_id)).state == "scheduled"
+        return
+    [(entry_id, _)] = await redis.xrange(keys.stream("default"))
+    assert await redis.hget(keys.live("default"), job_id) == entry_id
+    assert (await client.status(job_id)).state == "queued"
+
+
+async def test_a_bulk_of_plain_jobs_is_written_like_single_ones(redis: Redis) -> None:
+    client = Client(redis, core_tasks.registry)
+    ids = await client.enqueue_many([("record", {"n": i}) for i in range(1200)])
+    entries = await redis.xrange(keys.stream("default"))
+    index = await redis.hgetall(keys.live("default"))
+    assert len(entries) == len(index) == 1200 == len(set(ids))
+    assert {index[i.encode()] for i in ids} == {entry_id for entry_id, _ in entries}
