@@ -92,28 +92,18 @@ class Job:
     flow: dict[str, Any] | None = None
 
     def encode(self) -> bytes:
-        data: dict[str, Any] = {
-            "id": self.id,
-            "task": self.task,
-            "payload": self.payload,
-            "queue": self.queue,
-            "attempt": self.attempt,
-            "enqueued_ms": self.enqueued_ms,
-        }
-        if self.not_before_ms:
-            data["not_before_ms"] = self.not_before_ms
-        if self.key is not None:
-            data["key"] = self.key
-        if self.errors:
-            data["errors"] = [e.to_dict() for e in self.errors]
-        if self.flow:
-            data["flow"] = self.flow
-        try:
-            return orjson.dumps(data)
-        except TypeError as exc:
-            raise InvalidPayload(
-                f"payload of task {self.task!r} is not JSON-serialisable: {exc}"
-            ) from exc
+        return encode_envelope(
+            self.id,
+            self.task,
+            self.payload,
+            self.queue,
+            self.enqueued_ms,
+            attempt=self.attempt,
+            not_before_ms=self.not_before_ms,
+            key=self.key,
+            errors=self.errors,
+            flow=self.flow,
+        )
 
     @classmethod
     def decode(cls, raw: bytes | str) -> Job:
@@ -195,6 +185,44 @@ class Job:
         """The envelope with the error recorded, attempt unchanged (dead letter, deferral)."""
         history = (*self.errors, record)[-MAX_ERROR_HISTORY:]
         return replace(self, errors=history)
+
+
+def encode_envelope(
+    job_id: str,
+    task: str,
+    payload: dict[str, Any],
+    queue: str,
+    enqueued_ms: int,
+    *,
+    attempt: int = 1,
+    not_before_ms: int = 0,
+    key: str | None = None,
+    errors: tuple[ErrorRecord, ...] = (),
+    flow: dict[str, Any] | None = None,
+) -> bytes:
+    """The envelope of a :class:`Job` with these fields (``Job.encode``); the client calls it
+    directly, once per enqueued job, without building the frozen ``Job`` first. The id comes
+    first: the scripts read it from the head of the envelope."""
+    data: dict[str, Any] = {
+        "id": job_id,
+        "task": task,
+        "payload": payload,
+        "queue": queue,
+        "attempt": attempt,
+        "enqueued_ms": enqueued_ms,
+    }
+    if not_before_ms:
+        data["not_before_ms"] = not_before_ms
+    if key is not None:
+        data["key"] = key
+    if errors:
+        data["errors"] = [e.to_dict() for e in errors]
+    if flow:
+        data["flow"] = flow
+    try:
+        return orjson.dumps(data)
+    except TypeError as exc:
+        raise InvalidPayload(f"payload of task {task!r} is not JSON-serialisable: {exc}") from exc
 
 
 class MalformedJob(ValueError):

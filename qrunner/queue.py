@@ -34,7 +34,7 @@ from .errors import (
     ServerFull,
 )
 from .faults import classify
-from .job import Job, new_job_id
+from .job import encode_envelope, new_job_id
 from .names import MAX_DELAY_S, InvalidDelay, check_delay, check_key, check_queue_name
 from .progress import progress_fields
 from .scripts import Script
@@ -543,20 +543,14 @@ class Client:
                 # qrunner.fairness); delayed ones enter the stream when due, as any job.
                 fair = check_key(task.fair_key(arg), "fair_key")
         queue = check_queue_name(queue or "default")
-        job = Job(
-            id=spec.job_id or new_job_id(),
-            task=spec.task,
-            payload=payload,
-            queue=queue,
-            enqueued_ms=int(time.time() * 1000),
-            key=spec.key,
-            flow=flow or None,
+        job_id = spec.job_id or new_job_id()
+        envelope = encode_envelope(
+            job_id, spec.task, payload, queue, int(time.time() * 1000), key=spec.key, flow=flow
         )
-        envelope = job.encode()
         if len(envelope) > self.max_payload_bytes:
             raise PayloadTooLarge(len(envelope), self.max_payload_bytes)
         id_key = (
-            keys.job(queue, job.id) if self.status_ttl_ms > 0 else keys.id_marker(queue, job.id)
+            keys.job(queue, job_id) if self.status_ttl_ms > 0 else keys.id_marker(queue, job_id)
         )
         uniq_key = keys.uniq(queue, spec.key) if spec.key else id_key
         dedup_ttl = ""
@@ -570,7 +564,7 @@ class Client:
         job_keys = [id_key, uniq_key]
         if fair is not None:
             job_keys.append(keys.fair_jobs(queue, fair))
-        return queue, job_keys, [job.id, envelope, delay, at, dedup_ttl, spec.task]
+        return queue, job_keys, [job_id, envelope, delay, at, dedup_ttl, spec.task]
 
     async def _register_queues(self, queues: Iterable[str]) -> None:
         new = [q for q in queues if q not in self._known_queues]
