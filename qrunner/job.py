@@ -7,7 +7,7 @@ worst be malformed, never execute code.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import orjson
@@ -163,18 +163,18 @@ class Job:
             attempt = _int_field(data, "attempt", 1, 1)
             enqueued = _int_field(data, "enqueued_ms", 0, 0)
             not_before = _int_field(data, "not_before_ms", 0, 0)
-        return cls(
-            id=job_id,
-            task=task,
-            payload=payload,
-            queue=queue,
-            attempt=attempt,
-            enqueued_ms=enqueued,
-            not_before_ms=not_before,
-            key=key,
-            errors=tuple(_error_record(e) for e in errors) if errors else (),
-            flow=flow,
-        )
+        job = _new_job(cls)
+        _SET_ID(job, job_id)
+        _SET_TASK(job, task)
+        _SET_PAYLOAD(job, payload)
+        _SET_QUEUE(job, queue)
+        _SET_ATTEMPT(job, attempt)
+        _SET_ENQUEUED(job, enqueued)
+        _SET_NOT_BEFORE(job, not_before)
+        _SET_KEY(job, key)
+        _SET_ERRORS(job, tuple(_error_record(e) for e in errors) if errors else ())
+        _SET_FLOW(job, flow)
+        return job
 
     def failed(self, record: ErrorRecord) -> Job:
         """The envelope for the next attempt: attempt + 1 and the error appended to the history."""
@@ -185,6 +185,39 @@ class Job:
         """The envelope with the error recorded, attempt unchanged (dead letter, deferral)."""
         history = (*self.errors, record)[-MAX_ERROR_HISTORY:]
         return replace(self, errors=history)
+
+
+# Job.decode runs once per job and fills the slots directly: a frozen dataclass's __init__
+# sets each field through object.__setattr__, which made it the most expensive line of the
+# decode (3 µs of a 4.7 µs decode). The order below is checked against the fields at import,
+# so a field added to Job without a line here fails loudly instead of staying unset.
+_new_job = object.__new__
+_JOB_SLOTS = (
+    "id",
+    "task",
+    "payload",
+    "queue",
+    "attempt",
+    "enqueued_ms",
+    "not_before_ms",
+    "key",
+    "errors",
+    "flow",
+)
+if tuple(f.name for f in fields(Job)) != _JOB_SLOTS:  # pragma: no cover - a developer's slip
+    raise RuntimeError("Job's fields changed: update _JOB_SLOTS and Job.decode")
+(
+    _SET_ID,
+    _SET_TASK,
+    _SET_PAYLOAD,
+    _SET_QUEUE,
+    _SET_ATTEMPT,
+    _SET_ENQUEUED,
+    _SET_NOT_BEFORE,
+    _SET_KEY,
+    _SET_ERRORS,
+    _SET_FLOW,
+) = (Job.__dict__[name].__set__ for name in _JOB_SLOTS)
 
 
 def encode_envelope(

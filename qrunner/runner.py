@@ -17,6 +17,7 @@ import orjson
 
 from .consumer import Entry
 from .context import Context
+from .deadlines import Deadlines
 from .errors import InvalidPayload, RateLimited, UnknownTask
 from .job import MAX_ERROR_HISTORY, Job, MalformedJob
 from .names import shown
@@ -214,6 +215,7 @@ class Runner:
         self.gate = gate
         self.threads = HandlerThreads(thread_limit)
         self._expired: set[asyncio.Task[Any]] = set()
+        self._deadlines = Deadlines(self._expire)
 
     def _expire(self, task: asyncio.Task[Any]) -> None:
         if not task.done():
@@ -272,11 +274,11 @@ class Runner:
                 return Deferred(int(wait_s * 1000) + 1, job, "rate limited", bucket)
         ctx = self.make_context(job, entry.deliveries)
         me = asyncio.current_task()
-        timer = None
+        tick = None
         if task.timeout_s is not None and me is not None:
-            # One timer handle per job instead of asyncio.timeout(): the same effect at a
-            # fraction of the cost on the hot path.
-            timer = asyncio.get_running_loop().call_later(task.timeout_s, self._expire, me)
+            # Shared timers (qrunner.deadlines) instead of asyncio.timeout() or a timer per
+            # job: the same effect at a fraction of the cost on the hot path.
+            tick = self._deadlines.add(me, task.timeout_s)
         try:
             if task.run_in_thread:
                 value = await self.threads.run(task, ctx, arg)
@@ -302,7 +304,7 @@ class Runner:
                 await self.gate.throttle(task, arg, None, exc.retry_after_s)
             return outcome
         finally:
-            if timer is not None:
-                timer.cancel()
+            if tick is not None and me is not None:
+                self._deadlines.remove(tick, me)
                 self._expired.discard(me)
         return Succeeded(_encode_result(value))

@@ -44,7 +44,7 @@ from .job import Job, new_job_id
 from .logs import JOB_FIELDS
 from .outcome import DeadLettered, Deferred, Outcome, RetryLater, Succeeded
 from .presence import CONTROL_INTERVAL_S, Presence
-from .progress import RedisProgress
+from .progress import ProgressSink, RedisProgress
 from .queue import Client
 from .ratelimit import DeferralLog
 from .redact import mask
@@ -129,6 +129,9 @@ class Worker:
         status_on = self.settings.status_ttl_s > 0
         # status_ttl_s=0 turns status records off altogether (less Redis memory per job).
         self.status_ttl_ms = self.settings.status_ttl_s * 1000 if status_on else 0
+        self._reporter_opener: Callable[[Job], ProgressSink] | None = (
+            self._open_reporter if self.status_ttl_ms else None
+        )
         self.result_ttl_ms = self.settings.result_ttl_s * 1000 if status_on else 0
         self.finisher = Finisher(
             self.consumer,
@@ -226,14 +229,17 @@ class Worker:
     # -- wiring -----------------------------------------------------------------------------
 
     def _context(self, job: Job, deliveries: int) -> Context[Any]:
+        # Positional, and the bound method made once: this runs for every job.
         return Context(
-            job=job,
-            redis=self.redis,
-            client=self.client,
-            state=self.state,
-            settings=self.settings,
-            deliveries=deliveries,
-            open_reporter=self._open_reporter if self.status_ttl_ms else None,
+            job,
+            self.redis,
+            self.client,
+            self.state,
+            self.settings,
+            deliveries,
+            {},
+            None,
+            self._reporter_opener,
         )
 
     def _open_reporter(self, job: Job) -> RedisProgress:

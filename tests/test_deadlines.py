@@ -1,0 +1,110 @@
+"""Shared job timers (qrunner.deadlines): a task times out after its timeout, never before and
+at most one tick after; a task removed in time is left alone; tasks share timers by tick."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from qrunner.deadlines import Deadlines
+
+
+async def _sleeper() -> None:
+    await asyncio.sleep(3600)
+
+
+def _mid_next_tick(tick_s: float) -> float:
+    """A timeout that lands in the middle of the next tick but one, so deadlines added one
+    after another fall in the same tick whatever the clock reads."""
+    now = asyncio.get_running_loop().time()
+    return (int(now / tick_s) + 2.5) * tick_s - now
+
+
+async def test_a_task_is_expired_after_its_timeout_and_within_a_tick() -> None:
+    loop = asyncio.get_running_loop()
+    fired: asyncio.Future[float] = loop.create_future()
+
+    def expire(task: asyncio.Task[Any]) -> None:
+        fired.set_result(loop.time())
+        task.cancel()
+
+    deadlines = Deadlines(expire, tick_s=0.05)
+    task = asyncio.create_task(_sleeper())
+    start = loop.time()
+    deadlines.add(task, 0.12)
+    at = await fired
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # uvloop and asyncio timers may fire up to a millisecond early on their own clock.
+    assert at - start >= 0.12 - 0.002
+    assert at - start <= 0.12 + 0.05 + 0.5  # one tick late at most, plus a loaded machine
+    assert len(deadlines) == 0
+
+
+async def test_a_removed_task_is_not_expired() -> None:
+    loop = asyncio.get_running_loop()
+    expired: list[asyncio.Task[Any]] = []
+    deadlines = Deadlines(expired.append, tick_s=0.01)
+    kept = asyncio.create_task(_sleeper())
+    dropped = asyncio.create_task(_sleeper())
+    tick_kept = deadlines.add(kept, 0.03)
+    tick_dropped = deadlines.add(dropped, 0.03)
+    deadlines.remove(tick_dropped, dropped)
+    done = loop.create_future()
+    loop.call_at(tick_kept * 0.01, done.set_result, None)  # the shared timer's own moment
+    await done
+    await asyncio.sleep(0)  # the shared timer was scheduled first, so it has run by now
+    assert expired == [kept]
+    deadlines.remove(tick_kept, kept)  # after the fact: harmless
+    for task in (kept, dropped):
+        task.cancel()
+
+
+async def test_tasks_in_one_tick_share_a_timer_and_all_expire() -> None:
+    loop = asyncio.get_running_loop()
+    expired: list[asyncio.Task[Any]] = []
+    all_done = loop.create_future()
+
+    def expire(task: asyncio.Task[Any]) -> None:
+        expired.append(task)
+        if len(expired) == 3:
+            all_done.set_result(None)
+
+    deadlines = Deadlines(expire, tick_s=0.05)
+    tasks = [asyncio.create_task(_sleeper()) for _ in range(3)]
+    ticks = {deadlines.add(t, _mid_next_tick(0.05)) for t in tasks}
+    assert len(ticks) == 1
+    assert len(deadlines) == 3
+    await all_done
+    assert expired == tasks  # in the order they were added
+    for task in tasks:
+        task.cancel()
+
+
+async def test_a_failing_expiry_spares_no_other_task(caplog: pytest.LogCaptureFixture) -> None:
+    loop = asyncio.get_running_loop()
+    expired: list[asyncio.Task[Any]] = []
+    second = loop.create_future()
+
+    def expire(task: asyncio.Task[Any]) -> None:
+        if not expired:
+            expired.append(task)
+            raise RuntimeError("boom")
+        expired.append(task)
+        second.set_result(None)
+
+    deadlines = Deadlines(expire, tick_s=0.05)
+    tasks = [asyncio.create_task(_sleeper()) for _ in range(2)]
+    assert len({deadlines.add(task, _mid_next_tick(0.05)) for task in tasks}) == 1
+    await second
+    assert expired == tasks
+    assert "could not time out" in caplog.text
+    for task in tasks:
+        task.cancel()
+
+
+def test_a_tick_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        Deadlines(lambda task: None, tick_s=0)
