@@ -19,8 +19,14 @@ from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
 
-#: The running job's fields, or None outside a job.
-JOB_FIELDS: ContextVar[dict[str, Any] | None] = ContextVar("qrunner_job_fields", default=None)
+#: The names of the running job's fields on a log record, in the order :data:`JOB_FIELDS` holds
+#: their values.
+JOB_FIELD_NAMES = ("job_id", "task", "queue", "attempt")
+#: The running job's ``(job_id, task, queue, attempt)``, or None outside a job. A tuple, not a
+#: dict: the worker sets it once per job, and logging reads it only when a record is written.
+JOB_FIELDS: ContextVar[tuple[str, str, str, int] | None] = ContextVar(
+    "qrunner_job_fields", default=None
+)
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s%(job)s: %(message)s"
 
@@ -28,7 +34,7 @@ TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s%(job)s: %(message)s"
 @contextmanager
 def job_context(job_id: str, task: str, queue: str, attempt: int) -> Iterator[None]:
     """Tag every log record written inside the block (in this task or thread) with the job."""
-    token = JOB_FIELDS.set({"job_id": job_id, "task": task, "queue": queue, "attempt": attempt})
+    token = JOB_FIELDS.set((job_id, task, queue, attempt))
     try:
         yield
     finally:
@@ -40,12 +46,13 @@ class JobContextFilter(logging.Filter):
     ``record.job`` to `` [job_id=... task=... queue=... attempt=...]`` for the text format."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        fields = JOB_FIELDS.get()
-        if fields:
-            for name, value in fields.items():
+        values = JOB_FIELDS.get()
+        if values:
+            fields = tuple(zip(JOB_FIELD_NAMES, values, strict=True))
+            for name, value in fields:
                 if not hasattr(record, name):
                     setattr(record, name, value)
-            record.job = " [" + " ".join(f"{k}={v}" for k, v in fields.items()) + "]"
+            record.job = " [" + " ".join(f"{k}={v}" for k, v in fields) + "]"
         else:
             record.job = ""
         return True

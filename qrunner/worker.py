@@ -25,6 +25,7 @@ import logging
 import os
 import random
 import socket
+import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -65,13 +66,16 @@ REFILL_WAIT_S = 0.002
 #: Python 3.12+: start a job's task eagerly, running it up to its first wait at once. A job that
 #: never waits (or waits on something already done) then costs no event-loop round. 3.11 has
 #: no eager tasks and creates them as usual.
-_eager_factory = getattr(asyncio, "eager_task_factory", None)
+#: The Task class is called directly with ``eager_start=True`` (what ``eager_task_factory``
+#: does, minus its Python wrapper frame, once per job).
+_EAGER = sys.version_info >= (3, 12)
+_Task: Any = asyncio.Task
 
 
 def _spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-    if _eager_factory is None:
+    if not _EAGER:
         return asyncio.create_task(coro)
-    task: asyncio.Task[None] = _eager_factory(asyncio.get_running_loop(), coro)
+    task: asyncio.Task[None] = _Task(coro, loop=asyncio.get_running_loop(), eager_start=True)
     return task
 
 
@@ -594,14 +598,7 @@ class Worker:
                 wait_ms = now_ms - job.enqueued_ms if job.enqueued_ms else None
                 self.observer.job_started(task_name, entry.queue, wait_ms)
                 # Every log line from here on in this task (the handler's too) names the job.
-                JOB_FIELDS.set(
-                    {
-                        "job_id": job.id,
-                        "task": task_name,
-                        "queue": entry.queue,
-                        "attempt": job.attempt,
-                    }
-                )
+                JOB_FIELDS.set((job.id, task_name, entry.queue, job.attempt))
                 if self._debug:
                     log.debug("started %s %s attempt %d", task_name, job.id, job.attempt)
                 if job.id in self.cancel_ids:
