@@ -123,10 +123,9 @@ class SyncClient:
     ) -> str:
         """Enqueue one job; returns its id (the first job's id when ``key`` deduplicated it).
         The arguments are :meth:`qrunner.Client.enqueue`'s."""
-        spec = JobSpec(
-            task, payload, queue, delay_s, at, key, key_ttl_s, job_id, on_success, on_failure
+        queue_name, job_keys, args = self._plan._prepare_parts(
+            task, payload, queue, delay_s, at, key, key_ttl_s, job_id, on_success, on_failure, None
         )
-        queue_name, job_keys, args = self._plan._prepare(spec)
         sends = 0
 
         def send() -> Any:
@@ -217,11 +216,13 @@ class SyncClient:
 
     def _send(self, job_ids: list[str], send: Callable[[], T]) -> T:
         """The async client's retry policy (:class:`qrunner.queue.EnqueueRetries`)."""
-        policy = EnqueueRetries(job_ids, _where(self.redis))
+        policy = None  # made on the first failure: most enqueues never need one
         while True:
             try:
                 return send()
             except Exception as exc:
+                if policy is None:
+                    policy = EnqueueRetries(job_ids, _where(self.redis))
                 time.sleep(policy.after(exc))
 
 
