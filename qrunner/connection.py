@@ -77,8 +77,13 @@ class _TransportGuard(AbstractConnection):
         try:
             writer: Any = self._writer
             writer.writelines(command)
-            async with asyncio.timeout(self.socket_timeout):
-                await writer.drain()
+            transport = writer.transport
+            # The usual case: the socket took every byte at once, so there is nothing to
+            # drain and no timer to arm (a loop timer per command showed in every profile).
+            # A closing transport or bytes still buffered take the full path below.
+            if transport.is_closing() or transport.get_write_buffer_size():
+                async with asyncio.timeout(self.socket_timeout):
+                    await writer.drain()
         except TimeoutError:
             await self.disconnect(nowait=True)
             raise RedisTimeoutError("Timeout writing to socket") from None

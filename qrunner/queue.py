@@ -323,12 +323,16 @@ class Client:
                 ks.extend(job_keys)
                 argv.extend((args[0], args[1], args[4], args[5]))
             return self._enqueue_fair, ks, argv
-        if ids_new and all(a[2] == a[3] == a[4] == "" for _, a in jobs):
+        if ids_new:
             # Due now, no dedup key, ids just drawn: the two values each job needs.
             argv = []
             for _, args in jobs:
-                argv.extend(args[:2])
-            return self._enqueue_now, [keys.stream(queue)], argv
+                if args[2] or args[3] or args[4]:  # a delay, a time or a dedup key
+                    break
+                argv.append(args[0])
+                argv.append(args[1])
+            else:
+                return self._enqueue_now, [keys.stream(queue)], argv
         ks = [keys.stream(queue), keys.delayed(queue)]
         argv = [*self._script_head(), "1" if ids_new else ""]
         for job_keys, args in jobs:

@@ -89,8 +89,53 @@ def test_job_ids_spell_their_80_bits_in_lowercase_base32(monkeypatch: pytest.Mon
     import qrunner.job as job_module
 
     for raw in (bytes(10), b"\xff" * 10, bytes(range(10)), b"\x80\x01\x02\x04\x08\x10 @\x7f\xfe"):
-        monkeypatch.setattr(job_module.os, "urandom", lambda n, raw=raw: raw[:n])
+        monkeypatch.setattr(job_module, "_random80", lambda raw=raw: int.from_bytes(raw))
         assert new_job_id() == base64.b32encode(raw).decode().lower()
+
+
+def test_job_id_bits_come_from_the_os_a_block_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One OS call serves a block of ids, each its own 10 bytes of the block, in some order."""
+    import qrunner.job as job_module
+
+    calls: list[int] = []
+    block = bytes(range(256)) * 5
+
+    def urandom(n: int) -> bytes:
+        calls.append(n)
+        return block[:n]
+
+    monkeypatch.setattr(job_module.os, "urandom", urandom)
+    monkeypatch.setattr(job_module, "_random_pool", [])
+    drawn = [job_module._random80() for _ in range(job_module._RANDOM_BLOCK)]
+    assert calls == [10 * job_module._RANDOM_BLOCK]
+    expected = [int.from_bytes(block[i : i + 10]) for i in range(0, 10 * len(drawn), 10)]
+    assert sorted(drawn) == sorted(expected)
+    job_module._random80()
+    assert len(calls) == 2  # the block ran out: the next id asks the OS again
+
+
+@pytest.mark.once
+def test_a_forked_child_never_draws_its_parents_next_id() -> None:
+    """The block of random numbers is dropped in a forked child (a web server's workers fork
+    after importing the app): otherwise parent and child would hand out the same ids."""
+    script = (
+        "import os\n"
+        "from qrunner.job import new_job_id\n"
+        "new_job_id()\n"  # the parent now holds a block of numbers
+        "r, w = os.pipe()\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os.write(w, new_job_id().encode())\n"
+        "    os._exit(0)\n"
+        "os.close(w)\n"
+        "child = os.read(r, 64).decode()\n"
+        "os.waitpid(pid, 0)\n"
+        "print('same' if child == new_job_id() else 'different')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "different"
 
 
 async def _noop(ctx: Context[Any], payload: Any) -> None:
