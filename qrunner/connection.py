@@ -28,9 +28,16 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 class _TransportGuard(AbstractConnection):
     def _packs_with_hiredis(self) -> bool:
+        """Whether hiredis packs like redis-py's encoder would: UTF-8, strict. Worked out once
+        per encoder (a connection keeps its encoder), not once per command."""
         encoder = self.encoder
+        cached: tuple[Any, bool] | None = getattr(self, "_hiredis_for", None)
+        if cached is not None and cached[0] is encoder:
+            return cached[1]
         encoding = str(encoder.encoding).lower().replace("-", "").replace("_", "")
-        return encoding == "utf8" and encoder.encoding_errors == "strict"
+        packs = encoding == "utf8" and encoder.encoding_errors == "strict"
+        self._hiredis_for = (encoder, packs)
+        return packs
 
     def pack_command(self, *args: Any) -> list[bytes]:
         """One command in RESP, packed by hiredis's C packer where redis-py's asyncio client
