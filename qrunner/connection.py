@@ -105,7 +105,67 @@ class _TransportGuard(AbstractConnection):
             await self.disconnect(nowait=True)
             raise
 
+    # -- the read timeout, on one timer per connection -------------------------------------
+    #
+    # redis-py arms an ``asyncio.timeout`` (a loop timer made and cancelled) around every reply
+    # it reads when the client has a socket timeout, as qrunner's clients do. Under uvloop that
+    # timer was the most expensive part of reading a reply. Here a connection keeps the read in
+    # flight and its deadline, and one timer per connection looks at it: when the timer fires
+    # before the deadline (an earlier read ended and a later one began), it is set again for
+    # the current deadline, so a busy connection re-arms about once per timeout period instead
+    # of once per command. An overdue read ends as redis-py's would: the connection is dropped
+    # and ``TimeoutError`` raised (which the client's retry policy sees).
+
+    #: (task, loop deadline) of the read in flight; None between reads.
+    _reading: tuple[asyncio.Task[Any], float] | None = None
+    #: The connection's timer and the loop it runs on.
+    _read_timer: tuple[asyncio.TimerHandle, asyncio.AbstractEventLoop] | None = None
+    #: The task whose read the timer found overdue (and cancelled).
+    _read_expired: asyncio.Task[Any] | None = None
+
     async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        limit = self.socket_timeout
+        given = kwargs.get("timeout", args[1] if len(args) > 1 else None)
+        task = asyncio.current_task() if given is None else None
+        if not limit or task is None:  # a timeout of the caller's own, or none: redis-py's way
+            return await self._read(args, kwargs)
+        self._watch_read(task, limit)
+        self.socket_timeout = None  # so redis-py arms no timer of its own for this read
+        try:
+            return await self._read(args, kwargs)
+        except asyncio.CancelledError:
+            if self._read_expired is not task:
+                raise
+            self._read_expired = None
+            if task.uncancel() > 0:  # cancelled by someone else as well: that one wins
+                raise
+            await self.disconnect(nowait=True)  # a late reply must not answer the next command
+            raise RedisTimeoutError(f"Timeout reading from {self._host_error()}") from None
+        finally:
+            self.socket_timeout = limit
+            self._reading = None
+
+    def _watch_read(self, task: asyncio.Task[Any], limit: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        self._reading = (task, deadline)
+        timer = self._read_timer
+        if timer is None or timer[1] is not loop:
+            self._read_timer = (loop.call_at(deadline, self._read_overdue, loop), loop)
+
+    def _read_overdue(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._read_timer = None
+        reading = self._reading
+        if reading is None:
+            return
+        task, deadline = reading
+        if loop.time() < deadline:  # a later read than the one this timer was set for
+            self._read_timer = (loop.call_at(deadline, self._read_overdue, loop), loop)
+            return
+        self._read_expired = task
+        task.cancel()
+
+    async def _read(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         try:
             return await super().read_response(*args, **kwargs)
         except RuntimeError as exc:
