@@ -53,7 +53,7 @@ async def test_a_removed_task_is_not_expired() -> None:
     tick_dropped = deadlines.add(dropped, 0.03)
     deadlines.remove(tick_dropped, dropped)
     done = loop.create_future()
-    loop.call_at(tick_kept * 0.01, done.set_result, None)  # the shared timer's own moment
+    loop.call_at(tick_kept, done.set_result, None)  # the shared timer's own moment
     await done
     await asyncio.sleep(0)  # the shared timer was scheduled first, so it has run by now
     assert expired == [kept]
@@ -103,6 +103,38 @@ async def test_a_failing_expiry_spares_no_other_task(caplog: pytest.LogCaptureFi
     assert "could not time out" in caplog.text
     for task in tasks:
         task.cancel()
+
+
+async def test_a_slot_whose_tasks_all_ended_cancels_its_timer() -> None:
+    """Memory and timers follow the jobs running, not those started within the timeout."""
+    expired: list[asyncio.Task[Any]] = []
+    deadlines = Deadlines(expired.append, tick_s=0.01)
+    tasks = [asyncio.create_task(_sleeper()) for _ in range(50)]
+    watched = [(deadlines.add(t, 0.05 + 0.01 * (i % 5)), t) for i, t in enumerate(tasks)]
+    assert deadlines.slots >= 5
+    for when, task in watched:
+        deadlines.remove(when, task)
+    assert deadlines.slots == 0 and len(deadlines) == 0
+    await asyncio.sleep(0.15)  # past every deadline: the cancelled timers expire nothing
+    assert expired == []
+    for task in tasks:
+        task.cancel()
+
+
+async def test_long_timeouts_share_coarser_slots_never_early_at_most_a_thousandth_late() -> None:
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines(lambda task: None, tick_s=0.01)
+    task = asyncio.create_task(_sleeper())
+    for timeout_s in (0.05, 1.0, 10.0, 300.0, 3600.0):
+        step = deadlines.step_for(timeout_s)
+        assert step == 0.01 or step <= 2 * timeout_s / 1000
+        now = loop.time()
+        when = deadlines.add(task, timeout_s)
+        assert now + timeout_s - 1e-9 <= when <= loop.time() + timeout_s + step
+        deadlines.remove(when, task)
+    assert deadlines.step_for(300.0) > 0.01  # about 3 slots a second for a 5-minute timeout
+    assert deadlines.slots == 0
+    task.cancel()
 
 
 def test_a_tick_must_be_positive() -> None:
