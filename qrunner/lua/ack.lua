@@ -35,36 +35,48 @@ local stream, group, consumer, ttl, prefix = KEYS[1], ARGV[1], ARGV[2], tonumber
 local live = qr_live(stream)
 local marker_ttl = tonumber(ARGV[7] or '') or 0
 local marker_prefix = string.sub(prefix, 1, -5) .. 'id:'
-local out = {}
+-- Entries owned, found first; acked, deleted and dropped from the live index a few hundred at a
+-- time (one variadic call each, not three calls per job: each call from Lua has a fixed cost);
+-- the status records are written after every ack.
+local out, owned, owned_jobs, finished = {}, {}, {}, {}
 for record in string.gmatch(ARGV[6], '[^\n]+') do
   local id, job_id, attempt, task, enqueued, run_ms, result = string.match(record,
     '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$')
   local pend = redis.pcall('XPENDING', stream, group, id, id, 1)
   if pend.err then return qr_error(pend.err) end
   if #pend == 1 and pend[1][2] == consumer then
-    redis.call('XACK', stream, group, id)
-    redis.call('XDEL', stream, id)
-    redis.call('HDEL', live, job_id)
-    if ttl > 0 then
-      local sk = prefix .. job_id
-      if result ~= '' then
-        redis.call('HSET', sk, 'state', 'succeeded', 'task', task, 'attempt', attempt,
-          'enqueued_ms', enqueued, 'started_ms', now - tonumber(run_ms), 'finished_ms', now,
-          'worker', consumer, 'result', result)
-      else
-        redis.call('HSET', sk, 'state', 'succeeded', 'task', task, 'attempt', attempt,
-          'enqueued_ms', enqueued, 'started_ms', now - tonumber(run_ms), 'finished_ms', now,
-          'worker', consumer)
-      end
-      redis.call('PEXPIRE', sk, ttl)
-    elseif marker_ttl > 0 then
-      redis.call('SET', marker_prefix .. job_id, 1, 'PX', marker_ttl)
-    end
+    owned[#owned + 1] = id
+    owned_jobs[#owned_jobs + 1] = job_id
+    finished[#finished + 1] = {job_id, attempt, task, enqueued, run_ms, result}
     out[#out + 1] = 1
   elseif #pend == 0 then
     out[#out + 1] = -2
   else
     out[#out + 1] = -1
+  end
+end
+for i = 1, #owned, 500 do
+  local last = math.min(i + 499, #owned)
+  redis.call('XACK', stream, group, unpack(owned, i, last))
+  redis.call('XDEL', stream, unpack(owned, i, last))
+  redis.call('HDEL', live, unpack(owned_jobs, i, last))
+end
+for _, f in ipairs(finished) do
+  local job_id, attempt, task, enqueued, run_ms, result = f[1], f[2], f[3], f[4], f[5], f[6]
+  if ttl > 0 then
+    local sk = prefix .. job_id
+    if result ~= '' then
+      redis.call('HSET', sk, 'state', 'succeeded', 'task', task, 'attempt', attempt,
+        'enqueued_ms', enqueued, 'started_ms', now - tonumber(run_ms), 'finished_ms', now,
+        'worker', consumer, 'result', result)
+    else
+      redis.call('HSET', sk, 'state', 'succeeded', 'task', task, 'attempt', attempt,
+        'enqueued_ms', enqueued, 'started_ms', now - tonumber(run_ms), 'finished_ms', now,
+        'worker', consumer)
+    end
+    redis.call('PEXPIRE', sk, ttl)
+  elseif marker_ttl > 0 then
+    redis.call('SET', marker_prefix .. job_id, 1, 'PX', marker_ttl)
   end
 end
 return out
