@@ -168,8 +168,12 @@ class Registry:
         thread of its own (at most a bounded number at once, see
         :class:`qrunner.runner.HandlerThreads`) while the loop goes on with other jobs.
         Payload validation, rate limits, retries and ``Retry`` / ``Permanent`` /
-        ``RateLimited`` raised in the thread work exactly as for an async handler. Two
-        differences:
+        ``RateLimited`` raised in the thread work exactly as for an async handler.
+
+        ``timeout_s`` is never cut short and overrun by at most 10 ms, or by about a
+        thousandth of it past 10 s (jobs share timers, see :mod:`qrunner.deadlines`).
+
+        Two differences for a thread:
 
         - ``timeout_s`` cannot stop the thread (Python threads cannot be killed): at the
           timeout the job is failed as timed out like any other, but its thread runs on to
