@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 from typing import Any
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 WIDTH, HEIGHT = 1280, 800
 WAIT_S = 20
+MARK_PAGE = "document.documentElement.dataset.qrPage = arguments[0];"
+IS_NEW_PAGE = (
+    "return document.readyState === 'complete'"
+    " && document.documentElement.dataset.qrPage !== arguments[0];"
+)
 
 
 def missing() -> str | None:
@@ -78,12 +84,26 @@ class Browser:
         await self._run(self._wait, ec.text_to_be_present_in_element((By.CSS_SELECTOR, css), text))
 
     async def click(self, css: str) -> None:
-        """Click and wait for the page it leads to (the old page goes stale)."""
-        from selenium.webdriver.support import expected_conditions as ec
+        """Click and wait for the page it leads to.
 
+        The page is marked before the click and the wait ends once a loaded document without
+        the mark is there. (Waiting for the clicked element to go stale raced the navigation:
+        chromedriver may answer a query on a node of the unloading page with a plain
+        ``WebDriverException`` rather than a stale-element error.)
+        """
+        mark = secrets.token_hex(8)
+        await self._run(self.driver.execute_script, MARK_PAGE, mark)
         element = await self.find(css)
         await self._run(element.click)
-        await self._run(self._wait, ec.staleness_of(element))
+        await self._run(self._wait_for_new_page, mark)
+
+    def _wait_for_new_page(self, mark: str) -> None:
+        from selenium.common.exceptions import WebDriverException
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        # While the old document unloads, a script may fail in several ways; each is retried.
+        wait = WebDriverWait(self.driver, WAIT_S, ignored_exceptions=(WebDriverException,))
+        wait.until(lambda driver: driver.execute_script(IS_NEW_PAGE, mark))
 
     async def fill(self, css: str, value: str) -> None:
         element = await self.find(css)
