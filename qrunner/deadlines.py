@@ -1,15 +1,18 @@
 """Job timeouts on a few shared loop timers instead of one timer per job.
 
-A timer handle per job (``loop.call_later`` to start, ``cancel`` at the end) cost about 2.5 µs
+A timer handle per job (``loop.call_later`` to start, ``cancel`` at the end) cost about 3 µs
 a job under uvloop, a tenth of a no-op job's whole cost in the worker. Here each deadline is
 rounded up to a slot, and every job whose deadline falls in the same slot shares one timer:
-starting a job is a dict look-up and an insertion, finishing it a removal. A slot that empties
-(its jobs all finished) cancels its timer and is dropped, so memory follows the jobs running,
-not the jobs started within the last timeout.
+starting a job is a dict look-up and an insertion, finishing it a removal. A slot's timer is
+never cancelled: a slot whose jobs all ended stays, empty, until its moment comes, when the
+timer drops it. (Cancelling it made a job that starts and ends within a slot, as a short job
+does when it runs at once, pay for a timer of its own again.) Slots are made only for
+deadlines ahead, one per step, so there are at most about ``timeout / step`` of them per
+timeout in use, whatever the number of jobs.
 
 Slots are 10 ms apart for timeouts up to 10 s and about a thousandth of the timeout beyond
 (a power-of-two multiple of 10 ms): a job times out at most that much after its timeout, never
-before it.
+before it. There are therefore at most about 1,000 slots (and timers) per timeout.
 """
 
 from __future__ import annotations
@@ -39,8 +42,10 @@ class Deadlines:
             raise ValueError("a deadline tick must be positive")
         self._expire = expire
         self._tick_s = tick_s
-        #: Loop time of the slot -> (the tasks due then, in the order added; the slot's timer).
-        self._slots: dict[float, tuple[dict[asyncio.Task[Any], None], asyncio.TimerHandle]] = {}
+        #: Loop time of the slot -> the tasks due then, in the order added. Each slot has a
+        #: timer at its moment, which drops it.
+        self._slots: dict[float, dict[asyncio.Task[Any], None]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
         #: Timeout -> slot step (a task's timeout is fixed, so this stays small).
         self._steps: dict[float, float] = {}
 
@@ -59,39 +64,38 @@ class Deadlines:
     def add(self, task: asyncio.Task[Any], timeout_s: float) -> float:
         """Watch ``task``; returns its slot (the loop time it expires at), for :meth:`remove`."""
         loop = asyncio.get_running_loop()
-        step = self.step_for(timeout_s)
+        if loop is not self._loop:  # run again on another loop: the old loop's timers are gone
+            self._slots.clear()
+            self._loop = loop
+        step = self._steps.get(timeout_s) or self.step_for(timeout_s)
         when = math.ceil((loop.time() + timeout_s) / step) * step
         slot = self._slots.get(when)
         if slot is None:
-            slot = self._slots[when] = ({}, loop.call_at(when, self._fire, when))
-        slot[0][task] = None
+            slot = self._slots[when] = {}
+            loop.call_at(when, self._fire, when)
+        slot[task] = None
         return when
 
     def remove(self, when: float, task: asyncio.Task[Any]) -> None:
         """Stop watching ``task`` (its job ended before its deadline, or after: both fine)."""
         slot = self._slots.get(when)
-        if slot is None:
-            return
-        tasks = slot[0]
-        tasks.pop(task, None)
-        if not tasks:
-            slot[1].cancel()
-            del self._slots[when]
+        if slot is not None:
+            slot.pop(task, None)
 
     def __len__(self) -> int:
         """Tasks watched now."""
-        return sum(len(tasks) for tasks, _ in self._slots.values())
+        return sum(len(tasks) for tasks in self._slots.values())
 
     @property
     def slots(self) -> int:
-        """Slots (and so loop timers) pending now."""
+        """Slots (and so loop timers) pending now, empty ones included."""
         return len(self._slots)
 
     def _fire(self, when: float) -> None:
         slot = self._slots.pop(when, None)
         if slot is None:
             return
-        for task in slot[0]:
+        for task in slot:
             try:
                 self._expire(task)
             except Exception:  # one task's failure must not spare the others their timeout

@@ -105,8 +105,8 @@ async def test_a_failing_expiry_spares_no_other_task(caplog: pytest.LogCaptureFi
         task.cancel()
 
 
-async def test_a_slot_whose_tasks_all_ended_cancels_its_timer() -> None:
-    """Memory and timers follow the jobs running, not those started within the timeout."""
+async def test_emptied_slots_expire_nothing_and_are_dropped_at_their_moment() -> None:
+    loop = asyncio.get_running_loop()
     expired: list[asyncio.Task[Any]] = []
     deadlines = Deadlines(expired.append, tick_s=0.01)
     tasks = [asyncio.create_task(_sleeper()) for _ in range(50)]
@@ -114,11 +114,70 @@ async def test_a_slot_whose_tasks_all_ended_cancels_its_timer() -> None:
     assert deadlines.slots >= 5
     for when, task in watched:
         deadlines.remove(when, task)
-    assert deadlines.slots == 0 and len(deadlines) == 0
-    await asyncio.sleep(0.15)  # past every deadline: the cancelled timers expire nothing
+    assert len(deadlines) == 0
+    last = loop.create_future()
+    # Scheduled after every slot's timer for the same moment, so it runs after them.
+    loop.call_at(max(when for when, _ in watched), last.set_result, None)
+    await last
     assert expired == []
+    assert deadlines.slots == 0
     for task in tasks:
         task.cancel()
+
+
+def test_jobs_that_start_and_end_within_a_tick_share_one_timer() -> None:
+    """A short job started and finished at once must not pay for a timer of its own."""
+    timers: list[float] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        call_at = loop.call_at
+
+        def counting_call_at(when: float, *args: Any) -> asyncio.TimerHandle:
+            timers.append(when)
+            return call_at(when, *args)
+
+        loop.call_at = counting_call_at  # type: ignore[method-assign]
+        deadlines = Deadlines(lambda task: None, tick_s=0.01)
+        task = asyncio.create_task(_sleeper())
+        start = loop.time()
+        for _ in range(2000):
+            deadlines.remove(deadlines.add(task, 1.0), task)
+        ticks_passed = (loop.time() - start) / 0.01
+        assert 1 <= len(timers) <= ticks_passed + 2 < 2000
+        assert deadlines.slots == len(timers)
+        task.cancel()
+
+    # A plain asyncio loop, whose call_at can be wrapped on the instance.
+    with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
+        runner.run(main())
+
+
+def test_deadlines_used_again_on_a_new_loop_still_expire() -> None:
+    """The first loop's timers went with it; a slot it left must not hide a new deadline."""
+    fired: list[asyncio.Task[Any]] = []
+    deadlines = Deadlines(fired.append, tick_s=0.01)
+    slot: list[float] = []
+
+    async def first() -> None:
+        task = asyncio.create_task(_sleeper())
+        slot.append(deadlines.add(task, 0.5))
+        task.cancel()
+
+    async def second() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.create_task(_sleeper())
+        when = deadlines.add(task, slot[0] - loop.time() - 0.005)
+        assert when == slot[0]  # the very slot the first loop left behind
+        done = loop.create_future()
+        loop.call_at(when, done.set_result, None)
+        await asyncio.wait_for(done, 5)
+        await asyncio.sleep(0)
+        assert fired == [task]
+        task.cancel()
+
+    asyncio.run(first())
+    asyncio.run(second())
 
 
 async def test_long_timeouts_share_coarser_slots_never_early_at_most_a_thousandth_late() -> None:
@@ -133,7 +192,7 @@ async def test_long_timeouts_share_coarser_slots_never_early_at_most_a_thousandt
         assert now + timeout_s - 1e-9 <= when <= loop.time() + timeout_s + step
         deadlines.remove(when, task)
     assert deadlines.step_for(300.0) > 0.01  # about 3 slots a second for a 5-minute timeout
-    assert deadlines.slots == 0
+    assert len(deadlines) == 0
     task.cancel()
 
 
