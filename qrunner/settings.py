@@ -105,6 +105,9 @@ class Settings(SettingsModel):
     loop_stall_warn_s: float = Field(2.0, ge=0, allow_inf_nan=False)
     #: ...and past this ends the process so its jobs are redelivered (0 = never).
     loop_stall_limit_s: float = Field(60.0, ge=0, allow_inf_nan=False)
+    #: While a worker runs, Python's young-generation GC threshold (700 by default) and
+    #: start-up objects frozen out of collections (see qrunner.gctune); 0 = leave it.
+    gc_young_threshold: int = Field(20_000, ge=0)
     log_level: str = "INFO"
     log_format: str = "text"
     uvloop: bool = True

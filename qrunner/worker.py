@@ -33,7 +33,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from . import fairness, keys
+from . import fairness, gctune, keys
 from .consumer import Completion, Consumer, Entry, Finish
 from .context import Context
 from .control import HISTORY_LENGTH, attempt_record
@@ -294,6 +294,10 @@ class Worker:
             self._stop = stop
         if not await self._start_up():
             return
+        with gctune.tuned(self.settings.gc_young_threshold):
+            await self._run_started()
+
+    async def _run_started(self) -> None:
         guard = self._stall_guard()
         watchdog = self.watchdog = LoopWatchdog.from_settings(
             self.settings,
