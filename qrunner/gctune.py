@@ -7,7 +7,9 @@ the process had made at start-up (modules, the registry, connection pools). Whil
 runs, :func:`tuned` raises that threshold and moves the objects that exist at start to the
 collector's permanent generation (``gc.freeze``), the usual set-up for a long-running server
 process. Cycles are still collected, just less often: a young generation of 20,000 objects
-is a few megabytes.
+is a few megabytes. The price of the freeze: a reference cycle among the objects made before
+the start that becomes garbage while the worker runs waits until it stops (reference-counted
+garbage is freed at once, as always).
 
 Process-wide, so counted: with several workers in one process the first to start sets it and
 the last to stop restores what was there before.
