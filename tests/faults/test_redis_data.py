@@ -21,10 +21,14 @@ def pids_that_ran(h: Harness, ids: set[str]) -> set[int]:
 async def test_flushall_while_jobs_flow_loses_only_what_it_deleted(harness: Harness) -> None:
     """(c) Given jobs flowing at ~2,000/s into 2 workers, when FLUSHALL runs, then the only jobs
     that never run are ones the flush deleted (counted exactly: the stream is read in the same
-    MULTI as the FLUSHALL), and jobs enqueued after it run on the same worker processes."""
+    MULTI as the FLUSHALL), and jobs enqueued after it run on the same worker processes.
+
+    Each job sleeps 50 ms, so about 100 are in flight (delivered, not yet acknowledged) at any
+    moment: batches of 20 every 10 ms overlap five deep and the flush always finds some. With
+    10 ms jobs a batch could finish before the next arrived, and a flush in that gap found none."""
     h = harness
     workers = await h.start_workers(2)
-    producer = asyncio.create_task(h.produce(3000, rate=2000, batch=20, payload={"sleep_s": 0.01}))
+    producer = asyncio.create_task(h.produce(3000, rate=2000, batch=20, payload={"sleep_s": 0.05}))
     assert await h.wait_completed(800, timeout_s=15), "jobs did not start flowing"
     fault_start = time.time()
     deleted = await h.flushall_counting()
