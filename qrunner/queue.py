@@ -289,14 +289,9 @@ class Client:
         queue_name, job_keys, args = self._prepare_parts(
             task, payload, queue, delay_s, at, key, key_ttl_s, job_id, on_success, on_failure, None
         )
-        sends = 0
 
         async def send() -> Any:
-            nonlocal sends
-            sends += 1
-            script, script_keys, argv = self._call_for(
-                queue_name, [(job_keys, args)], ids_new=sends == 1 and job_id is None
-            )
+            script, script_keys, argv = self._call_for(queue_name, [(job_keys, args)])
             if queue_name not in self._known_queues:
                 await self._register_queues([queue_name])
             if self.wait_replicas > 0:
@@ -307,15 +302,13 @@ class Client:
         return _text(res[0]) or ""
 
     def _call_for(
-        self, queue: str, jobs: Sequence[tuple[list[str], list[Any]]], *, ids_new: bool = False
+        self, queue: str, jobs: Sequence[tuple[list[str], list[Any]]]
     ) -> tuple[Script, list[str], list[Any]]:
         """Script, KEYS and ARGV enqueuing ``jobs`` (all of one queue, all fair or none:
         a fair job's keys end with its fairness key's list).
 
-        ``ids_new``: every job's id was drawn by :meth:`_prepare` and this is the first send,
-        so no id record can exist yet and the script skips looking for one (a retry after a
-        lost reply, or an id the caller gave, must pass False: that check is what makes a
-        retried enqueue write each job once)."""
+        Every script looks for each id before writing it, so sending the same call twice (a
+        retry after a lost reply, by qrunner or by redis-py) writes each job once."""
         if jobs and len(jobs[0][0]) == 3:
             ks = [keys.stream(queue), keys.fair_ring(queue), keys.fair_backlog(queue)]
             argv: list[Any] = [*self._script_head(), FAIR_BACKLOG_DEFAULT, keys.GROUP]
@@ -323,18 +316,17 @@ class Client:
                 ks.extend(job_keys)
                 argv.extend((args[0], args[1], args[4], args[5]))
             return self._enqueue_fair, ks, argv
-        if ids_new:
-            # Due now, no dedup key, ids just drawn: the two values each job needs.
-            argv = []
-            for _, args in jobs:
-                if args[2] or args[3] or args[4]:  # a delay, a time or a dedup key
-                    break
-                argv.append(args[0])
-                argv.append(args[1])
-            else:
-                return self._enqueue_now, [keys.stream(queue)], argv
+        # Due now, no dedup key: the two values each job needs.
+        argv = []
+        for _, args in jobs:
+            if args[2] or args[3] or args[4]:  # a delay, a time or a dedup key
+                break
+            argv.append(args[0])
+            argv.append(args[1])
+        else:
+            return self._enqueue_now, [keys.stream(queue)], argv
         ks = [keys.stream(queue), keys.delayed(queue)]
-        argv = [*self._script_head(), "1" if ids_new else ""]
+        argv = self._script_head()
         for job_keys, args in jobs:
             ks.extend(job_keys)
             argv.extend(args)
@@ -451,12 +443,8 @@ class Client:
         out: list[str] = [""] * len(prepared)
         job_ids = [args[0] for _, _, args in prepared]
         order: list[list[int]] = []
-        drawn = all(s.job_id is None for s in specs)
-        sends = 0
 
         async def send() -> list[Any]:
-            nonlocal sends
-            sends += 1
             await self._register_queues(by_queue)
             calls: list[tuple[Script, list[str], list[Any]]] = []
             order.clear()
@@ -466,13 +454,7 @@ class Client:
                 for items in (plain, fair):
                     for start in range(0, len(items), BULK_CHUNK):
                         chunk = items[start : start + BULK_CHUNK]
-                        calls.append(
-                            self._call_for(
-                                queue,
-                                [(k, a) for _, k, a in chunk],
-                                ids_new=drawn and sends == 1,
-                            )
-                        )
+                        calls.append(self._call_for(queue, [(k, a) for _, k, a in chunk]))
                         order.append([i for i, _, _ in chunk])
             results: list[Any]
             if hasattr(self.redis, "nodes_manager"):

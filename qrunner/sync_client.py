@@ -126,14 +126,9 @@ class SyncClient:
         queue_name, job_keys, args = self._plan._prepare_parts(
             task, payload, queue, delay_s, at, key, key_ttl_s, job_id, on_success, on_failure, None
         )
-        sends = 0
 
         def send() -> Any:
-            nonlocal sends
-            sends += 1
-            script, script_keys, argv = self._plan._call_for(
-                queue_name, [(job_keys, args)], ids_new=sends == 1 and job_id is None
-            )
+            script, script_keys, argv = self._plan._call_for(queue_name, [(job_keys, args)])
             self._register([queue_name])
             return self._call(script, script_keys, argv)
 
@@ -153,12 +148,8 @@ class SyncClient:
         for index, (queue, job_keys, args) in enumerate(prepared):
             by_queue.setdefault(queue, []).append((index, job_keys, args))
         out = [""] * len(prepared)
-        drawn = all(s.job_id is None for s in specs)
-        sends = 0
 
         def send() -> None:
-            nonlocal sends
-            sends += 1
             self._register(by_queue)
             for queue, all_items in by_queue.items():
                 # Jobs with a fairness key go through their own script (their keys differ).
@@ -168,7 +159,7 @@ class SyncClient:
                     for start in range(0, len(items), 500):
                         chunk = items[start : start + 500]
                         script, ks, argv = self._plan._call_for(
-                            queue, [(k, a) for _, k, a in chunk], ids_new=drawn and sends == 1
+                            queue, [(k, a) for _, k, a in chunk]
                         )
                         res = self._call(script, ks, argv)
                         for pos, (index, _, _) in enumerate(chunk):

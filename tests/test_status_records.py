@@ -147,13 +147,13 @@ async def test_a_stale_index_field_does_not_block_a_new_enqueue(redis: Redis) ->
 @pytest.mark.parametrize(
     ("options", "script"),
     [
-        ({}, "enqueue_now"),  # due now, no key, id drawn: two values per job
-        ({"job_id": "given-1"}, "enqueue"),  # a given id is looked up
+        ({}, "enqueue_now"),  # due now, no key: two values per job
+        ({"job_id": "given-1"}, "enqueue_now"),  # a given id too (every script looks ids up)
         ({"delay_s": 60}, "enqueue"),
         ({"key": "once"}, "enqueue"),
     ],
 )
-async def test_only_plain_jobs_with_drawn_ids_take_the_short_script(
+async def test_only_jobs_due_now_without_a_key_take_the_short_script(
     redis: Redis, options: dict[str, object], script: str
 ) -> None:
     """Each path leaves what its job needs: an entry and an index field when due now, with or

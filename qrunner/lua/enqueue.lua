@@ -1,10 +1,11 @@
 --[[ enqueue: add one or more jobs to a queue, immediately or delayed, with optional dedup.
 
 Job ids are made by the client before sending, and an id is written at most once: a job whose id
-record already exists is skipped. A call retried after its reply was lost (a reset connection, a
-timeout) therefore never enqueues twice. The check costs two reads per job, so the client skips
-it (ARGV[4] = "1") only when it cannot find anything: on the first send of jobs whose ids it has
-just drawn at random (80 bits); a retried send, or an id given by the caller, is checked.
+record already exists, or whose id is in the live index, is skipped. A call sent again after its
+reply was lost (a reset connection, a timeout) therefore never enqueues twice, whichever layer
+sends it again: qrunner's retry, redis-py's own, a cluster client's or a proxy's. The check is
+two reads per job and is never skipped: an earlier version skipped it on the first send of ids
+the client had just drawn, and redis-py, retrying that very call, wrote every job twice.
 
 A job due now costs one field in the queue's live index (qr:{q}:live, job id -> stream entry
 id) and nothing else: its state is where its entry is (unread: queued; pending: running, see
@@ -23,8 +24,7 @@ KEYS[2+2i]     dedup key of job i     qr:{q}:uniq:<key>, or the id record again 
 ARGV[1]        now_ms, or "" to read the Redis clock (TIME)
 ARGV[2]        status TTL in ms (0: keep no status records; the id record is then a marker)
 ARGV[3]        id-marker TTL in ms (used when ARGV[2] is 0)
-ARGV[4]        "1": every id is new (freshly drawn, first send): skip the id-record check
-ARGV[5..]      per job, 6 values: job id, envelope (JSON), delay ms ("" = none),
+ARGV[4..]      per job, 6 values: job id, envelope (JSON), delay ms ("" = none),
                absolute due ms ("" = none), dedup TTL ms ("" = no dedup), task name
 Returns        flat array: per job, the job id that holds the slot and 1 (enqueued), 0
                (deduplicated: a job with the same key exists inside its window) or 2 (this id
@@ -33,12 +33,11 @@ Returns        flat array: per job, the job id that holds the slot and 1 (enqueu
 local now = nil  -- read once, when a delayed job or a status record needs it
 local status_ttl = tonumber(ARGV[2])
 local marker_ttl = tonumber(ARGV[3])
-local ids_new = ARGV[4] == '1'
 local live = qr_live(KEYS[1])
 local out = {}
-local n = (#ARGV - 4) / 6
+local n = (#ARGV - 3) / 6
 for i = 0, n - 1 do
-  local a = 5 + i * 6
+  local a = 4 + i * 6
   local id, env, delay, at, dedup_ttl, task = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
   local id_key, uniq_key = KEYS[3 + 2 * i], KEYS[4 + 2 * i]
   local holder = false
@@ -48,7 +47,7 @@ for i = 0, n - 1 do
   if holder then
     out[#out + 1] = holder
     out[#out + 1] = 0
-  elseif not ids_new and (redis.call('EXISTS', id_key) == 1 or qr_is_live(live, KEYS[1], id)) then
+  elseif redis.call('EXISTS', id_key) == 1 or qr_is_live(live, KEYS[1], id) then
     out[#out + 1] = id
     out[#out + 1] = 2
   else

@@ -7,6 +7,9 @@ before it returns:
 - ``set_reply_delay(s)``: hold every server->client chunk ``s`` seconds (latency, order kept)
 - ``set_dropping(True)``: swallow every server->client byte until ``set_dropping(False)``; a
   client whose reply was swallowed waits for it until it gives up on the connection itself
+- ``drop_replies_after(marker)``: forward as usual until a client->server chunk containing
+  ``marker`` passes, then drop as ``set_dropping(True)`` does (the command that carried the
+  marker runs; its reply, and every later one, is swallowed until ``set_dropping(False)``)
 - ``reset_all()``: RST every open connection (SO_LINGER 0, then close), both sides
 - ``set_refusing(True)``: close the listening socket, so new connections are refused
   (ECONNREFUSED) until ``set_refusing(False)`` listens on the same port again
@@ -67,6 +70,7 @@ class FaultProxy:
         self.stats = ProxyStats()
         self.reply_delay_s = 0.0
         self.dropping = False
+        self.drop_marker: bytes | None = None
         self._links: set[_Link] = set()
         self._handlers: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
@@ -129,6 +133,9 @@ class FaultProxy:
     def set_dropping(self, on: bool) -> None:
         self._call(lambda: self._set("dropping", on))
 
+    def drop_replies_after(self, marker: bytes) -> None:
+        self._call(lambda: self._set("drop_marker", marker))
+
     def reset_all(self) -> int:
         """RST every open connection; returns how many there were."""
         return int(self._call(self._reset_all))
@@ -140,6 +147,7 @@ class FaultProxy:
         """Back to plain forwarding (listening, no delay, nothing dropped)."""
         self.set_reply_delay(0)
         self.set_dropping(False)
+        self._call(lambda: self._set("drop_marker", None))
         self.set_refusing(False)
 
     # -- inside the proxy's loop ------------------------------------------------------------
@@ -218,6 +226,9 @@ class FaultProxy:
         with contextlib.suppress(OSError):
             while data := await reader.read(CHUNK):
                 self.stats.bytes_up += len(data)
+                if self.drop_marker is not None and self.drop_marker in data:
+                    # Set before the bytes go on, so their reply is swallowed.
+                    self.drop_marker, self.dropping = None, True
                 link.upstream.write(data)
                 await link.upstream.drain()
 
