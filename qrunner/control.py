@@ -238,7 +238,7 @@ class Control:
             found: Any = await self.redis.xrange(stream, min=entry_id, max=entry_id)
             if not found:
                 continue
-            job = _decode(found[0][1].get(b"j"))
+            job = _decode(found[0][1].get(b"j"), entry_id)
             if job is not None:
                 started = int(time.time() * 1000) - int(p["time_since_delivered"])
                 rows.append(_row(job, queue, "running", started, worker=_text(p["consumer"])))
@@ -258,8 +258,8 @@ class Control:
         )
         total = await self._count_after(stream, last)
         rows = []
-        for _entry_id, fields in entries[offset:]:
-            job = _decode(fields.get(b"j"))
+        for entry_id, fields in entries[offset:]:
+            job = _decode(fields.get(b"j"), entry_id)
             if job is not None:
                 rows.append(_row(job, queue, "queued", job.not_before_ms or None))
         return Page(rows, total, offset, limit)
@@ -446,11 +446,13 @@ class Control:
         return removed
 
 
-def _decode(raw: Any) -> Job | None:
+def _decode(raw: Any, entry_id: Any = None) -> Job | None:
+    """The envelope, or None when it is not one; ``entry_id`` (its stream entry, when it was
+    read from a stream) times a job whose envelope does not say when it was enqueued."""
     if raw is None:
         return None
     try:
-        return Job.decode(raw)
+        return Job.decode(raw, entry_id)
     except MalformedJob:
         return None
 

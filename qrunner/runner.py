@@ -242,7 +242,7 @@ class Runner:
             )
             return DeadLettered(reason, None, bytes(body[:OVERSIZED_KEEP_BYTES]))
         try:
-            job = Job.decode(body)
+            job = Job.decode(body, entry.entry_id)
         except MalformedJob as exc:
             return DeadLettered(f"malformed entry: {exc}", None, body)
         if job.queue != entry.queue:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from qrunner import Context, Registry
@@ -55,6 +57,35 @@ def test_envelope_round_trip_and_history() -> None:
     nxt = job.failed(ErrorRecord("ValueError", "bad", 1, 123, "tb"))
     back = Job.decode(nxt.encode())
     assert back == nxt and back.attempt == 2 and back.errors[0].message == "bad"
+
+
+def test_an_envelope_leaves_out_a_first_attempt_and_an_unknown_time() -> None:
+    """attempt 1 and enqueued_ms 0 are implied, not written; a retry's and a dated job's are."""
+    plain = Job(id="a", task="t", payload={}, queue="q")
+    assert orjson.loads(plain.encode()) == {"id": "a", "task": "t", "payload": {}, "queue": "q"}
+    dated = replace(plain, attempt=3, enqueued_ms=1_764_000_000_123)
+    assert orjson.loads(dated.encode())["attempt"] == 3
+    assert Job.decode(dated.encode()) == dated
+
+
+@pytest.mark.parametrize(
+    ("entry_id", "enqueued_ms"),
+    [(b"1764000000123-7", 1_764_000_000_123), ("1764000000123-0", 1_764_000_000_123), (None, 0)],
+)
+def test_a_job_without_a_time_is_timed_by_its_stream_entry(
+    entry_id: bytes | str | None, enqueued_ms: int
+) -> None:
+    job = Job.decode(b'{"id":"a","task":"t","payload":{},"queue":"q"}', entry_id)
+    assert (job.attempt, job.enqueued_ms) == (1, enqueued_ms)
+    # A time the envelope carries (a delayed job, a retry) wins over the entry's.
+    dated = Job.decode(b'{"id":"a","task":"t","queue":"q","enqueued_ms":5}', entry_id)
+    assert dated.enqueued_ms == 5
+
+
+def test_an_envelope_of_the_earlier_format_reads_as_before() -> None:
+    raw = b'{"id":"a","task":"t","payload":{"x":1},"queue":"q","attempt":1,"enqueued_ms":99}'
+    job = Job.decode(raw, b"1764000000123-0")
+    assert (job.attempt, job.enqueued_ms, job.payload) == (1, 99, {"x": 1})
 
 
 @pytest.mark.parametrize(

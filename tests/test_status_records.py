@@ -5,7 +5,9 @@ the same script call as the ack). Its state in between is read from where its en
 from __future__ import annotations
 
 import asyncio
+import time
 
+import orjson
 import pytest
 from redis.asyncio import Redis
 
@@ -34,7 +36,31 @@ async def test_a_job_due_now_writes_its_entry_and_one_index_field_only(redis: Re
     assert await redis.hget(keys.live("default"), job_id) == entry_id
     status = await client.status(job_id)
     assert (status.state, status.task, status.attempt) == ("queued", "record", 1)
-    assert status.enqueued_ms is not None and status.enqueued_ms > 0
+    # The envelope carries no time: the job was enqueued when its entry was added.
+    assert status.enqueued_ms == int(entry_id.split(b"-")[0])
+
+
+async def test_a_job_timed_by_its_entry_keeps_that_time_when_it_ends_and_when_it_retries(
+    redis: Redis,
+) -> None:
+    client = Client(redis, ops_tasks.registry)
+    flaky = await client.enqueue("flaky", {})
+    [(entry_id, _)] = await redis.xrange(keys.stream("ops"))
+    await Worker(redis, ops_tasks.registry, queues=["ops"], burst=True, settings=FAST).run()
+    done = await client.status(flaky)
+    # Its first run failed and it ran again from the delayed set; the time is the first entry's.
+    assert (done.state, done.attempt) == ("succeeded", 2)
+    assert done.enqueued_ms == int(entry_id.split(b"-")[0])
+
+
+async def test_a_delayed_job_is_timed_by_its_enqueue_not_its_promotion(redis: Redis) -> None:
+    client = Client(redis, core_tasks.registry)
+    before = int(time.time() * 1000)
+    job_id = await client.enqueue("record", {}, delay_s=0.05)
+    scheduled = await client.status(job_id)
+    assert scheduled.enqueued_ms is not None and before <= scheduled.enqueued_ms
+    [(env, _)] = await redis.zrange(keys.delayed("default"), 0, -1, withscores=True)
+    assert orjson.loads(env)["enqueued_ms"] >= before
 
 
 async def test_running_is_read_from_the_pending_entry_then_the_ack_writes_the_record(

@@ -149,7 +149,7 @@ async def find_envelope(redis: Redis, queue: str, job_id: str, dlq_id: str | Non
         batch: Any = await redis.xrange(keys.stream(queue), min=start, max="+", count=500)
         for entry_id, fields in batch:
             raw = fields.get(b"j", b"")
-            if needle in raw and (job := _decode(raw, job_id)) is not None:
+            if needle in raw and (job := _decode(raw, job_id, entry_id)) is not None:
                 return job
             start = "(" + (entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id))
         seen += len(batch)
@@ -162,11 +162,11 @@ def _glob_escape(text: str) -> str:
     return "".join(f"[{c}]" if c in "*?[]\\" else c for c in text)
 
 
-def _decode(raw: Any, job_id: str) -> Job | None:
+def _decode(raw: Any, job_id: str, entry_id: Any = None) -> Job | None:
     if raw is None:
         return None
     try:
-        job = Job.decode(raw)
+        job = Job.decode(raw, entry_id)
     except MalformedJob:
         return None
     return job if job.id == job_id else None

@@ -11,7 +11,8 @@ KEYS[1]   stream        qr:{q}:stream
 KEYS[2]   status hash   qr:{q}:job:<id>
 ARGV[1]   consumer group
 ARGV[2]   job id
-Returns   {status hash as a flat array, envelope or false, consumer or false}
+Returns   {status hash as a flat array, envelope or false, consumer or false, stream entry id
+          or false}
 ]]
 local rec = redis.call('HGETALL', KEYS[2])
 local live = qr_live(KEYS[1])
@@ -27,4 +28,4 @@ end
 local owner = false
 local pend = redis.pcall('XPENDING', KEYS[1], ARGV[1], e, e, 1)
 if type(pend) == 'table' and not pend.err and #pend == 1 then owner = pend[1][2] end
-return {rec, body, owner}
+return {rec, body, owner, e}
