@@ -16,6 +16,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import jobstatus, keys, workflow
@@ -467,12 +468,7 @@ class Client:
                     )
                 )
             else:
-                for script in {script for script, _, _ in calls}:
-                    await script.ensure_loaded(self.redis)
-                pipe = self.redis.pipeline(transaction=False)
-                for script, ks, argv in calls:
-                    script.queue_in(pipe, ks, argv)
-                results = await pipe.execute(raise_on_error=False)
+                results = await self._pipelined(calls)
             for res in results:
                 if isinstance(res, Exception):
                     written = sum(
@@ -490,6 +486,26 @@ class Client:
             for pos, index in enumerate(indexes):
                 out[index] = _text(res[2 * pos]) or ""
         return out
+
+    async def _pipelined(self, calls: list[tuple[Script, list[str], list[Any]]]) -> list[Any]:
+        """Send ``calls`` in one pipeline by SHA; results (or errors) in order. A call answered
+        NOSCRIPT did not run: its script is loaded and the call sent again, alone with the other
+        such calls. Loading first on every bulk call cost a round trip of its own."""
+        pipe = self.redis.pipeline(transaction=False)
+        for script, ks, argv in calls:
+            script.queue_in(pipe, ks, argv)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        redo = [i for i, res in enumerate(results) if isinstance(res, NoScriptError)]
+        if redo:
+            for script in {calls[i][0] for i in redo}:
+                await script.ensure_loaded(self.redis)
+            pipe = self.redis.pipeline(transaction=False)
+            for i in redo:
+                script, ks, argv = calls[i]
+                script.queue_in(pipe, ks, argv)
+            for i, res in zip(redo, await pipe.execute(raise_on_error=False), strict=True):
+                results[i] = res
+        return results
 
     def _prepare(self, spec: JobSpec) -> tuple[str, list[str], list[Any]]:
         """Validate one job and build its script arguments; raises an :class:`EnqueueError`

@@ -112,6 +112,21 @@ async def test_a_lost_bulk_reply_is_retried_without_duplicates(redis_url: str) -
         await client_redis.aclose()
 
 
+async def test_a_bulk_enqueue_loads_its_script_only_when_redis_lacks_it(redis: Redis) -> None:
+    """Scripts are sent by SHA; a call answered NOSCRIPT (after SCRIPT FLUSH or a restart) did
+    not run, and is sent again once the script is loaded: one round trip when Redis has it."""
+    client = Client(redis, core_tasks.registry)
+    await client.enqueue_many([("record", {"n": i}) for i in range(3)])
+    await redis.config_resetstat()
+    await client.enqueue_many([("record", {"n": i}) for i in range(3)])
+    stats = await redis.info("commandstats")
+    assert not [k for k in stats if k.startswith("cmdstat_script")], stats  # no SCRIPT LOAD
+    await redis.script_flush()
+    ids = await client.enqueue_many([("record", {"n": i}) for i in range(3)])
+    assert len(set(ids)) == 3
+    assert await redis.xlen(keys.stream("default")) == 9  # each job written once
+
+
 async def test_an_enqueue_whose_outcome_is_unknown_names_the_job_id() -> None:
     """Given Redis unreachable for every attempt, the error says the job may have been
     enqueued and names its id, so the caller can retry it safely."""
