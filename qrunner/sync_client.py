@@ -7,7 +7,18 @@ the same Lua scripts (so the same status records, deduplication and delayed jobs
 client-made job ids (a lost reply is retried without ever writing a job twice), and the same
 errors (``EnqueueError`` subclasses, ``ServerFull``, ``EnqueueUncertain``,
 ``BackendUnavailable``). It uses redis-py's synchronous client, one connection pool per
-``SyncClient``; it is safe to share between threads (redis-py's pool is).
+``SyncClient``; it is safe to share between threads.
+
+On a single server the enqueue calls skip redis-py's per-command machinery (the pool's lock,
+pid check, counters and events, its retry): the client keeps its idle connections in a list of
+its own, and each call pops one (or takes one from the pool when the list is empty), sends
+EVALSHA (or the SADD naming a new queue), reads the reply and appends the connection back.
+``list.pop`` and ``list.append`` are atomic, so no two threads ever hold the same connection; a
+forked child starts a new list and never touches the parent's sockets. A connection idle for
+more than ``TRUSTED_IDLE_S`` goes through the pool's check first. One that failed goes back to
+the pool disconnected, with the client's other idle ones (the pool checks each before its next
+use), and only the enqueue retry policy tries again. A cluster client, and a client pinned to
+one connection, go through redis-py's ``evalsha`` as before; status reads always do.
 
 What it does not do: ``wait_replicas`` (use :class:`~qrunner.Client`), workflows' groups, and a
 Sentinel URL (give the master's URL, or use the async client).
@@ -27,12 +38,14 @@ Sentinel URL (give the master's URL, or use the async client).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
 import redis as sync_redis
+from redis.exceptions import NoScriptError, ResponseError
 
 from . import jobstatus, keys
 from .errors import (
@@ -49,6 +62,11 @@ from .scripts import Script
 from .task import Registry
 
 T = TypeVar("T")
+
+#: A connection the client used less than this many seconds ago is sent on as it is; one idle
+#: for longer goes back through the pool first, which checks it before handing it out (and
+#: reconnects it when the server has closed it), as it does for every redis-py command.
+TRUSTED_IDLE_S = 1.0
 
 
 class SyncClient:
@@ -72,6 +90,14 @@ class SyncClient:
             status_ttl_s=status_ttl_s,
         )
         self._known_queues: set[str] = set()
+        # The direct path's pool: a single server's, unless the client is pinned to one
+        # connection (single_connection_client) or is a cluster client (no single pool).
+        pool = getattr(redis, "connection_pool", None)
+        direct = isinstance(redis, sync_redis.Redis) and redis.connection is None
+        self._pool: Any = pool if direct else None
+        # Idle connections of the direct path, each with when it was last used.
+        self._idle: list[tuple[Any, float]] = []
+        self._pid = os.getpid()
 
     @classmethod
     def from_url(cls, url: str, registry: Registry | None = None, **options: Any) -> SyncClient:
@@ -97,6 +123,11 @@ class SyncClient:
         return cls(client, registry, **options)
 
     def close(self) -> None:
+        """Hand the idle connections back to the pool, then close the redis-py client."""
+        if self._pid == os.getpid():
+            self._give_back(self._idle)
+        else:  # a forked child: they are the parent's
+            self._idle = []
         self.redis.close()
 
     def __enter__(self) -> SyncClient:
@@ -191,11 +222,81 @@ class SyncClient:
     def _register(self, queues: Iterable[str]) -> None:
         new = [q for q in queues if q not in self._known_queues]
         if new:
-            self.redis.sadd(keys.queues_set(), *new)
+            if self._pool is None:
+                self.redis.sadd(keys.queues_set(), *new)
+            else:  # on the direct path's connections: no second connection for it
+                self._direct(("SADD", keys.queues_set(), *new))
             self._known_queues.update(new)
 
     def _call(self, script: Script, script_keys: list[str], argv: list[Any]) -> Any:
-        return script.call_sync(self.redis, script_keys, argv)
+        if self._pool is None:
+            return script.call_sync(self.redis, script_keys, argv)
+        return self._direct(
+            ("EVALSHA", script.sha, len(script_keys), *script_keys, *argv), script.source
+        )
+
+    def _direct(self, command: tuple[Any, ...], source: str | None = None) -> Any:
+        """Send ``command`` on an idle connection of this client's own (the module docstring)
+        and return the reply; ``source`` is the script of an EVALSHA, loaded on NOSCRIPT.
+
+        Never sent twice here: a connection that fails is dropped and the error raised, and
+        only :meth:`_send`'s policy tries again (every enqueue script looks each id up first).
+        The reply is what ``Redis.evalsha`` (``sadd``) returns: redis-py has no response
+        callback for either, and ``read_response`` decodes as ``execute_command`` does."""
+        pool = self._pool
+        if self._pid != os.getpid():
+            # A forked child: the listed connections hold the parent's sockets; leave them.
+            self._idle = []
+            self._pid = os.getpid()
+        idle = self._idle
+        try:
+            conn, since = idle.pop()
+        except IndexError:
+            conn = pool.get_connection()
+        else:
+            if time.monotonic() - since > TRUSTED_IDLE_S:
+                pool.release(conn)  # checked (reconnected if closed) on its way back out
+                conn = pool.get_connection()
+        try:
+            try:
+                conn.send_command(*command)
+                result = conn.read_response()
+            except NoScriptError:
+                if source is None:
+                    raise
+                # The script did not run: load it on this connection and send it again.
+                conn.send_command("SCRIPT", "LOAD", source)
+                conn.read_response()
+                conn.send_command(*command)
+                result = conn.read_response()
+        except ResponseError:
+            # An error reply, read whole: the connection is in step with the server.
+            self._put_back(conn, idle)
+            raise
+        except BaseException:
+            # Lost, timed out or interrupted mid-reply: the connection is out of step. Its
+            # idle siblings may have died with it (a restart): the pool checks each of them.
+            conn.disconnect()
+            pool.release(conn)
+            self._give_back(idle)
+            raise
+        self._put_back(conn, idle)
+        return result
+
+    def _put_back(self, conn: Any, idle: list[tuple[Any, float]]) -> None:
+        if conn.should_reconnect():  # a maintenance notification: the pool reconnects it
+            self._pool.release(conn)
+        else:
+            idle.append((conn, time.monotonic()))
+
+    def _give_back(self, idle: list[tuple[Any, float]]) -> None:
+        """Release every connection of ``idle`` to the pool (other threads may pop too)."""
+        while idle:
+            try:
+                conn, _ = idle.pop()
+            except IndexError:
+                return
+            self._pool.release(conn)
 
     def _io(self, call: Callable[[], T]) -> T:
         try:
