@@ -43,8 +43,9 @@ async def entries_reach(direct: Redis, n: int, timeout_s: float = 10.0) -> None:
         await asyncio.sleep(0.005)
 
 
-async def test_an_async_enqueue_whose_reply_was_lost_writes_the_job_once(
-    proxy: FaultProxy, fresh_redis: RedisProcess
+@pytest.mark.parametrize("n", [1, 50], ids=["single", "bulk"])
+async def test_an_async_enqueue_whose_reply_was_lost_writes_each_job_once(
+    proxy: FaultProxy, fresh_redis: RedisProcess, n: int
 ) -> None:
     direct = Redis(port=fresh_redis.port)
     redis = await connect_redis(proxy.url, socket_timeout_s=0.5)
@@ -52,34 +53,19 @@ async def test_an_async_enqueue_whose_reply_was_lost_writes_the_job_once(
         client = Client(redis)
         await client.enqueue("t", {"n": 0}, queue=QUEUE)  # script loaded, queue known
         proxy.drop_replies_after(b"EVALSHA")
-        call = asyncio.create_task(client.enqueue("t", {"n": 1}, queue=QUEUE))
-        await entries_reach(direct, 2)  # it ran; its reply is swallowed
+        if n == 1:
+            call = asyncio.create_task(client.enqueue("t", {"n": 1}, queue=QUEUE))
+        else:
+            specs = [JobSpec("t", {"n": i}, queue=QUEUE) for i in range(n)]
+            call = asyncio.create_task(client.enqueue_many(specs))
+        await entries_reach(direct, 1 + n)  # it ran; its reply is swallowed
         proxy.set_dropping(False)
-        job_id = await asyncio.wait_for(call, 20)
-        assert await direct.xlen(keys.stream(QUEUE)) == 2
+        done = await asyncio.wait_for(call, 20)
+        ids = done if isinstance(done, list) else [done]
+        assert len(set(ids)) == n
+        assert await direct.xlen(keys.stream(QUEUE)) == 1 + n
         assert proxy.stats.accepted >= 2, "the client never tried again"
-        assert (await client.status(job_id)).state == "queued"
-    finally:
-        await redis.aclose()
-        await direct.aclose()
-
-
-async def test_a_bulk_enqueue_whose_reply_was_lost_writes_each_job_once(
-    proxy: FaultProxy, fresh_redis: RedisProcess
-) -> None:
-    direct = Redis(port=fresh_redis.port)
-    redis = await connect_redis(proxy.url, socket_timeout_s=0.5)
-    try:
-        client = Client(redis)
-        await client.enqueue("t", {"n": 0}, queue=QUEUE)
-        proxy.drop_replies_after(b"EVALSHA")
-        specs = [JobSpec("t", {"n": i}, queue=QUEUE) for i in range(50)]
-        call = asyncio.create_task(client.enqueue_many(specs))
-        await entries_reach(direct, 51)
-        proxy.set_dropping(False)
-        ids = await asyncio.wait_for(call, 20)
-        assert len(set(ids)) == 50
-        assert await direct.xlen(keys.stream(QUEUE)) == 51
+        assert (await client.status(ids[0])).state == "queued"
     finally:
         await redis.aclose()
         await direct.aclose()
