@@ -308,8 +308,8 @@ class Client:
         """Script, KEYS and ARGV enqueuing ``jobs`` (all of one queue, all fair or none:
         a fair job's keys end with its fairness key's list).
 
-        Every script looks for each id before writing it, so sending the same call twice (a
-        retry after a lost reply, by qrunner or by redis-py) writes each job once."""
+        Every script writes each id at most once, so sending the same call twice (a retry
+        after a lost reply, by qrunner or by redis-py) writes each job once."""
         if jobs and len(jobs[0][0]) == 3:
             ks = [keys.stream(queue), keys.fair_ring(queue), keys.fair_backlog(queue)]
             argv: list[Any] = [*self._script_head(), FAIR_BACKLOG_DEFAULT, keys.GROUP]
@@ -317,20 +317,24 @@ class Client:
                 ks.extend(job_keys)
                 argv.extend((args[0], args[1], args[4], args[5]))
             return self._enqueue_fair, ks, argv
-        # Due now, no dedup key: the two values each job needs.
-        argv = []
+        # Due now, no dedup key: the two values each job needs, and whether every id was
+        # drawn here (then the script looks up only the first: see enqueue_now.lua).
+        argv = [""]
+        drawn = True
         for _, args in jobs:
             if args[2] or args[3] or args[4]:  # a delay, a time or a dedup key
                 break
+            drawn = drawn and args[6]
             argv.append(args[0])
             argv.append(args[1])
         else:
+            argv[0] = "1" if drawn else ""
             return self._enqueue_now, [keys.stream(queue)], argv
         ks = [keys.stream(queue), keys.delayed(queue)]
         argv = self._script_head()
         for job_keys, args in jobs:
             ks.extend(job_keys)
-            argv.extend(args)
+            argv.extend(args[:6])
         return self._enqueue, ks, argv
 
     async def _durable(
@@ -606,7 +610,8 @@ class Client:
         job_keys = [id_key, uniq_key]
         if fair is not None:
             job_keys.append(keys.fair_jobs(queue, fair))
-        return queue, job_keys, [job_id, envelope, delay, at, dedup_ttl, task_name]
+        # The last value (not sent) says the id was drawn here rather than given.
+        return queue, job_keys, [job_id, envelope, delay, at, dedup_ttl, task_name, not given_id]
 
     async def _register_queues(self, queues: Iterable[str]) -> None:
         new = [q for q in queues if q not in self._known_queues]

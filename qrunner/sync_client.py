@@ -240,7 +240,7 @@ class SyncClient:
         and return the reply; ``source`` is the script of an EVALSHA, loaded on NOSCRIPT.
 
         Never sent twice here: a connection that fails is dropped and the error raised, and
-        only :meth:`_send`'s policy tries again (every enqueue script looks each id up first).
+        only :meth:`_send`'s policy tries again (every enqueue script writes each id at most once).
         The reply is what ``Redis.evalsha`` (``sadd``) returns: redis-py has no response
         callback for either, and ``read_response`` decodes as ``execute_command`` does."""
         pool = self._pool

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from qrunner import Client, Worker, keys
+from qrunner import Client, JobSpec, Worker, keys
 from qrunner.control import Control
 from qrunner.errors import JobNotFound
 from qrunner.settings import Settings
@@ -213,3 +213,46 @@ async def test_a_bulk_of_plain_jobs_is_written_like_single_ones(redis: Redis) ->
     index = await redis.hgetall(keys.live("default"))
     assert len(entries) == len(index) == 1200 == len(set(ids))
     assert {index[i.encode()] for i in ids} == {entry_id for entry_id, _ in entries}
+
+
+@pytest.mark.needs_admin
+async def test_a_bulk_of_drawn_ids_looks_up_only_its_first_id(redis: Redis) -> None:
+    """Ids the client drew for one call can only exist if a send of that very call ran, and a
+    send that ran wrote its first job first: one look-up answers for the call."""
+    client = Client(redis, core_tasks.registry)
+    await client.enqueue("record", {"n": 0})  # script loaded
+    await redis.config_resetstat()
+    await client.enqueue_many([("record", {"n": i}) for i in range(100)])
+    stats = await redis.info("commandstats")
+    assert stats["cmdstat_exists"]["calls"] == 1 and stats["cmdstat_hget"]["calls"] == 1
+    assert stats["cmdstat_xadd"]["calls"] == 100
+
+
+@pytest.mark.parametrize("position", [0, 2, 4])
+async def test_a_bulk_holding_a_given_id_already_enqueued_writes_that_job_once(
+    redis: Redis, position: int
+) -> None:
+    """A given id may have been sent in another call: it is looked up wherever it stands in
+    the bulk, beside ids the client drew."""
+    client = Client(redis, core_tasks.registry)
+    await client.enqueue("record", {"n": -1}, job_id="given")
+    specs = [JobSpec("record", {"n": i}) for i in range(5)]
+    specs[position] = JobSpec("record", {"n": position}, job_id="given")
+    ids = await client.enqueue_many(specs)
+    assert ids[position] == "given" and len(set(ids)) == 5
+    assert await redis.xlen(keys.stream("default")) == 5  # the given job once, four drawn
+    assert await redis.hlen(keys.live("default")) == 5
+
+
+async def test_a_call_sent_again_after_a_refused_write_writes_the_rest_once(redis: Redis) -> None:
+    """A send can stop at a refused write (OOM) after writing its first jobs; sent again, the
+    call finds its first id known, looks every id up, and writes only the jobs still missing."""
+    client = Client(redis, core_tasks.registry)
+    jobs = [client._prepare(JobSpec("record", {"n": i}))[1:] for i in range(4)]
+    script, call_keys, argv = client._call_for("default", jobs)
+    assert argv[0] == "1"  # every id drawn here
+    await script(redis, call_keys, argv[: 1 + 2 * 2])  # what the stopped send wrote: two jobs
+    out = await script(redis, call_keys, argv)
+    assert out[1::2] == [2, 2, 1, 1]
+    assert await redis.xlen(keys.stream("default")) == 4
+    assert await redis.hlen(keys.live("default")) == 4

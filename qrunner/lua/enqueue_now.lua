@@ -9,24 +9,37 @@ A job whose id is already known (its status record or id marker exists, or the l
 it) is skipped, as in enqueue.lua: a call sent again after its reply was lost writes nothing
 twice, whoever sends it again (qrunner's retry, redis-py's, a cluster client's, a proxy's).
 
+When every id in the call was drawn by the client for this call (80 random bits, never sent in
+any other call; ARGV[1] = "1"), only the first id is looked up. A send of this call that ran
+wrote its first job first, or nothing (the first refused write ends the script), so an unknown
+first id means no send ran and no id of the call can exist: the rest are written without a
+look-up. A known first id (a send ran, in full or up to a refused write) falls back to looking
+up every id. A bulk call of 100 jobs thus makes one look-up instead of 100, for the same
+guarantee. Any id the caller gave (ARGV[1] = "") is looked up, always.
+
 Under memory pressure (maxmemory with noeviction) the first refused write returns the OOM error
 with its code; the jobs before it in the call are written, as with enqueue.lua.
 
 KEYS[1]        stream        qr:{q}:stream   (the live index qr:{q}:live, status records
                qr:{q}:job:<id> and id markers qr:{q}:id:<id> are named from it: same hash tag)
-ARGV[2i-1]     job i's id
-ARGV[2i]       job i's envelope (JSON)
+ARGV[1]        "1" when every id was drawn by the client for this call, else ""
+ARGV[2i]       job i's id
+ARGV[2i+1]     job i's envelope (JSON)
 Returns        flat array: per job, its id and 1 (enqueued) or 2 (this id was already
                enqueued: nothing written), the shape enqueue.lua returns
 ]]
 local live = qr_live(KEYS[1])
 local prefix = string.sub(KEYS[1], 1, -7)  -- qr:{q}:
+local function known(id)
+  return redis.call('EXISTS', prefix .. 'job:' .. id, prefix .. 'id:' .. id) > 0
+      or qr_is_live(live, KEYS[1], id)
+end
+local look = ARGV[1] ~= '1' or (#ARGV > 1 and known(ARGV[2]))
 local out = {}
-for i = 1, #ARGV, 2 do
+for i = 2, #ARGV, 2 do
   local id = ARGV[i]
   out[#out + 1] = id
-  if redis.call('EXISTS', prefix .. 'job:' .. id, prefix .. 'id:' .. id) > 0
-      or qr_is_live(live, KEYS[1], id) then
+  if look and known(id) then
     out[#out + 1] = 2
   else
     local r = redis.pcall('XADD', KEYS[1], '*', 'j', ARGV[i + 1])

@@ -2,9 +2,10 @@
 a second time: for the async client, the synchronous client and a bulk enqueue.
 
 The proxy swallows the reply of a command the server has run; the client times out, drops the
-connection and tries again. Only qrunner's own retry may send it again (it asks the script to
-look for the id first); a retry inside redis-py would send the same call, whose first send
-skipped that look (the ids were new), and write every job twice."""
+connection and tries again, and redis-py may resend the very same call by itself. Whoever sends
+it again, the script finds the call's first id written and writes nothing twice; an earlier
+version skipped that look on the first send of ids the client had just drawn, and wrote every
+job twice."""
 
 from __future__ import annotations
 
