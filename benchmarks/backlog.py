@@ -1,0 +1,154 @@
+"""Throughput and bytes per job across backlog sizes, with status records on (the default), and
+the Redis server's time per job from INFO commandstats.
+
+Each row is the full suite's own step, run through the adapters' command line in this
+interpreter (``python -m peers qrunner process N --body noop`` and ``memory N``): one worker
+process, concurrency 100, uvloop, timed from the first finished job to the last. Before each
+processing step the server's command statistics are reset; after it, the time Redis spent per
+job (``usec`` of every command, scripts counting their inner commands once) says whether the
+worker or the server is the bound. Sizes alternate order between repeats; one private
+redis-server with persistence off, as in ``bin/bench``.
+
+    benchmarks/.venvs/qrunner/bin/python benchmarks/backlog.py --repeats 3 --out FILE.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import redis  # noqa: E402
+import uvloop  # noqa: E402
+from peers.qrunner import QUEUE, registry  # noqa: E402
+from suite.server import RedisServer  # noqa: E402
+
+from qrunner import Client, Worker, connect_redis  # noqa: E402
+
+SIZES = (10_000, 100_000, 1_000_000)
+
+
+def peers_step(url: str, *args: str) -> dict[str, Any]:
+    """One step of the suite (``python -m peers qrunner ...``); its JSON line."""
+    env = dict(os.environ, BENCH_REDIS_URL=url)
+    env["PYTHONPATH"] = os.pathsep.join([str(BENCH), str(ROOT), env.get("PYTHONPATH", "")])
+    out = subprocess.run(
+        [sys.executable, "-m", "peers", "qrunner", *args],
+        cwd=BENCH,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+async def fill(url: str, n: int) -> None:
+    client = Client(await connect_redis(url), registry)
+    for start in range(0, n, 5000):
+        await client.enqueue_many([("noop", {"i": i}) for i in range(start, min(n, start + 5000))])
+    await client.redis.aclose()
+
+
+async def drain(url: str) -> None:
+    redis_client = await connect_redis(url)
+    await Worker(redis_client, registry, queues=[QUEUE], concurrency=100, burst=True).run()
+    await redis_client.aclose()
+
+
+def server_us_per_job(r: redis.Redis, n: int) -> dict[str, float]:
+    """Redis time per job by command. A script's ``usec`` already holds its inner commands', so
+    those (called from a script only) are left out of the total."""
+    stats: dict[str, Any] = r.info("commandstats")
+    by = {k.removeprefix("cmdstat_"): v["usec"] / n for k, v in stats.items()}
+    scripts = by.get("evalsha", 0.0) + by.get("eval", 0.0)
+    outside = {k: v for k, v in by.items() if k in ("xreadgroup", "xinfo|groups", "xlen")}
+    return {"total": scripts + sum(outside.values()), "scripts": scripts, **outside}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    load_before = os.getloadavg()[0]
+    rates: dict[int, list[float]] = {n: [] for n in SIZES}
+    server: dict[int, list[float]] = {n: [] for n in SIZES}
+    scripts: dict[int, list[float]] = {n: [] for n in SIZES}
+    memory: dict[int, list[float]] = {n: [] for n in SIZES}
+    with tempfile.TemporaryDirectory() as folder, RedisServer(Path(folder)) as srv:
+        r = redis.Redis.from_url(srv.url)
+        version = r.info("server")["redis_version"]
+        for rep in range(args.repeats):
+            for n in SIZES if rep % 2 == 0 else tuple(reversed(SIZES)):
+                r.flushall()
+                cap = str(max(60, n / 1000))
+                # The step enqueues first; its statistics are reset once the backlog is full.
+                proc = peers_step(srv.url, "process", str(n), "--body", "noop", "--cap", cap)
+                if "jobs_per_s" not in proc:
+                    raise SystemExit(f"{n} jobs: {proc}")
+                rates[n].append(proc["jobs_per_s"])
+                r.flushall()
+                mem = peers_step(srv.url, "memory", str(n))
+                memory[n].append(mem["bytes_per_job"])
+                print(
+                    f"repeat {rep + 1}: {n:>9,} queued: {proc['jobs_per_s']:,.0f} jobs/s, "
+                    f"{mem['bytes_per_job']:.1f} bytes/job",
+                    flush=True,
+                )
+        # Server time per job: one more drain per size, by a burst worker in this process,
+        # statistics reset once the backlog is full.
+        for n in SIZES:
+            r.flushall()
+            uvloop.run(fill(srv.url, n))
+            r.config_resetstat()
+            uvloop.run(drain(srv.url))
+            us = server_us_per_job(r, n)
+            server[n].append(us["total"])
+            scripts[n].append(us["scripts"])
+        r.close()
+    load_after = os.getloadavg()[0]
+    base_rate = statistics.median(rates[SIZES[0]])
+    base_mem = statistics.median(memory[SIZES[0]])
+    lines = [
+        "# Throughput and bytes per job across backlog sizes (status records on)",
+        "",
+        f"`benchmarks/backlog.py --repeats {args.repeats}` on {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, Redis {version} (private, persistence off). "
+        "Job: no-op; one worker process, concurrency 100, uvloop (the suite's "
+        "`scaling.backlog.N` step). Load average before / after: "
+        f"{load_before:.2f} / {load_after:.2f}.",
+        "",
+        "| queued | median jobs/s | min | max | vs 10k | bytes/job | vs 10k | "
+        "Redis µs/job (scripts) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for n in SIZES:
+        rate, mem = statistics.median(rates[n]), statistics.median(memory[n])
+        lines.append(
+            f"| {n:,} | {rate:,.0f} | {min(rates[n]):,.0f} | {max(rates[n]):,.0f} | "
+            f"{rate / base_rate:.2f}x | {mem:.1f} | {mem / base_mem:.2f}x | "
+            f"{server[n][0]:.1f} ({scripts[n][0]:.1f}) |"
+        )
+    lines.append("")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
