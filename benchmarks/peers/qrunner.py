@@ -1,7 +1,8 @@
 """qrunner through its public API: ``Client`` to enqueue, ``Worker`` to run, ``stats`` to watch.
 
 The worker runs with concurrency 100 on uvloop and the Redis client ``qrunner worker`` builds,
-as the command line does by default; job bodies use ``ctx.redis``, that same client. Bulk
+as the command line does by default; job bodies use ``ctx.redis``, that same client. The
+enqueue side uses the client the README shows (``connect_redis``). Bulk
 enqueue is ``Client.enqueue_many`` (pipelined script calls). Completion is read from
 ``Client.stats()``: nothing waiting, pending or delayed in the queue.
 """
@@ -51,7 +52,9 @@ class Peer(Adapter):
         self._stats_client: Client | None = None
 
     async def open(self) -> None:
-        self.client = Client(Redis.from_url(redis_url()), registry)
+        # The client the README builds: ``connect_redis`` (qrunner's connection classes, which
+        # pack commands with hiredis), as the worker below.
+        self.client = Client(await connect_redis(redis_url()), registry)
 
     async def send(self, task: str, data: dict[str, Any]) -> None:
         await self.client.enqueue(task, data)
