@@ -3,7 +3,10 @@ that each await one Redis INCR, drained by a burst worker with 1 and with 2 proc
 
 Each side's time runs from the supervisor's start to its exit, less the same command's time
 on an empty queue (interpreter start, connecting, the burst check), so the rows compare job
-throughput. Medians of ``--repeats``, sides alternated; one private redis-server.
+throughput. Medians of ``--repeats``, sides alternated; one private redis-server. CPU per job:
+the worker processes' (supervisor included) from the children's rusage, Redis' from INFO cpu,
+both over the whole loaded run: with Redis on the same cores, N processes can at best reach
+cores / (worker + Redis CPU per job).
 
     .venv/bin/python benchmarks/processes.py --jobs 40000 --repeats 3 --out FILE.md
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -23,12 +27,23 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import redis as sync_redis  # noqa: E402
 from sync_enqueue import start_redis  # noqa: E402
 
 from benchmarks.cluster.tasks import registry  # noqa: E402
 from qrunner import Client, connect_redis  # noqa: E402
 
 TASK = "incr_bench_a"
+
+
+def redis_cpu_s(url: str) -> float:
+    info = sync_redis.Redis.from_url(url).info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+def children_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def run_worker(url: str, processes: int) -> float:
@@ -66,6 +81,14 @@ async def fill(url: str, n: int) -> None:
         await redis.aclose()
 
 
+def cpu_bound(processes: int, workers: list[float], redis: list[float]) -> float:
+    """Jobs/s if the CPU were the only limit: each process uses at most a core, and all of them
+    with Redis at most the machine's cores."""
+    w, r = statistics.median(workers), statistics.median(redis)
+    cores = os.cpu_count() or 1
+    return min(processes * 1e6 / w, cores * 1e6 / (w + r), 1e6 / r)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=40_000)
@@ -75,13 +98,18 @@ def main() -> int:
     proc, url, _folder = start_redis()
     load_before = os.getloadavg()[0]
     rates: dict[int, list[float]] = {1: [], 2: []}
+    workers_us: dict[int, list[float]] = {1: [], 2: []}
+    redis_us: dict[int, list[float]] = {1: [], 2: []}
     try:
         for r in range(args.repeats):
             for processes in (1, 2) if r % 2 == 0 else (2, 1):
                 asyncio.run(fill(url, 0))
                 empty = run_worker(url, processes)
                 asyncio.run(fill(url, args.jobs))
+                cpu0, redis0 = children_cpu_s(), redis_cpu_s(url)
                 took = run_worker(url, processes)
+                workers_us[processes].append((children_cpu_s() - cpu0) / args.jobs * 1e6)
+                redis_us[processes].append((redis_cpu_s(url) - redis0) / args.jobs * 1e6)
                 rates[processes].append(args.jobs / max(took - empty, 1e-3))
                 print(
                     f"repeat {r + 1}: {processes} process(es): {rates[processes][-1]:,.0f} jobs/s",
@@ -91,7 +119,7 @@ def main() -> int:
         proc.terminate()
         proc.wait()
     load_after = os.getloadavg()[0]
-    one, two = statistics.median(rates[1]), statistics.median(rates[2])
+    one = statistics.median(rates[1])
     text = "\n".join(
         [
             "# One worker process against `--processes 2`",
@@ -101,10 +129,16 @@ def main() -> int:
             "(which shares the cores); job: one awaited INCR; concurrency 100 per process. "
             f"Load average before / after: {load_before:.2f} / {load_after:.2f}.",
             "",
-            "| processes | median jobs/s | min | max | vs 1 process |",
-            "|---|---|---|---|---|",
-            f"| 1 | {one:,.0f} | {min(rates[1]):,.0f} | {max(rates[1]):,.0f} | 1.00x |",
-            f"| 2 | {two:,.0f} | {min(rates[2]):,.0f} | {max(rates[2]):,.0f} | {two / one:.2f}x |",
+            "| processes | median jobs/s | min | max | vs 1 process | workers' CPU µs/job "
+            "| Redis CPU µs/job | bound: cores / CPU per job |",
+            "|---|---|---|---|---|---|---|---|",
+            *(
+                f"| {p} | {statistics.median(rates[p]):,.0f} | {min(rates[p]):,.0f} | "
+                f"{max(rates[p]):,.0f} | {statistics.median(rates[p]) / one:.2f}x | "
+                f"{statistics.median(workers_us[p]):.1f} | {statistics.median(redis_us[p]):.1f} | "
+                f"{cpu_bound(p, workers_us[p], redis_us[p]):,.0f}/s |"
+                for p in (1, 2)
+            ),
             "",
         ]
     )
