@@ -85,8 +85,7 @@ def main() -> int:
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     rates: dict[int, list[float]] = {n: [] for n in SIZES}
-    server: dict[int, list[float]] = {n: [] for n in SIZES}
-    scripts: dict[int, list[float]] = {n: [] for n in SIZES}
+    server: dict[int, dict[str, float]] = {}
     memory: dict[int, list[float]] = {n: [] for n in SIZES}
     with tempfile.TemporaryDirectory() as folder, RedisServer(Path(folder)) as srv:
         r = redis.Redis.from_url(srv.url)
@@ -95,7 +94,6 @@ def main() -> int:
             for n in SIZES if rep % 2 == 0 else tuple(reversed(SIZES)):
                 r.flushall()
                 cap = str(max(60, n / 1000))
-                # The step enqueues first; its statistics are reset once the backlog is full.
                 proc = peers_step(srv.url, "process", str(n), "--body", "noop", "--cap", cap)
                 if "jobs_per_s" not in proc:
                     raise SystemExit(f"{n} jobs: {proc}")
@@ -115,9 +113,7 @@ def main() -> int:
             uvloop.run(fill(srv.url, n))
             r.config_resetstat()
             uvloop.run(drain(srv.url))
-            us = server_us_per_job(r, n)
-            server[n].append(us["total"])
-            scripts[n].append(us["scripts"])
+            server[n] = server_us_per_job(r, n)
         r.close()
     load_after = os.getloadavg()[0]
     base_rate = statistics.median(rates[SIZES[0]])
@@ -140,7 +136,7 @@ def main() -> int:
         lines.append(
             f"| {n:,} | {rate:,.0f} | {min(rates[n]):,.0f} | {max(rates[n]):,.0f} | "
             f"{rate / base_rate:.2f}x | {mem:.1f} | {mem / base_mem:.2f}x | "
-            f"{server[n][0]:.1f} ({scripts[n][0]:.1f}) |"
+            f"{server[n]['total']:.1f} ({server[n]['scripts']:.1f}) |"
         )
     lines.append("")
     text = "\n".join(lines)
