@@ -53,8 +53,20 @@ def stall_note(queue: str, job_id: str) -> str:
 
 def live(queue: str) -> str:
     """The queue's live index: job id -> stream entry id of each job waiting in or taken from
-    the stream (status records on). A hash with no TTL: fields leave with their entries."""
+    the stream (status records on). A hash with no TTL: fields leave with their entries. The
+    entry ids are packed (see :func:`live_entry_id`)."""
     return f"{PREFIX}:{{{queue}}}:live"
+
+
+def live_entry_id(value: bytes | str) -> str:
+    """The stream entry id a value of the live index stands for. The scripts pack
+    ``<ms>-<seq>`` as the ms in 11 hex digits followed by the seq in hex, which fits Redis'
+    16-byte allocation where the decimal form took 24; a value with a '-' is an entry id kept
+    as it is (one that does not pack, or one written before values were packed)."""
+    text = value.decode() if isinstance(value, bytes) else value
+    if "-" in text:
+        return text
+    return f"{int(text[:11], 16)}-{int(text[11:], 16)}"
 
 
 def job_prefix(queue: str) -> str:

@@ -24,6 +24,11 @@ async def _state_is(client: Client, job_id: str, state: str) -> bool:
     return (await client.status(job_id)).state == state
 
 
+async def _indexed_entry(redis: Redis, queue: str, job_id: str) -> str | None:
+    value = await redis.hget(keys.live(queue), job_id)
+    return None if value is None else keys.live_entry_id(value)
+
+
 async def _job_keys(redis: Redis, queue: str) -> list[bytes]:
     return [k async for k in redis.scan_iter(match=keys.job(queue, "*"))]
 
@@ -33,7 +38,7 @@ async def test_a_job_due_now_writes_its_entry_and_one_index_field_only(redis: Re
     job_id = await client.enqueue("record", {"n": 1})
     assert await _job_keys(redis, "default") == []  # no status hash while it waits
     [(entry_id, _)] = await redis.xrange(keys.stream("default"))
-    assert await redis.hget(keys.live("default"), job_id) == entry_id
+    assert await _indexed_entry(redis, "default", job_id) == entry_id.decode()
     status = await client.status(job_id)
     assert (status.state, status.task, status.attempt) == ("queued", "record", 1)
     # The envelope carries no time: the job was enqueued when its entry was added.
@@ -144,7 +149,7 @@ async def test_a_promoted_delayed_job_is_indexed_under_its_new_entry(redis: Redi
 
     await wait_for(promoted, what="the delayed job to come due")
     [(entry_id, _)] = await redis.xrange(keys.stream("default"))
-    assert await redis.hget(keys.live("default"), job_id) == entry_id
+    assert await _indexed_entry(redis, "default", job_id) == entry_id.decode()
     assert (await client.status(job_id)).state == "queued"
 
 
@@ -202,7 +207,7 @@ async def test_only_jobs_due_now_without_a_key_take_the_short_script(
         assert (await client.status(job_id)).state == "scheduled"
         return
     [(entry_id, _)] = await redis.xrange(keys.stream("default"))
-    assert await redis.hget(keys.live("default"), job_id) == entry_id
+    assert await _indexed_entry(redis, "default", job_id) == entry_id.decode()
     assert (await client.status(job_id)).state == "queued"
 
 
@@ -212,7 +217,41 @@ async def test_a_bulk_of_plain_jobs_is_written_like_single_ones(redis: Redis) ->
     entries = await redis.xrange(keys.stream("default"))
     index = await redis.hgetall(keys.live("default"))
     assert len(entries) == len(index) == 1200 == len(set(ids))
-    assert {index[i.encode()] for i in ids} == {entry_id for entry_id, _ in entries}
+    assert {keys.live_entry_id(index[i.encode()]) for i in ids} == {
+        entry_id.decode() for entry_id, _ in entries
+    }
+    # Packed: 14 characters at most, so each value takes Redis' 16-byte allocation.
+    assert max(len(v) for v in index.values()) <= 14
+    assert not any(b"-" in v for v in index.values())
+
+
+async def test_an_entry_id_that_does_not_pack_is_indexed_as_it_is(redis: Redis) -> None:
+    """A seq from 4096 within one ms does not fit the packed form: the id is kept with its
+    '-', and the job is found, reported and deduplicated as any other."""
+    client = Client(redis, core_tasks.registry)
+    stream = keys.stream("default")
+    future_ms = int(time.time() * 1000) + 3_600_000
+    await redis.xadd(stream, {"j": "{}"}, id=f"{future_ms}-5000")  # later ids follow it
+    await redis.xtrim(stream, maxlen=0)
+    job_id = await client.enqueue("record", {"n": 1})
+    [(entry_id, _)] = await redis.xrange(stream)
+    assert entry_id == f"{future_ms}-5001".encode()
+    assert await redis.hget(keys.live("default"), job_id) == entry_id
+    assert (await client.status(job_id)).state == "queued"
+    assert await client.enqueue("record", {"n": 1}, job_id=job_id) == job_id
+    assert await redis.xlen(stream) == 1
+
+
+async def test_an_index_value_written_before_packing_is_still_read(redis: Redis) -> None:
+    """A queue enqueued to by an older client holds decimal entry ids in its live index: the
+    status read and the duplicate check understand them."""
+    client = Client(redis, core_tasks.registry)
+    job_id = await client.enqueue("record", {"n": 1})
+    [(entry_id, _)] = await redis.xrange(keys.stream("default"))
+    await redis.hset(keys.live("default"), job_id, entry_id)  # the form older clients wrote
+    assert (await client.status(job_id)).state == "queued"
+    assert await client.enqueue("record", {"n": 1}, job_id=job_id) == job_id
+    assert await redis.xlen(keys.stream("default")) == 1
 
 
 @pytest.mark.needs_admin

@@ -18,7 +18,7 @@ local function qr_fair_release(stream, group, ring, target)
     if env then
       local eid = redis.call('XADD', stream, '*', 'j', env)
       local job_id = qr_job_id(env)
-      if job_id then redis.call('HSET', qr_live(stream), job_id, eid) end
+      if job_id then qr_live_add(qr_live(stream), job_id, eid) end
       unread = unread + 1
       moved = moved + 1
     end

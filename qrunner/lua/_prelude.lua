@@ -72,11 +72,39 @@ local function qr_key_job_id(status_key)
   return string.match(status_key, ':job:(.+)$')
 end
 
+-- The live index holds each stream entry id packed: the ms in 11 hex digits, then the seq in
+-- hex ("1796129597928-87" -> "1a231aaa9e857"). Redis keeps a hash field's value in an
+-- allocation of 8, 16, 24... bytes with one byte of header and a terminator: up to 14
+-- characters fit in 16 bytes, where the 15 to 17 of the decimal form took 24 (of the ~98
+-- bytes the index cost per queued job, with the field and its table entry). An id that does
+-- not pack in 14 (a seq from 4096 within one ms, or an ms of other than 13 digits) is kept as
+-- it is; so is an id written before values were packed: both still have their '-'.
+local function qr_live_pack(eid)
+  -- A 13-digit ms (the years 2001 to 2286, all below 16^11) and a seq of 1 to 4 digits.
+  if string.find(eid, '-', 1, true) ~= 14 or #eid > 18 then return eid end
+  local seq = tonumber(string.sub(eid, 15))
+  if seq >= 4096 then return eid end
+  return string.format('%011x%x', tonumber(string.sub(eid, 1, 13)), seq)
+end
+
+-- The stream entry id a live index value stands for (see qr_live_pack).
+local function qr_live_entry(v)
+  if string.find(v, '-', 1, true) then return v end
+  return string.format('%.0f-%.0f', tonumber(string.sub(v, 1, 11), 16),
+    tonumber(string.sub(v, 12), 16))
+end
+
+-- Record in the live index that job `id` waits as stream entry `eid`.
+local function qr_live_add(live, id, eid)
+  redis.call('HSET', live, id, qr_live_pack(eid))
+end
+
 -- Whether job `id` is in the live index with its stream entry still there (an entry removed
 -- from outside, e.g. by XTRIM, leaves a stale field: it is dropped here).
 local function qr_is_live(live, stream, id)
-  local e = redis.call('HGET', live, id)
-  if not e then return false end
+  local v = redis.call('HGET', live, id)
+  if not v then return false end
+  local e = qr_live_entry(v)
   if #redis.call('XRANGE', stream, e, e) > 0 then return true end
   redis.call('HDEL', live, id)
   return false

@@ -66,7 +66,7 @@ for i = 0, n - 1 do
       redis.call('SET', uniq_key, id, 'PX', dedup_ttl)
     end
     if due == nil then
-      redis.call('HSET', live, id, r)
+      qr_live_add(live, id, r)
     elseif status_ttl > 0 then
       redis.call('HSET', id_key, 'state', 'scheduled', 'task', task, 'attempt', 1,
         'enqueued_ms', now, 'not_before_ms', due)

@@ -44,7 +44,7 @@ for i = 2, #ARGV, 2 do
   else
     local r = redis.pcall('XADD', KEYS[1], '*', 'j', ARGV[i + 1])
     if type(r) == 'table' and r.err then return qr_error(r.err) end
-    redis.call('HSET', live, id, r)
+    qr_live_add(live, id, r)
     out[#out + 1] = 1
   end
 end

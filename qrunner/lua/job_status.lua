@@ -16,8 +16,9 @@ Returns   {status hash as a flat array, envelope or false, consumer or false, st
 ]]
 local rec = redis.call('HGETALL', KEYS[2])
 local live = qr_live(KEYS[1])
-local e = redis.call('HGET', live, ARGV[2])
-if not e then return {rec, false, false} end
+local v = redis.call('HGET', live, ARGV[2])
+if not v then return {rec, false, false} end
+local e = qr_live_entry(v)
 local found = redis.call('XRANGE', KEYS[1], e, e)
 if #found == 0 then return {rec, false, false} end
 local body = false

@@ -17,7 +17,7 @@ for _, env in ipairs(due) do
   redis.call('ZREM', KEYS[1], env)
   local eid = redis.call('XADD', KEYS[2], '*', 'j', env)
   local job_id = qr_job_id(env)
-  if job_id then redis.call('HSET', live, job_id, eid) end
+  if job_id then qr_live_add(live, job_id, eid) end
 end
 local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local wait = -1
