@@ -217,7 +217,7 @@ class Control:
         )
         rows = []
         for raw, score in members:
-            job = _decode(raw)
+            job = _decode(raw, queue=queue)
             if job is not None:
                 rows.append(_row(job, queue, "delayed", int(score)))
         return Page(rows, total, offset, limit)
@@ -238,7 +238,7 @@ class Control:
             found: Any = await self.redis.xrange(stream, min=entry_id, max=entry_id)
             if not found:
                 continue
-            job = _decode(found[0][1].get(b"j"), entry_id)
+            job = _decode(found[0][1].get(b"j"), entry_id, queue)
             if job is not None:
                 started = int(time.time() * 1000) - int(p["time_since_delivered"])
                 rows.append(_row(job, queue, "running", started, worker=_text(p["consumer"])))
@@ -259,7 +259,7 @@ class Control:
         total = await self._count_after(stream, last)
         rows = []
         for entry_id, fields in entries[offset:]:
-            job = _decode(fields.get(b"j"), entry_id)
+            job = _decode(fields.get(b"j"), entry_id, queue)
             if job is not None:
                 rows.append(_row(job, queue, "queued", job.not_before_ms or None))
         return Page(rows, total, offset, limit)
@@ -396,7 +396,7 @@ class Control:
             if not batch:
                 break
             ids = [_text(entry_id) for entry_id, _ in batch]
-            jobs = [_decode((fields or {}).get(b"j")) for _, fields in batch]
+            jobs = [_decode((fields or {}).get(b"j"), queue=queue) for _, fields in batch]
             pipe = self.redis.pipeline(transaction=False)
             pipe.xdel(stream, *ids)
             job_ids = [job.id for job in jobs if job is not None]
@@ -446,13 +446,14 @@ class Control:
         return removed
 
 
-def _decode(raw: Any, entry_id: Any = None) -> Job | None:
+def _decode(raw: Any, entry_id: Any = None, queue: str | None = None) -> Job | None:
     """The envelope, or None when it is not one; ``entry_id`` (its stream entry, when it was
-    read from a stream) times a job whose envelope does not say when it was enqueued."""
+    read from a stream) times a job whose envelope does not say when it was enqueued, and
+    ``queue`` (where it was read) places one whose envelope does not name its queue."""
     if raw is None:
         return None
     try:
-        return Job.decode(raw, entry_id)
+        return Job.decode(raw, entry_id, queue)
     except MalformedJob:
         return None
 

@@ -57,7 +57,7 @@ def _dead(queue: str, entry_id: Any, fields: dict[Any, Any]) -> DeadJob:
     raw = f.get("j", b"")
     raw = raw if isinstance(raw, bytes) else str(raw).encode()
     try:
-        job: Job | None = Job.decode(raw)
+        job: Job | None = Job.decode(raw, queue=queue)
     except MalformedJob:
         job = None
     return DeadJob(

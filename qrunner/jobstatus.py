@@ -37,16 +37,17 @@ def merge(
     body: bytes | str | None,
     owner: bytes | str | None,
     entry_id: bytes | str | None = None,
+    queue: str | None = None,
 ) -> dict[str, Any]:
     """The job's record from its status hash ``rec`` (field -> value), its stream entry's
     envelope ``body`` (None when it has no live entry), the consumer ``owner`` holding the
     entry (None when unread) and the entry's id (it tells when a job added to the stream at
-    once was enqueued). Empty when there is neither."""
+    once was enqueued) and ``queue`` (whose stream holds it). Empty when there is neither."""
     state = _text(rec["state"]) if rec.get("state") is not None else ""
     if not body or state in ENDED:
         return rec
     try:
-        job = Job.decode(body, entry_id)
+        job = Job.decode(body, entry_id, queue)
     except MalformedJob:
         return rec
     out = dict(rec)
@@ -67,7 +68,7 @@ def _call(queue: str, job_id: str) -> tuple[list[str], list[str]]:
 def _first(queues: Sequence[str], replies: Sequence[Any]) -> tuple[str, dict[str, Any]] | None:
     for q, (rec, body, owner, *entry) in zip(queues, replies, strict=True):
         flat = {_text(rec[i]): rec[i + 1] for i in range(0, len(rec), 2)}
-        merged = merge(flat, body or None, owner or None, entry[0] if entry else None)
+        merged = merge(flat, body or None, owner or None, entry[0] if entry else None, q)
         if merged:
             return q, merged
     return None

@@ -585,11 +585,18 @@ class Client:
                 fair = check_key(task.fair_key(arg), "fair_key")
         queue = check_queue_name(queue or "default")
         job_id = given_id or new_job_id()
-        # A job added to the stream at once is timed by its entry id (see encode_envelope).
+        # A job added to its queue's stream at once is timed by its entry id, and the stream
+        # names its queue (see encode_envelope).
         added_now = delay_s is None and at_time is None and fair is None
         enqueued_ms = 0 if added_now else int(time.time() * 1000)
         envelope = encode_envelope(
-            job_id, task_name, payload, queue, enqueued_ms, key=key, flow=flow
+            job_id,
+            task_name,
+            payload,
+            None if added_now else queue,
+            enqueued_ms,
+            key=key,
+            flow=flow,
         )
         if len(envelope) > self.max_payload_bytes:
             raise PayloadTooLarge(len(envelope), self.max_payload_bytes)

@@ -242,7 +242,7 @@ class Runner:
             )
             return DeadLettered(reason, None, bytes(body[:OVERSIZED_KEEP_BYTES]))
         try:
-            job = Job.decode(body, entry.entry_id)
+            job = Job.decode(body, entry.entry_id, entry.queue)
         except MalformedJob as exc:
             return DeadLettered(f"malformed entry: {exc}", None, body)
         if job.queue != entry.queue:

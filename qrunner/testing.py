@@ -139,7 +139,7 @@ async def run_eager(
     checker = Client(cast(Redis, redis), registry, max_payload_bytes=settings.max_payload_bytes)
     spec = JobSpec(task, payload, job_id=job_id, flow=flow)
     queue, _, args = checker._prepare(spec)
-    job = Job.decode(args[1])  # the handler gets what a worker would decode
+    job = Job.decode(args[1], queue=queue)  # the handler gets what a worker would decode
     if attempt > 1:
         job = replace(job, attempt=attempt)
     reporter = RecordedProgress()
@@ -255,7 +255,7 @@ async def _bring_forward(redis: Redis, queue: str, horizon_ms: int, retries_now:
         if retries_now:
             waiting: list[Any] = await redis.zrange(keys.delayed(queue), 0, -1)
             for env in waiting:
-                if Job.decode(env).attempt > 1:
+                if Job.decode(env, queue=queue).attempt > 1:
                     # Due at once (score 0, below any horizon). XX: only if still waiting
                     # (the worker's own promote may have moved it meanwhile).
                     await redis.zadd(keys.delayed(queue), {env: 0}, xx=True)
@@ -283,7 +283,7 @@ async def _left(redis: Redis, queues: Sequence[str], horizon_ms: int, retries_no
             queued, parked, due, later = await pipe.execute()
             total += int(queued) + int(parked) + int(due)
             if retries_now:
-                total += sum(1 for env in later if Job.decode(env).attempt > 1)
+                total += sum(1 for env in later if Job.decode(env, queue=q).attempt > 1)
     return total
 
 

@@ -14,7 +14,7 @@ import pytest
 from qrunner import Context, Registry
 from qrunner.backoff import backoff_ceiling_s, backoff_delay_s
 from qrunner.errors import ConfigError, InvalidPayload, Permanent, RateLimited, Retry
-from qrunner.job import ErrorRecord, Job, MalformedJob, new_job_id
+from qrunner.job import ErrorRecord, Job, MalformedJob, encode_envelope, new_job_id
 from qrunner.outcome import DeadLettered, Deferred, RetryLater, classify
 from qrunner.settings import load_settings
 from qrunner.task import Task
@@ -82,6 +82,20 @@ def test_a_job_without_a_time_is_timed_by_its_stream_entry(
     assert dated.enqueued_ms == 5
 
 
+def test_an_envelope_without_a_queue_belongs_to_the_stream_it_was_read_from() -> None:
+    """A job added at once to its queue's stream leaves the queue out of its envelope: the
+    reader names it. One that names its queue keeps it; one with neither is malformed."""
+    raw = encode_envelope("a", "t", {"x": 1}, None, 0)
+    assert b"queue" not in raw
+    assert Job.decode(raw, queue="emails").queue == "emails"
+    named = encode_envelope("a", "t", {}, "sms", 0)
+    assert Job.decode(named, queue="emails").queue == "sms"
+    with pytest.raises(MalformedJob, match="'queue' must be a non-empty string"):
+        Job.decode(raw)
+    with pytest.raises(MalformedJob, match="'queue' must be a non-empty string"):
+        Job.decode(b'{"id":"a","task":"t","queue":7}', queue="emails")
+
+
 def test_an_envelope_of_the_earlier_format_reads_as_before() -> None:
     raw = b'{"id":"a","task":"t","payload":{"x":1},"queue":"q","attempt":1,"enqueued_ms":99}'
     job = Job.decode(raw, b"1764000000123-0")
@@ -110,18 +124,26 @@ def test_unserialisable_payload_is_invalid() -> None:
 def test_job_ids_are_safe_cli_arguments() -> None:
     ids = {new_job_id() for _ in range(2000)}
     assert len(ids) == 2000
-    assert all(len(i) == 16 and i[0] != "-" and i.isalnum() for i in ids)
+    assert all(len(i) == 14 and i[0] != "-" and i.isascii() and i.isalnum() for i in ids)
 
 
-def test_job_ids_spell_their_80_bits_in_lowercase_base32(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each id is the RFC 4648 base32 text of 10 random bytes, lowercased."""
-    import base64
-
+def test_job_ids_spell_their_80_bits_in_base62(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each id is its 80 random bits written in base 62 (digits, then upper, then lower case
+    letters), 14 digits with leading zeros: distinct bits give distinct ids."""
     import qrunner.job as job_module
 
-    for raw in (bytes(10), b"\xff" * 10, bytes(range(10)), b"\x80\x01\x02\x04\x08\x10 @\x7f\xfe"):
-        monkeypatch.setattr(job_module, "_random80", lambda raw=raw: int.from_bytes(raw))
-        assert new_job_id() == base64.b32encode(raw).decode().lower()
+    alphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+    def base62(n: int) -> str:
+        out = ""
+        for _ in range(14):
+            n, r = divmod(n, 62)
+            out = alphabet[r] + out
+        return out
+
+    for n in (0, 1, 61, 62, 2**80 - 1, 62**7, 62**7 - 1, 0x0123456789ABCDEF0123):
+        monkeypatch.setattr(job_module, "_random80", lambda n=n: n)
+        assert new_job_id() == base62(n)
 
 
 def test_job_id_bits_come_from_the_os_a_block_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:

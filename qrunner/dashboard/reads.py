@@ -138,18 +138,18 @@ async def find_envelope(redis: Redis, queue: str, job_id: str, dlq_id: str | Non
     if dlq_id:
         rows: Any = await redis.xrange(keys.dlq(queue), min=dlq_id, max=dlq_id)
         if rows:
-            return _decode(rows[0][1].get(b"j"), job_id)
+            return _decode(rows[0][1].get(b"j"), job_id, queue)
     pattern = '{"id":"' + _glob_escape(job_id) + '"*'
     async for member in redis.zscan_iter(keys.delayed(queue), match=pattern, count=500):
         raw = member[0] if isinstance(member, tuple) else member
-        if (job := _decode(raw, job_id)) is not None:
+        if (job := _decode(raw, job_id, queue)) is not None:
             return job
     start, seen, needle = "-", 0, f'"id":"{job_id}"'.encode()
     while seen < ENVELOPE_SCAN_LIMIT:
         batch: Any = await redis.xrange(keys.stream(queue), min=start, max="+", count=500)
         for entry_id, fields in batch:
             raw = fields.get(b"j", b"")
-            if needle in raw and (job := _decode(raw, job_id, entry_id)) is not None:
+            if needle in raw and (job := _decode(raw, job_id, queue, entry_id)) is not None:
                 return job
             start = "(" + (entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id))
         seen += len(batch)
@@ -162,11 +162,11 @@ def _glob_escape(text: str) -> str:
     return "".join(f"[{c}]" if c in "*?[]\\" else c for c in text)
 
 
-def _decode(raw: Any, job_id: str, entry_id: Any = None) -> Job | None:
+def _decode(raw: Any, job_id: str, queue: str, entry_id: Any = None) -> Job | None:
     if raw is None:
         return None
     try:
-        job = Job.decode(raw, entry_id)
+        job = Job.decode(raw, entry_id, queue)
     except MalformedJob:
         return None
     return job if job.id == job_id else None
