@@ -235,6 +235,7 @@ async def test_purge_needs_yes_and_removes_waiting_jobs(redis: Redis, redis_url:
     assert cli("purge", "ops", "--yes", redis_url=redis_url).stdout == "purged 5 job(s) from ops\n"
     stats = {s.queue: s for s in await client.stats()}
     assert (stats["ops"].depth, stats["ops"].delayed) == (0, 0)
+    assert await redis.hlen(keys.live("ops")) == 0  # the purged jobs left the live index too
 
 
 async def test_dlq_delete_removes_one_entry(redis: Redis, redis_url: str) -> None:
