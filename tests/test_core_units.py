@@ -96,6 +96,34 @@ def test_an_envelope_without_a_queue_belongs_to_the_stream_it_was_read_from() ->
         Job.decode(b'{"id":"a","task":"t","queue":7}', queue="emails")
 
 
+def test_a_job_added_at_once_with_nothing_else_to_say_is_a_compact_array() -> None:
+    """[id, task, payload]: a first attempt, timed by its entry, on the queue it was read from.
+    A key, a workflow, a queue, a time or a later attempt keep the object form."""
+    raw = encode_envelope("2T4SaN2Yr94Urq", "noop", {"i": 0}, None, 0)
+    assert raw == b'["2T4SaN2Yr94Urq","noop",{"i":0}]'
+    job = Job.decode(raw, b"1764000000123-7", "emails")
+    assert job == Job(
+        id="2T4SaN2Yr94Urq",
+        task="noop",
+        payload={"i": 0},
+        queue="emails",
+        enqueued_ms=1_764_000_000_123,
+    )
+    for fuller in (
+        encode_envelope("a", "t", {}, "sms", 0),
+        encode_envelope("a", "t", {}, None, 5),
+        encode_envelope("a", "t", {}, None, 0, attempt=2),
+        encode_envelope("a", "t", {}, None, 0, not_before_ms=5),
+        encode_envelope("a", "t", {}, None, 0, key="k"),
+        encode_envelope("a", "t", {}, None, 0, flow={"next": []}),
+    ):
+        assert fuller.startswith(b'{"id":"a",')
+    with pytest.raises(MalformedJob, match="'queue' must be a non-empty string"):
+        Job.decode(raw)
+    with pytest.raises(InvalidPayload, match="not JSON-serialisable"):
+        encode_envelope("a", "t", {"x": object()}, None, 0)
+
+
 def test_an_envelope_of_the_earlier_format_reads_as_before() -> None:
     raw = b'{"id":"a","task":"t","payload":{"x":1},"queue":"q","attempt":1,"enqueued_ms":99}'
     job = Job.decode(raw, b"1764000000123-0")
@@ -106,14 +134,19 @@ def test_an_envelope_of_the_earlier_format_reads_as_before() -> None:
     ("raw", "reason"),
     [
         (b"{nope", "not JSON"),
-        (b"[1]", "not a JSON object"),
+        (b"7", "not a JSON object"),
+        (b"[1]", r"not \[id, task, payload\]"),
+        (b'["a","t",{},1]', r"not \[id, task, payload\]"),
+        (b'["","t",{}]', "'id' and 'task' must be non-empty strings"),
+        (b'["a",7,{}]', "'id' and 'task' must be non-empty strings"),
+        (b'["a","t",[1]]', "payload is not"),
         (b'{"id": "x"}', "lacks"),
         (b'{"id":"x","task":"t","queue":"q","payload":[1]}', "payload is not"),
     ],
 )
 def test_malformed_envelopes(raw: bytes, reason: str) -> None:
     with pytest.raises(MalformedJob, match=reason):
-        Job.decode(raw)
+        Job.decode(raw, queue="q")
 
 
 def test_unserialisable_payload_is_invalid() -> None:

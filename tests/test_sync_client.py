@@ -4,7 +4,6 @@ scripts, ids and errors; jobs it enqueues are run by the ordinary worker."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
 import threading
@@ -36,6 +35,7 @@ from qrunner import (
 )
 from qrunner import sync_client as sync_client_module
 from qrunner.errors import ServerFull
+from qrunner.job import Job
 from qrunner.queue import EnqueueRetries
 from tests.worker_fixtures import FAST
 
@@ -198,8 +198,8 @@ def test_threads_sharing_a_client_never_share_a_connection(sync: SyncClient) -> 
     entries = sync.redis.xrange(keys.stream("sync"))
     names = {}
     for _, fields in entries:
-        envelope = json.loads(fields[b"j"])
-        names[envelope["id"]] = envelope["payload"]["name"]
+        job = Job.decode(fields[b"j"], queue="sync")
+        names[job.id] = job.payload["name"]
     assert len(entries) == threads * per_thread == len(names) == len({i for i, _ in sent})
     assert all(names[job_id] == name for job_id, name in sent)
     assert 1 <= max(idle_counts) <= threads and 1 <= len(sync._idle) <= threads
@@ -315,7 +315,8 @@ def test_a_forked_child_makes_connections_of_its_own(sync: SyncClient, admin: Sy
     sync.enqueue("greet", {"name": "after"})
     assert idle(sync) == [parent_conn] and parent_id in server_ids(admin)
     assert sync.redis.connection_pool._created_connections == 1
-    names = [json.loads(f[b"j"])["payload"]["name"] for _, f in admin.xrange(keys.stream("sync"))]
+    entries = admin.xrange(keys.stream("sync"))
+    names = [Job.decode(f[b"j"], queue="sync").payload["name"] for _, f in entries]
     assert names == ["before", "child", "after"]
 
 

@@ -144,12 +144,14 @@ async def find_envelope(redis: Redis, queue: str, job_id: str, dlq_id: str | Non
         raw = member[0] if isinstance(member, tuple) else member
         if (job := _decode(raw, job_id, queue)) is not None:
             return job
-    start, seen, needle = "-", 0, f'"id":"{job_id}"'.encode()
+    start, seen = "-", 0
+    needle, compact = f'"id":"{job_id}"'.encode(), f'["{job_id}",'.encode()
     while seen < ENVELOPE_SCAN_LIMIT:
         batch: Any = await redis.xrange(keys.stream(queue), min=start, max="+", count=500)
         for entry_id, fields in batch:
             raw = fields.get(b"j", b"")
-            if needle in raw and (job := _decode(raw, job_id, queue, entry_id)) is not None:
+            ours = raw.startswith(compact) or needle in raw
+            if ours and (job := _decode(raw, job_id, queue, entry_id)) is not None:
                 return job
             start = "(" + (entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id))
         seen += len(batch)

@@ -62,9 +62,10 @@ local function qr_live(stream)
   return string.sub(stream, 1, -7) .. 'live'
 end
 
--- The job id at the head of an envelope (clients always write "id" first), or nil.
+-- The job id at the head of an envelope, or nil: an object's first key is always "id", a
+-- compact envelope [id, task, payload] starts with it.
 local function qr_job_id(env)
-  return string.match(env, '^{"id":"([^"]+)"')
+  return string.match(env, '^{"id":"([^"]+)"') or string.match(env, '^%["([^"]+)"')
 end
 
 -- The job id at the end of a status key qr:{q}:job:<id>.

@@ -34,14 +34,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 from qrunner_devservers.embedded import RedisProcess
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from qrunner import Client, JobSpec, keys
-from qrunner.job import new_job_id
+from qrunner.job import Job, new_job_id
 from tests.faults import ledger_tasks
 from tests.faults.proxy import FaultProxy
 
@@ -600,7 +599,7 @@ class Harness:
         pipe.flushall()
         entries, delayed, _ = await pipe.execute()
         bodies = [fields.get(b"j") for _, fields in entries] + list(delayed)
-        return {str(orjson.loads(b)["id"]) for b in bodies if b}
+        return {Job.decode(b, queue=QUEUE).id for b in bodies if b}
 
     async def dead_letters(self, queue: str = QUEUE) -> list[dict[str, str]]:
         rows = await self.redis.xrange(keys.dlq(queue))
