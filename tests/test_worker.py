@@ -453,6 +453,46 @@ async def test_replay_from_dlq_runs_again_with_history(redis: Redis) -> None:
     assert (await client.status(job_id)).result == "fixed"
 
 
+async def test_a_batched_ack_judges_each_entry_on_its_own(redis: Redis) -> None:
+    """One ack call for many entries (the script looks ownership up for the whole batch at
+    once): each entry is acked only while this consumer owns it, one another consumer claimed
+    is refused, one already acked is gone, whatever their order in the batch, and entries of
+    this consumer outside the batch stay pending."""
+    from qrunner.consumer import Completion, Finish
+
+    client = Client(redis, core_tasks.registry)
+    ids = await client.enqueue_many([("record", {"i": i}) for i in range(100)])
+    a = Consumer(redis, "A", ["default"])
+    await a.ensure_group("default")
+    entries = await a.read_available(["default"], 100)
+    assert len(entries) == 100
+    done = {e.entry_id: Completion(e.entry_id, job_id, 1, b"") for e, job_id in zip(entries, ids)}
+    eids = [e.entry_id for e in entries]
+    # B takes over two of A's entries; A has already acked a third.
+    await redis.xclaim(keys.stream("default"), keys.GROUP, "B", 0, [eids[3], eids[97]])
+    assert await a.ack("default", [done[eids[50]]], 60_000) == [Finish.DONE]
+    # The batch spans the whole range (first and last entries), in no particular order, so
+    # A's other pending entries in that range outnumber what one look-up returns.
+    batch = [eids[99], eids[3], eids[0], eids[50], eids[97], eids[1], eids[98], eids[2]]
+    assert await a.ack("default", [done[e] for e in batch], 60_000) == [
+        Finish.DONE,
+        Finish.NOT_OWNER,
+        Finish.DONE,
+        Finish.GONE,
+        Finish.NOT_OWNER,
+        Finish.DONE,
+        Finish.DONE,
+        Finish.DONE,
+    ]
+    pending = await redis.xpending_range(keys.stream("default"), keys.GROUP, "-", "+", 200)
+    still = {p["message_id"].decode(): p["consumer"].decode() for p in pending}
+    assert still == {
+        **{e: "A" for e in eids if e not in batch and e != eids[50]},
+        eids[3]: "B",
+        eids[97]: "B",
+    }
+
+
 async def test_envelope_is_json_never_pickle(redis: Redis) -> None:
     job_id = await Client(redis, core_tasks.registry).enqueue("record", {"x": 1})
     [(_, fields)] = await redis.xrange(keys.stream("default"))

@@ -38,22 +38,50 @@ local marker_prefix = string.sub(prefix, 1, -5) .. 'id:'
 -- Entries owned, found first; acked, deleted and dropped from the live index a few hundred at a
 -- time (one variadic call each, not three calls per job: each call from Lua has a fixed cost);
 -- the status records are written after every ack.
-local out, owned, owned_jobs, finished = {}, {}, {}, {}
+local records, lo, hi = {}, nil, nil
 for record in string.gmatch(ARGV[6], '[^\n]+') do
-  local id, job_id, attempt, task, enqueued, run_ms, result = string.match(record,
-    '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$')
-  local pend = redis.pcall('XPENDING', stream, group, id, id, 1)
-  if pend.err then return qr_error(pend.err) end
-  if #pend == 1 and pend[1][2] == consumer then
-    owned[#owned + 1] = id
-    owned_jobs[#owned_jobs + 1] = job_id
-    finished[#finished + 1] = {job_id, attempt, task, enqueued, run_ms, result}
-    out[#out + 1] = 1
-  elseif #pend == 0 then
-    out[#out + 1] = -2
+  local r = {string.match(record,
+    '^(([^\t-]*)-?([^\t]*))\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$')}
+  -- r: entry id, its ms, its seq, job id, attempt, task, enqueued ms, run ms, result
+  local ms, seq = tonumber(r[2]), tonumber(r[3])
+  r[2], r[3] = ms, seq
+  records[#records + 1] = r
+  if ms and seq and lo ~= false then
+    if not lo or ms < lo[1] or (ms == lo[1] and seq < lo[2]) then lo = {ms, seq, r[1]} end
+    if not hi or ms > hi[1] or (ms == hi[1] and seq > hi[2]) then hi = {ms, seq, r[1]} end
   else
-    out[#out + 1] = -1
+    lo = false  -- an id that does not parse: look every entry up on its own
   end
+end
+-- Which entries this consumer owns: for a batch, one XPENDING over the batch's id range
+-- filtered to this consumer (its other entries in that range come back too; COUNT bounds
+-- them), instead of one call per entry. An entry it does not return (owned by another
+-- consumer, no longer pending, or past COUNT) is looked up on its own.
+local mine = {}
+if lo and #records >= 4 then
+  local pend = redis.pcall('XPENDING', stream, group, lo[3], hi[3], 2 * #records + 32, consumer)
+  if pend.err then return qr_error(pend.err) end
+  for _, p in ipairs(pend) do mine[p[1]] = true end
+end
+local out, owned, owned_jobs, finished = {}, {}, {}, {}
+for _, r in ipairs(records) do
+  local id = r[1]
+  local state = 1
+  if not mine[id] then
+    local pend = redis.pcall('XPENDING', stream, group, id, id, 1)
+    if pend.err then return qr_error(pend.err) end
+    if #pend == 0 then
+      state = -2
+    elseif pend[1][2] ~= consumer then
+      state = -1
+    end
+  end
+  if state == 1 then
+    owned[#owned + 1] = id
+    owned_jobs[#owned_jobs + 1] = r[4]
+    finished[#finished + 1] = {r[4], r[5], r[6], r[7], r[8], r[9]}
+  end
+  out[#out + 1] = state
 end
 for i = 1, #owned, 500 do
   local last = math.min(i + 499, #owned)
