@@ -466,7 +466,10 @@ async def test_a_batched_ack_judges_each_entry_on_its_own(redis: Redis) -> None:
     await a.ensure_group("default")
     entries = await a.read_available(["default"], 100)
     assert len(entries) == 100
-    done = {e.entry_id: Completion(e.entry_id, job_id, 1, b"") for e, job_id in zip(entries, ids)}
+    done = {
+        e.entry_id: Completion(e.entry_id, job_id, 1, b"")
+        for e, job_id in zip(entries, ids, strict=True)
+    }
     eids = [e.entry_id for e in entries]
     # B takes over two of A's entries; A has already acked a third.
     await redis.xclaim(keys.stream("default"), keys.GROUP, "B", 0, [eids[3], eids[97]])

@@ -1,0 +1,152 @@
+"""What one enqueue costs Redis: a plain XADD against qrunner's enqueue script, and the steps
+in between, from the server's own accounting (INFO commandstats, ``usec_per_call``).
+
+Each variant is called N times, one call per round trip, on a private redis-server with
+persistence off (as in ``bin/bench``), statistics reset before each variant and the data
+flushed. Variants, each adding one thing to the one before:
+
+- ``XADD``: the raw loop's awaited enqueue (one stream entry, no script);
+- ``return 1``: the fixed cost of a script call;
+- ``prelude``: the same with qrunner's shared prelude in front (it defines the helpers);
+- ``+ XADD``: the stream entry written from the script;
+- ``+ HSET``: and the job's field in the live index (unpacked);
+- ``enqueue_now``: the real script for one job due now (the id look-up, the entry, the packed
+  index field), as a single ``Client.enqueue`` sends it;
+- ``enqueue_now x100``: the same script with 100 jobs in one call, per job (a bulk enqueue).
+
+    benchmarks/.venvs/qrunner/bin/python benchmarks/script_cost.py --n 20000 --out FILE.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT))
+
+import redis  # noqa: E402
+from suite.server import RedisServer  # noqa: E402
+
+from qrunner import keys  # noqa: E402
+from qrunner.job import encode_envelope, new_job_id  # noqa: E402
+from qrunner.scripts import read_source  # noqa: E402
+
+STREAM = keys.stream("bench")
+LIVE = STREAM[: -len("stream")] + "live"
+
+
+def _prelude() -> str:
+    return read_source("enqueue_now").split("--[[ enqueue_now", 1)[0]
+
+
+def variants() -> dict[str, str | None]:
+    prelude = _prelude()
+    xadd = "local e = redis.call('XADD', KEYS[1], '*', 'j', ARGV[3])\n"
+    return {
+        "XADD": None,
+        "return 1": "return 1",
+        "prelude": prelude + "return 1",
+        "+ XADD": prelude + xadd + "return {ARGV[2], 1}",
+        "+ HSET": prelude
+        + xadd
+        + f"redis.call('HSET', '{LIVE}', ARGV[2], e)\nreturn {{ARGV[2], 1}}",
+        "enqueue_now": read_source("enqueue_now"),
+    }
+
+
+def measure(r: redis.Redis, name: str, source: str | None, n: int) -> dict[str, float]:
+    """Server µs per call of the variant (the script's own time, inner commands included),
+    and of each command it ran."""
+    r.flushall()
+    sha = r.script_load(source) if source is not None else ""
+    r.config_resetstat()
+    for i in range(n):
+        job_id = new_job_id()
+        env = encode_envelope(job_id, "noop", {"i": i}, None, 0)
+        if source is None:
+            r.xadd(STREAM, {"j": env})
+        else:
+            r.evalsha(sha, 1, STREAM, "1", job_id, env)
+    stats = r.info("commandstats")
+    outer = stats["cmdstat_xadd" if source is None else "cmdstat_evalsha"]
+    inner = {
+        k.removeprefix("cmdstat_"): v["usec_per_call"]
+        for k, v in stats.items()
+        if source is not None and k not in ("cmdstat_evalsha", "cmdstat_config|resetstat")
+    }
+    return {"per_call": outer["usec_per_call"], **inner}
+
+
+def measure_bulk(r: redis.Redis, n: int, per_call: int = 100) -> float:
+    """Server µs per job of enqueue_now with ``per_call`` jobs per call."""
+    r.flushall()
+    sha = r.script_load(read_source("enqueue_now"))
+    r.config_resetstat()
+    for start in range(0, n, per_call):
+        argv: list[str | bytes] = ["1"]
+        for i in range(start, min(n, start + per_call)):
+            job_id = new_job_id()
+            argv += [job_id, encode_envelope(job_id, "noop", {"i": i}, None, 0)]
+        r.evalsha(sha, 1, STREAM, *argv)
+    stats = r.info("commandstats")
+    return float(stats["cmdstat_evalsha"]["usec"]) / n
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=20_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    load_before = os.getloadavg()[0]
+    results: dict[str, list[dict[str, float]]] = {}
+    bulk: list[float] = []
+    with tempfile.TemporaryDirectory() as folder, RedisServer(Path(folder)) as srv:
+        r = redis.Redis.from_url(srv.url)
+        version = r.info("server")["redis_version"]
+        for _ in range(args.repeats):
+            for name, source in variants().items():
+                results.setdefault(name, []).append(measure(r, name, source, args.n))
+            bulk.append(measure_bulk(r, args.n))
+        r.close()
+    load_after = os.getloadavg()[0]
+
+    def cell(values: list[float]) -> str:
+        values = sorted(values)
+        return f"{values[len(values) // 2]:.2f} ({values[0]:.2f} to {values[-1]:.2f})"
+
+    lines = [
+        "# What one enqueue costs Redis: XADD against the enqueue script, step by step",
+        "",
+        f"`benchmarks/script_cost.py --n {args.n} --repeats {args.repeats}` on "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}, Redis {version} "
+        "(private, persistence off). Server time from INFO commandstats: the call's "
+        "`usec_per_call` (a script's includes its inner commands), median (min to max) of the "
+        f"repeats. Load average before / after: {load_before:.2f} / {load_after:.2f}.",
+        "",
+        "| variant | µs per call | inner commands, µs per call (median) |",
+        "|---|---|---|",
+    ]
+    for name, runs in results.items():
+        inner_names = sorted({k for run in runs for k in run if k != "per_call"})
+        inner = ", ".join(
+            f"{k} {sorted(run.get(k, 0.0) for run in runs)[len(runs) // 2]:.2f}"
+            for k in inner_names
+        )
+        lines.append(f"| {name} | {cell([run['per_call'] for run in runs])} | {inner} |")
+    lines.append(f"| enqueue_now x100, per job | {cell(bulk)} | |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
