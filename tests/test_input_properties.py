@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from qrunner.cli import UsageError, _parse_json_object, build_parser, parse_job_line
 from qrunner.consumer import Entry
 from qrunner.errors import ConfigError
-from qrunner.job import ErrorRecord, Job, MalformedJob
+from qrunner.job import ErrorRecord, Job, MalformedJob, encode_envelope
 from qrunner.logs import JsonFormatter
 from qrunner.names import (
     MAX_DELAY_S,
@@ -121,6 +121,29 @@ def test_decode_any_envelope_shaped_object(data: dict[str, Any], errors: Any) ->
     assert isinstance(job.payload, dict) and (job.key is None or isinstance(job.key, str))
     assert all(isinstance(e, ErrorRecord) and isinstance(e.attempt, int) for e in job.errors)
     assert Job.decode(job.encode()) == job
+
+
+#: Arrays shaped like compact envelopes [id, task, payload]: mostly right, often not.
+compact_like = st.lists(json_values, max_size=4) | st.tuples(
+    st.text(max_size=8) | json_values,
+    st.text(max_size=8) | json_values,
+    st.dictionaries(st.text(max_size=6), json_values, max_size=4) | json_values,
+).map(list)
+
+
+@FAST
+@given(compact_like, st.sampled_from([None, "q"]))
+@example(["a", "t", {}], "q")
+def test_decode_any_compact_envelope_shaped_array(data: list[Any], queue: str | None) -> None:
+    try:
+        job = Job.decode(orjson.dumps(data), b"1764000000123-0", queue)
+    except MalformedJob:
+        return
+    # Only [non-empty id, non-empty task, object] read from a named queue decodes: a first
+    # attempt on that queue, timed by its entry, which encodes back to the same array.
+    assert data == [job.id, job.task, job.payload] and job.id and job.task
+    assert (job.queue, job.attempt, job.enqueued_ms) == ("q", 1, 1_764_000_000_123)
+    assert orjson.loads(encode_envelope(job.id, job.task, job.payload, None, 0)) == data
 
 
 @FAST
