@@ -426,15 +426,20 @@ class Harness:
         payload: Mapping[str, Any] | None = None,
         queue: str | None = None,
         stop: asyncio.Event | None = None,
+        stop_after_failures: int | None = None,
     ) -> list[str]:
         """Enqueue ``n`` jobs, ``batch`` per call (``enqueue`` when 1, else ``enqueue_many``),
         at about ``rate`` jobs/s; every call is booked as acknowledged or failed. Returns the
-        ids of this call's acknowledged jobs."""
+        ids of this call's acknowledged jobs. Stops early when ``stop`` is set, or once
+        ``stop_after_failures`` of this call's enqueues have failed."""
         acked: list[str] = []
+        failures = 0
         interval = batch / rate if rate else 0.0
         next_at = time.monotonic()
         done = 0
         while done < n and not (stop is not None and stop.is_set()):
+            if stop_after_failures is not None and failures >= stop_after_failures:
+                break
             size = min(batch, n - done)
             ids = [new_job_id() for _ in range(size)]
             sent = time.time()
@@ -451,6 +456,7 @@ class Harness:
                 for i in ids:
                     self.enqueues.failed[i] = f"{type(exc).__module__}.{type(exc).__name__}"
                 self.enqueues.errors.append(exc)
+                failures += 1
             else:
                 assert got == ids, f"enqueue returned other ids than asked: {got[:3]}..."
                 now = time.time()

@@ -92,7 +92,19 @@ async def test_maxmemory_refuses_enqueues_with_a_qrunner_error_then_recovers(
     fault_start = time.time()
     refused_from = len(h.enqueues.errors)
     # ~500 jobs/s drain (100 slots, 0.2 s each) against 3,000/s enqueued: the backlog grows.
-    await h.produce(6000, rate=3000, batch=20, payload={"sleep_s": 0.2})
+    # Every job accepted keeps an id marker for 2 minutes (status records off, about 80 bytes),
+    # and a drain frees only the jobs' stream entries. So the jobs carry a few hundred bytes,
+    # as a notification's payload does (a bare job's entry is smaller than its marker, and the
+    # drain would free less than the markers took), and production stops soon after the limit
+    # refuses it (a producer going on at the limit turns the room each drained job frees into
+    # markers).
+    await h.produce(
+        6000,
+        rate=3000,
+        batch=20,
+        payload={"sleep_s": 0.2, "note": "x" * 200},
+        stop_after_failures=10,
+    )
     single_error: BaseException | None = None
     try:
         await h.client.enqueue("quick", {})
