@@ -317,7 +317,7 @@ def encode_envelope(
     workers before producers (see docs/upgrading.md).
 
     Such a job with nothing else to say (no key, no workflow) is written as the JSON array
-    ``[id, task, payload]``: the object's keys were 22 of the 56 bytes of a no-op job's
+    ``[id, task, payload]``: the object's keys were 22 of the 55 bytes of a no-op job's
     envelope. Every other envelope is an object with the id first."""
     try:
         if queue is None and key is None and not flow and attempt == 1 and not errors:
