@@ -200,18 +200,19 @@ class Job:
             attempt = _int_field(data, "attempt", 1, 1)
             enqueued = _int_field(data, "enqueued_ms", enqueued, 0)
             not_before = _int_field(data, "not_before_ms", 0, 0)
-        job = _new_job(cls)
-        _SET_ID(job, job_id)
-        _SET_TASK(job, task)
-        _SET_PAYLOAD(job, payload)
-        _SET_QUEUE(job, queue)
-        _SET_ATTEMPT(job, attempt)
-        _SET_ENQUEUED(job, enqueued)
-        _SET_NOT_BEFORE(job, not_before)
-        _SET_KEY(job, key)
-        _SET_ERRORS(job, tuple(_error_record(e) for e in errors) if errors else ())
-        _SET_FLOW(job, flow)
-        return job
+        return _assemble(
+            cls,
+            job_id,
+            task,
+            payload,
+            queue,
+            attempt,
+            enqueued,
+            not_before,
+            key,
+            tuple(_error_record(e) for e in errors) if errors else (),
+            flow,
+        )
 
     @classmethod
     def _decode_compact(
@@ -230,18 +231,9 @@ class Job:
             )
         if not (type(queue) is str and queue):
             queue = _text_field({"queue": queue}, "queue")
-        job = _new_job(cls)
-        _SET_ID(job, job_id)
-        _SET_TASK(job, task)
-        _SET_PAYLOAD(job, payload)
-        _SET_QUEUE(job, queue)
-        _SET_ATTEMPT(job, 1)
-        _SET_ENQUEUED(job, _entry_ms(entry_id))
-        _SET_NOT_BEFORE(job, 0)
-        _SET_KEY(job, None)
-        _SET_ERRORS(job, ())
-        _SET_FLOW(job, None)
-        return job
+        return _assemble(
+            cls, job_id, task, payload, queue, 1, _entry_ms(entry_id), 0, None, (), None
+        )
 
     def failed(self, record: ErrorRecord) -> Job:
         """The envelope for the next attempt: attempt + 1 and the error appended to the history."""
@@ -285,6 +277,34 @@ if tuple(f.name for f in fields(Job)) != _JOB_SLOTS:  # pragma: no cover - a dev
     _SET_ERRORS,
     _SET_FLOW,
 ) = (Job.__dict__[name].__set__ for name in _JOB_SLOTS)
+
+
+def _assemble(
+    cls: type[Job],
+    job_id: str,
+    task: str,
+    payload: dict[str, Any],
+    queue: str,
+    attempt: int,
+    enqueued_ms: int,
+    not_before_ms: int,
+    key: str | None,
+    errors: tuple[ErrorRecord, ...],
+    flow: dict[str, Any] | None,
+) -> Job:
+    """A Job from checked fields, its slots filled directly (see above)."""
+    job = _new_job(cls)
+    _SET_ID(job, job_id)
+    _SET_TASK(job, task)
+    _SET_PAYLOAD(job, payload)
+    _SET_QUEUE(job, queue)
+    _SET_ATTEMPT(job, attempt)
+    _SET_ENQUEUED(job, enqueued_ms)
+    _SET_NOT_BEFORE(job, not_before_ms)
+    _SET_KEY(job, key)
+    _SET_ERRORS(job, errors)
+    _SET_FLOW(job, flow)
+    return job
 
 
 def encode_envelope(
