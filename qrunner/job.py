@@ -135,9 +135,10 @@ class Job:
         """Parse an envelope; raises ``MalformedJob`` with the reason when it is not one.
 
         Every field is checked for its type (the envelope may have been written by another
-        program, or by hand): ``id``, ``task`` and ``queue`` non-empty strings, ``payload`` an
-        object, ``attempt`` an integer from 1, times non-negative integers, ``key`` a string,
-        ``errors`` a list of error records. Nothing else is ever raised.
+        program, or by hand): ``id``, ``task`` and ``queue`` non-empty printable strings (the
+        ack's batch record is tab- and newline-separated), ``payload`` an object, ``attempt``
+        an integer from 1, times non-negative integers, ``key`` a string, ``errors`` a list of
+        error records. Nothing else is ever raised.
 
         An envelope without ``attempt`` is a first attempt. One without ``enqueued_ms`` (a job
         enqueued due now: see :func:`encode_envelope`) was enqueued when its stream entry was
@@ -184,8 +185,10 @@ class Job:
         if not (
             type(job_id) is str
             and job_id
+            and job_id.isprintable()
             and type(task) is str
             and task
+            and task.isprintable()
             and type(queue) is str
             and queue
             and type(attempt) is int
@@ -225,9 +228,16 @@ class Job:
         job_id, task, payload = data
         if not isinstance(payload, dict):
             raise MalformedJob("payload is not a JSON object")
-        if not (type(job_id) is str and job_id and type(task) is str and task):
+        if not (
+            type(job_id) is str
+            and job_id
+            and job_id.isprintable()
+            and type(task) is str
+            and task
+            and task.isprintable()
+        ):
             raise MalformedJob(
-                "entry lacks a valid field: 'id' and 'task' must be non-empty strings"
+                "entry lacks a valid field: 'id' and 'task' must be non-empty printable strings"
             )
         if not (type(queue) is str and queue):
             queue = _text_field({"queue": queue}, "queue")
@@ -387,6 +397,11 @@ def _text_field(data: dict[str, Any], name: str) -> str:
     value = data.get(name)
     if not isinstance(value, str) or not value:
         raise MalformedJob(f"entry lacks a valid field: {name!r} must be a non-empty string")
+    if not value.isprintable():  # the ack's record is tab- and newline-separated
+        raise MalformedJob(
+            f"entry lacks a valid field: {name!r} must be printable (no tabs, newlines or "
+            "other control characters)"
+        )
     return value
 
 

@@ -118,6 +118,7 @@ def test_decode_any_envelope_shaped_object(data: dict[str, Any], errors: Any) ->
         return
     # What decodes is well-typed, and encodes back to an equal job.
     assert job.id and job.task and job.queue and job.attempt >= 1
+    assert job.id.isprintable() and job.task.isprintable()
     assert isinstance(job.payload, dict) and (job.key is None or isinstance(job.key, str))
     assert all(isinstance(e, ErrorRecord) and isinstance(e.attempt, int) for e in job.errors)
     assert Job.decode(job.encode()) == job
@@ -139,17 +140,24 @@ def test_decode_any_compact_envelope_shaped_array(data: list[Any], queue: str | 
         job = Job.decode(orjson.dumps(data), b"1764000000123-0", queue)
     except MalformedJob:
         return
-    # Only [non-empty id, non-empty task, object] read from a named queue decodes: a first
-    # attempt on that queue, timed by its entry, which encodes back to the same array.
+    # Only [non-empty printable id, the same for task, object] read from a named queue
+    # decodes: a first attempt on that queue, timed by its entry, which encodes back to the
+    # same array.
     assert data == [job.id, job.task, job.payload] and job.id and job.task
+    assert job.id.isprintable() and job.task.isprintable()
     assert (job.queue, job.attempt, job.enqueued_ms) == ("q", 1, 1_764_000_000_123)
     assert orjson.loads(encode_envelope(job.id, job.task, job.payload, None, 0)) == data
 
 
+#: Job ids and task names as qrunner.names accepts them: printable text (no tab or newline,
+#: which would break the ack's batch record).
+printable_names = st.text(min_size=1, max_size=20).filter(str.isprintable)
+
+
 @FAST
 @given(
-    st.text(min_size=1, max_size=20),
-    st.text(min_size=1, max_size=20),
+    printable_names,
+    printable_names,
     st.dictionaries(st.text(max_size=8), json_values, max_size=4),
     st.integers(min_value=1, max_value=1000),
     st.none() | st.text(max_size=20),

@@ -233,11 +233,23 @@ async def test_malformed_entries_dead_lettered_and_work_continues(redis: Redis) 
     await consumer.ensure_group("default")
     await redis.xadd(keys.stream("default"), {"j": b"{not json"})
     await redis.xadd(keys.stream("default"), {"other": b"x"})
+    # A job id with a tab or newline would break the ack's tab-separated record: refused at
+    # decode, in both envelope forms, instead of running and never being acked.
+    tabbed = b'["a\\tb","record",{}]'
+    newline = b'{"id":"a\\nb","task":"record","payload":{}}'
+    await redis.xadd(keys.stream("default"), {"j": tabbed})
+    await redis.xadd(keys.stream("default"), {"j": newline})
     ok = await client.enqueue("record", {})
     await Worker(redis, core_tasks.registry, burst=True, settings=FAST).run()
     rows = await DeadLetters(redis).list(["default"])
-    assert len(rows) == 2 and all(r.reason.startswith("malformed entry") for r in rows)
-    assert sorted(r.raw for r in rows) == [b"", b"{not json"]
+    assert len(rows) == 4 and all(r.reason.startswith("malformed entry") for r in rows)
+    assert sorted(r.raw for r in rows) == sorted([b"", b"{not json", tabbed, newline])
+    assert await redis.xpending(keys.stream("default"), keys.GROUP) == {  # nothing left pending
+        "pending": 0,
+        "min": None,
+        "max": None,
+        "consumers": [],
+    }
     assert (await client.status(ok)).state == "succeeded"
 
 

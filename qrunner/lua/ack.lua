@@ -37,20 +37,28 @@ local marker_ttl = tonumber(ARGV[7] or '') or 0
 local marker_prefix = string.sub(prefix, 1, -5) .. 'id:'
 -- Entries owned, found first; acked, deleted and dropped from the live index a few hundred at a
 -- time (one variadic call each, not three calls per job: each call from Lua has a fixed cost);
--- the status records are written after every ack.
-local records, lo, hi = {}, nil, nil
-for record in string.gmatch(ARGV[6], '[^\n]+') do
-  local r = {string.match(record,
-    '^(([^\t-]*)-?([^\t]*))\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$')}
-  -- r: entry id, its ms, its seq, job id, attempt, task, enqueued ms, run ms, result
-  local ms, seq = tonumber(r[2]), tonumber(r[3])
-  r[2], r[3] = ms, seq
-  records[#records + 1] = r
-  if ms and seq and lo ~= false then
-    if not lo or ms < lo[1] or (ms == lo[1] and seq < lo[2]) then lo = {ms, seq, r[1]} end
-    if not hi or ms > hi[1] or (ms == hi[1] and seq > hi[2]) then hi = {ms, seq, r[1]} end
-  else
-    lo = false  -- an id that does not parse: look every entry up on its own
+-- the status records are written after every ack. The batch is read by one pattern into
+-- parallel arrays (no table per job), and its lowest and highest entry ids are kept as
+-- numbers for the ownership check below.
+local ids, jobs, attempts, tasks, enqueued, runs, results, n = {}, {}, {}, {}, {}, {}, {}, 0
+local lo_ms, lo_seq, lo_id, hi_ms, hi_seq, hi_id
+local ranged = true
+for id, ms, seq, job, attempt, task, enq, run, result in string.gmatch(ARGV[6],
+    '(([^\t\n-]*)-?([^\t\n]*))\t([^\t\n]*)\t([^\t\n]*)\t([^\t\n]*)\t([^\t\n]*)\t([^\t\n]*)\t([^\n]*)') do
+  n = n + 1
+  ids[n], jobs[n], attempts[n], tasks[n], enqueued[n], runs[n], results[n] =
+    id, job, attempt, task, enq, run, result
+  if ranged then
+    ms, seq = tonumber(ms), tonumber(seq)
+    if not (ms and seq) then
+      ranged = false  -- an id that does not parse: look every entry up on its own
+    elseif n == 1 then
+      lo_ms, lo_seq, lo_id, hi_ms, hi_seq, hi_id = ms, seq, id, ms, seq, id
+    elseif ms > hi_ms or (ms == hi_ms and seq > hi_seq) then
+      hi_ms, hi_seq, hi_id = ms, seq, id
+    elseif ms < lo_ms or (ms == lo_ms and seq < lo_seq) then
+      lo_ms, lo_seq, lo_id = ms, seq, id
+    end
   end
 end
 -- Which entries this consumer owns: for a batch, one XPENDING over the batch's id range
@@ -58,14 +66,14 @@ end
 -- them), instead of one call per entry. An entry it does not return (owned by another
 -- consumer, no longer pending, or past COUNT) is looked up on its own.
 local mine = {}
-if lo and #records >= 4 then
-  local pend = redis.pcall('XPENDING', stream, group, lo[3], hi[3], 2 * #records + 32, consumer)
+if ranged and n >= 4 then
+  local pend = redis.pcall('XPENDING', stream, group, lo_id, hi_id, 2 * n + 32, consumer)
   if pend.err then return qr_error(pend.err) end
   for _, p in ipairs(pend) do mine[p[1]] = true end
 end
 local out, owned, owned_jobs, finished = {}, {}, {}, {}
-for _, r in ipairs(records) do
-  local id = r[1]
+for i = 1, n do
+  local id = ids[i]
   local state = 1
   if not mine[id] then
     local pend = redis.pcall('XPENDING', stream, group, id, id, 1)
@@ -78,10 +86,10 @@ for _, r in ipairs(records) do
   end
   if state == 1 then
     owned[#owned + 1] = id
-    owned_jobs[#owned_jobs + 1] = r[4]
-    finished[#finished + 1] = {r[4], r[5], r[6], r[7], r[8], r[9]}
+    owned_jobs[#owned_jobs + 1] = jobs[i]
+    finished[#finished + 1] = i
   end
-  out[#out + 1] = state
+  out[i] = state
 end
 for i = 1, #owned, 500 do
   local last = math.min(i + 499, #owned)
@@ -89,17 +97,17 @@ for i = 1, #owned, 500 do
   redis.call('XDEL', stream, unpack(owned, i, last))
   redis.call('HDEL', live, unpack(owned_jobs, i, last))
 end
-for _, f in ipairs(finished) do
-  local job_id, attempt, task, enqueued, run_ms, result = f[1], f[2], f[3], f[4], f[5], f[6]
+for _, i in ipairs(finished) do
+  local job_id = jobs[i]
   if ttl > 0 then
-    local sk = prefix .. job_id
+    local sk, result = prefix .. job_id, results[i]
     if result ~= '' then
-      redis.call('HSET', sk, 'state', 'succeeded', 'task', task, 'attempt', attempt,
-        'enqueued_ms', enqueued, 'started_ms', now - tonumber(run_ms), 'finished_ms', now,
+      redis.call('HSET', sk, 'state', 'succeeded', 'task', tasks[i], 'attempt', attempts[i],
+        'enqueued_ms', enqueued[i], 'started_ms', now - tonumber(runs[i]), 'finished_ms', now,
         'worker', consumer, 'result', result)
     else
-      redis.call('HSET', sk, 'state', 'succeeded', 'task', task, 'attempt', attempt,
-        'enqueued_ms', enqueued, 'started_ms', now - tonumber(run_ms), 'finished_ms', now,
+      redis.call('HSET', sk, 'state', 'succeeded', 'task', tasks[i], 'attempt', attempts[i],
+        'enqueued_ms', enqueued[i], 'started_ms', now - tonumber(runs[i]), 'finished_ms', now,
         'worker', consumer)
     end
     redis.call('PEXPIRE', sk, ttl)
