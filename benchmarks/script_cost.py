@@ -1,5 +1,5 @@
-"""What one enqueue costs Redis: a plain XADD against qrunner's enqueue script, and the steps
-in between, from the server's own accounting (INFO commandstats, ``usec_per_call``).
+"""What one enqueue and one finish cost Redis: a plain XADD against qrunner's enqueue script,
+and the steps in between, from the server's own accounting (INFO commandstats, ``usec_per_call``).
 
 Each variant is called N times, one call per round trip, on a private redis-server with
 persistence off (as in ``bin/bench``), statistics reset before each variant and the data
@@ -14,12 +14,18 @@ flushed. Variants, each adding one thing to the one before:
   index field), as a single ``Client.enqueue`` sends it;
 - ``enqueue_now x100``: the same script with 100 jobs in one call, per job (a bulk enqueue).
 
+And what finishing a job costs, per job, in batches of 100 read and acked by one consumer (the
+worker's own calls, through ``Consumer``): the raw loop's ``XREADGROUP`` + ``XACK``; qrunner's
+fetch script; its ack script with status records off (ack, delete the entry, drop it from the
+live index, keep an id marker) and on (the default: a status record written per job).
+
     benchmarks/.venvs/qrunner/bin/python benchmarks/script_cost.py --n 20000 --out FILE.md
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import platform
 import sys
@@ -33,8 +39,9 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 from suite.server import RedisServer  # noqa: E402
 
-from qrunner import keys  # noqa: E402
-from qrunner.job import encode_envelope, new_job_id  # noqa: E402
+from qrunner import connect_redis, keys  # noqa: E402
+from qrunner.consumer import Completion, Consumer  # noqa: E402
+from qrunner.job import Job, encode_envelope, new_job_id  # noqa: E402
 from qrunner.scripts import read_source  # noqa: E402
 
 STREAM = keys.stream("bench")
@@ -98,6 +105,70 @@ def measure_bulk(r: redis.Redis, n: int, per_call: int = 100) -> float:
     return float(stats["cmdstat_evalsha"]["usec"]) / n
 
 
+def fill_read(r: redis.Redis, n: int) -> None:
+    """``n`` jobs due now in the stream and the live index, and the consumer group."""
+    r.flushall()
+    pipe = r.pipeline(transaction=False)
+    ids = [new_job_id() for _ in range(n)]
+    for i, job_id in enumerate(ids):
+        pipe.xadd(STREAM, {"j": encode_envelope(job_id, "noop", {"i": i}, None, 0)})
+    entries = pipe.execute()
+    r.hset(LIVE, mapping=dict(zip(ids, entries, strict=True)))
+    r.xgroup_create(STREAM, keys.GROUP, id="0")
+
+
+def measure_finish(url: str, n: int, per_call: int = 100) -> dict[str, float]:
+    """Server µs per job of reading and acking ``n`` jobs ``per_call`` at a time."""
+    r = redis.Redis.from_url(url)
+    out: dict[str, float] = {}
+    fill_read(r, n)
+    r.config_resetstat()
+    for _ in range(0, n, per_call):
+        got = r.xreadgroup(keys.GROUP, "c1", {STREAM: ">"}, count=per_call)
+        r.xack(STREAM, keys.GROUP, *[entry_id for entry_id, _ in got[0][1]])
+    stats = r.info("commandstats")
+    out["XREADGROUP + XACK"] = (
+        sum(float(stats[f"cmdstat_{c}"]["usec"]) for c in ("xreadgroup", "xack")) / n
+    )
+
+    async def scripts(ttl_ms: int) -> tuple[float, float]:
+        fill_read(r, n)
+        aio = await connect_redis(url)
+        consumer = Consumer(aio, "c1", ["bench"])
+        fetch_us = ack_us = 0.0
+        try:
+            for _ in range(0, n, per_call):
+                r.config_resetstat()
+                entries = await consumer.read_available(["bench"], per_call)
+                fetch_us += float(r.info("commandstats")["cmdstat_evalsha"]["usec"])
+                done = [
+                    Completion(
+                        e.entry_id,
+                        Job.decode(e.body or b"", e.entry_id, "bench").id,
+                        1,
+                        b"",
+                        "noop",
+                        0,
+                        0,
+                    )
+                    for e in entries
+                ]
+                r.config_resetstat()
+                await consumer.ack("bench", done, ttl_ms)
+                ack_us += float(r.info("commandstats")["cmdstat_evalsha"]["usec"])
+        finally:
+            await aio.aclose()
+        return fetch_us / n, ack_us / n
+
+    fetch_off, ack_off = asyncio.run(scripts(0))
+    fetch_on, ack_on = asyncio.run(scripts(86_400_000))
+    out["fetch"] = (fetch_off + fetch_on) / 2
+    out["ack, status records off"] = ack_off
+    out["ack, status records on"] = ack_on
+    r.close()
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=20_000)
@@ -107,6 +178,7 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     results: dict[str, list[dict[str, float]]] = {}
     bulk: list[float] = []
+    finish: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as folder, RedisServer(Path(folder)) as srv:
         r = redis.Redis.from_url(srv.url)
         version = r.info("server")["redis_version"]
@@ -114,6 +186,8 @@ def main() -> int:
             for name, source in variants().items():
                 results.setdefault(name, []).append(measure(r, name, source, args.n))
             bulk.append(measure_bulk(r, args.n))
+            for name, value in measure_finish(srv.url, args.n).items():
+                finish.setdefault(name, []).append(value)
         r.close()
     load_after = os.getloadavg()[0]
 
@@ -122,7 +196,7 @@ def main() -> int:
         return f"{values[len(values) // 2]:.2f} ({values[0]:.2f} to {values[-1]:.2f})"
 
     lines = [
-        "# What one enqueue costs Redis: XADD against the enqueue script, step by step",
+        "# What one enqueue and one finish cost Redis, step by step",
         "",
         f"`benchmarks/script_cost.py --n {args.n} --repeats {args.repeats}` on "
         f"{os.cpu_count()} cores, Python {platform.python_version()}, Redis {version} "
@@ -141,6 +215,14 @@ def main() -> int:
         )
         lines.append(f"| {name} | {cell([run['per_call'] for run in runs])} | {inner} |")
     lines.append(f"| enqueue_now x100, per job | {cell(bulk)} | |")
+    lines += [
+        "",
+        "Finishing a job: server µs per job, jobs read and acked 100 per call.",
+        "",
+        "| step | µs per job |",
+        "|---|---|",
+    ]
+    lines += [f"| {name} | {cell(values)} |" for name, values in finish.items()]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
