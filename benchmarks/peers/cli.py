@@ -19,6 +19,13 @@ from peers.measure import (
 )
 
 
+def _window(text: str) -> tuple[float, float]:
+    lo, hi = (float(x) for x in text.split(","))
+    if not 0 <= lo < hi <= 1:
+        raise argparse.ArgumentTypeError("want two fractions 0 <= LO < HI <= 1, e.g. 0.3,0.9")
+    return lo, hi
+
+
 def main(factory: Callable[[], Adapter], argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog=f"python -m peers {argv[0] if argv else ''}")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -29,6 +36,12 @@ def main(factory: Callable[[], Adapter], argv: list[str]) -> int:
     pr.add_argument("n", type=int)
     pr.add_argument("--body", choices=sorted(TASK_FOR_BODY), default="noop")
     pr.add_argument("--workers", type=int, default=1)
+    pr.add_argument(
+        "--window",
+        type=_window,
+        default=None,
+        help="time only between these fractions of the backlog done, e.g. 0.3,0.9",
+    )
     lat = sub.add_parser("latency")
     lat.add_argument("--rate", type=float, default=500)
     lat.add_argument("--seconds", type=float, default=10)
@@ -71,7 +84,9 @@ def _measure(a: Adapter, args: argparse.Namespace, variant: str) -> dict[str, An
         return run_async(measure_memory(a, args.n))
     if args.cmd == "process":
         return run_async(
-            measure_process(a, args.n, args.body, variant, args.workers, args.concurrency, args.cap)
+            measure_process(
+                a, args.n, args.body, variant, args.workers, args.concurrency, args.cap, args.window
+            )
         )
     if args.cmd == "delayed":
         return run_async(measure_delayed(a, args.n, variant, args.cap))

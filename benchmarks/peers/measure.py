@@ -60,8 +60,19 @@ async def measure_enqueue(a: Adapter, n: int, bulk: bool) -> dict[str, Any]:
 
 
 async def measure_process(
-    a: Adapter, n: int, body: str, variant: str, workers: int, concurrency: int | None, cap_s: float
+    a: Adapter,
+    n: int,
+    body: str,
+    variant: str,
+    workers: int,
+    concurrency: int | None,
+    cap_s: float,
+    window: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
+    """Drain a backlog of ``n`` jobs; the rate from the first finished job to the last or, with
+    ``window`` (fractions of the backlog done, e.g. 0.3 and 0.9), between those two points:
+    a steady-state rate that leaves out the start (the second of two worker processes may
+    still be importing while the first drains) and the last stragglers."""
     task = TASK_FOR_BODY[body]
     await a.call(a.open())
     try:
@@ -79,12 +90,17 @@ async def measure_process(
     done_first = 0
     deadline = t_spawn + cap_s
     out: dict[str, Any] = {"n": n, "body": body, "variant": variant, "workers": workers}
+    marks: list[tuple[float, int]] = []  # (time, jobs done) on reaching each window edge
+    edges = [n * (1 - f) for f in window] if window else []
     try:
         while True:
             left = await a.call(a.remaining())
             now = time.perf_counter()
             if t_first is None and left < n:
                 t_first, done_first = now, n - left
+            while edges and left <= edges[0]:
+                edges.pop(0)
+                marks.append((now, n - left))
             if left <= 0:
                 break
             problem = worker_problem(procs)
@@ -104,6 +120,12 @@ async def measure_process(
             out["error"] = f"all {n} jobs done within one {POLL_S * 1000:.0f} ms poll; raise N"
         else:
             out["jobs_per_s"] = (n - done_first) / (t_done - t_first)
+        if window and len(marks) == 2 and marks[1][0] > marks[0][0]:
+            out["first_to_last_jobs_per_s"] = out.get("jobs_per_s")
+            out["jobs_per_s"] = (marks[1][1] - marks[0][1]) / (marks[1][0] - marks[0][0])
+            out["window"] = f"{window[0]:.0%} to {window[1]:.0%} done"
+        elif window:
+            out["error"] = "the steady-state window passed within one poll; raise N"
         out["verified"] = await _verify(a, n, body)
         return out
     finally:

@@ -244,8 +244,31 @@ def scaling_lines(records: list[dict[str, Any]]) -> list[str]:
                 f"{_num(res['jobs_per_s'])} jobs/s, start-up {res['startup_s']:.2f} s "
                 f"({res.get('verified', '')})"
             )
+            if "window" in res:
+                text += f", timed from {res['window']}"
         lines.append(f"| {r['peer']} | {r['metric'].removeprefix('scaling.')} | {text} |")
-    return lines
+    return lines + workers_ratio_lines(scal)
+
+
+def workers_ratio_lines(scal: list[dict[str, Any]]) -> list[str]:
+    """Two worker processes against one, for each peer measured both ways."""
+    rate = {
+        (r["peer"], r["metric"]): r["result"]["jobs_per_s"]
+        for r in scal
+        if "jobs_per_s" in r["result"] and "error" not in r["result"]
+    }
+    out = []
+    for (peer, metric), two in rate.items():
+        if not metric.startswith("scaling.workers2."):
+            continue
+        body = metric.rsplit(".", 1)[1]
+        one = rate.get((peer, f"scaling.workers1.{body}"))
+        if one:
+            out.append(
+                f"- {peer}, {body} job: 2 processes {_num(two)} jobs/s against 1 process "
+                f"{_num(one)} jobs/s = **{two / one:.2f}x**"
+            )
+    return ["", *out] if out else []
 
 
 def to_json(
