@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 
@@ -183,12 +183,8 @@ class Job:
         # The usual case in one expression (this runs once per job); ``type(x) is int`` also
         # keeps booleans out. Anything else goes through the checks that name the field.
         if not (
-            type(job_id) is str
-            and job_id
-            and job_id.isprintable()
-            and type(task) is str
-            and task
-            and task.isprintable()
+            _is_name(job_id)
+            and _is_name(task)
             and type(queue) is str
             and queue
             and type(attempt) is int
@@ -228,14 +224,7 @@ class Job:
         job_id, task, payload = data
         if not isinstance(payload, dict):
             raise MalformedJob("payload is not a JSON object")
-        if not (
-            type(job_id) is str
-            and job_id
-            and job_id.isprintable()
-            and type(task) is str
-            and task
-            and task.isprintable()
-        ):
+        if not (_is_name(job_id) and _is_name(task)):
             raise MalformedJob(
                 "entry lacks a valid field: 'id' and 'task' must be non-empty printable strings"
             )
@@ -391,6 +380,12 @@ def _entry_ms(entry_id: bytes | str | None) -> int:
 
 class MalformedJob(ValueError):
     """A stream entry that is not a valid envelope. It is dead-lettered with its raw bytes."""
+
+
+def _is_name(value: object) -> TypeGuard[str]:
+    """A job id or task name as an envelope may carry it: a non-empty string of printable
+    characters (the ack's batch record is tab- and newline-separated)."""
+    return type(value) is str and value != "" and value.isprintable()
 
 
 def _text_field(data: dict[str, Any], name: str) -> str:
