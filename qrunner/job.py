@@ -135,10 +135,10 @@ class Job:
         """Parse an envelope; raises ``MalformedJob`` with the reason when it is not one.
 
         Every field is checked for its type (the envelope may have been written by another
-        program, or by hand): ``id``, ``task`` and ``queue`` non-empty printable strings (the
-        ack's batch record is tab- and newline-separated), ``payload`` an object, ``attempt``
-        an integer from 1, times non-negative integers, ``key`` a string, ``errors`` a list of
-        error records. Nothing else is ever raised.
+        program, or by hand): ``id``, ``task`` and ``queue`` non-empty strings, ``id`` and
+        ``task`` printable (the ack's batch record is tab- and newline-separated), ``payload``
+        an object, ``attempt`` an integer from 1, times non-negative integers, ``key`` a string,
+        ``errors`` a list of error records. Nothing else is ever raised.
 
         An envelope without ``attempt`` is a first attempt. One without ``enqueued_ms`` (a job
         enqueued due now: see :func:`encode_envelope`) was enqueued when its stream entry was
@@ -194,7 +194,7 @@ class Job:
             and type(not_before) is int
             and not_before >= 0
         ):
-            job_id, task = (_text_field(data, f) for f in ("id", "task"))
+            job_id, task = (_name_field(data, f) for f in ("id", "task"))
             queue = _text_field({"queue": queue}, "queue")
             attempt = _int_field(data, "attempt", 1, 1)
             enqueued = _int_field(data, "enqueued_ms", enqueued, 0)
@@ -392,7 +392,13 @@ def _text_field(data: dict[str, Any], name: str) -> str:
     value = data.get(name)
     if not isinstance(value, str) or not value:
         raise MalformedJob(f"entry lacks a valid field: {name!r} must be a non-empty string")
-    if not value.isprintable():  # the ack's record is tab- and newline-separated
+    return value
+
+
+def _name_field(data: dict[str, Any], name: str) -> str:
+    """:func:`_text_field`, printable as :func:`_is_name` asks."""
+    value = _text_field(data, name)
+    if not value.isprintable():
         raise MalformedJob(
             f"entry lacks a valid field: {name!r} must be printable (no tabs, newlines or "
             "other control characters)"
