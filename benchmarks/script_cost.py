@@ -43,6 +43,7 @@ from qrunner import connect_redis, keys  # noqa: E402
 from qrunner.consumer import Completion, Consumer  # noqa: E402
 from qrunner.job import Job, encode_envelope, new_job_id  # noqa: E402
 from qrunner.scripts import read_source  # noqa: E402
+from qrunner.settings import Settings  # noqa: E402
 
 STREAM = keys.stream("bench")
 LIVE = STREAM[: -len("stream")] + "live"
@@ -161,7 +162,7 @@ def measure_finish(url: str, n: int, per_call: int = 100) -> dict[str, float]:
         return fetch_us / n, ack_us / n
 
     fetch_off, ack_off = asyncio.run(scripts(0))
-    fetch_on, ack_on = asyncio.run(scripts(86_400_000))
+    fetch_on, ack_on = asyncio.run(scripts(Settings().status_ttl_s * 1000))
     out["fetch"] = (fetch_off + fetch_on) / 2
     out["ack, status records off"] = ack_off
     out["ack, status records on"] = ack_on
