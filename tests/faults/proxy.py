@@ -10,6 +10,9 @@ before it returns:
 - ``drop_replies_after(marker)``: forward as usual until a client->server chunk containing
   ``marker`` passes, then drop as ``set_dropping(True)`` does (the command that carried the
   marker runs; its reply, and every later one, is swallowed until ``set_dropping(False)``)
+- ``dropped``: a ``threading.Event`` set once a server->client byte has been swallowed (a test
+  waits on it before it stops dropping: the command having run on the server does not mean its
+  reply has reached the proxy yet)
 - ``reset_all()``: RST every open connection (SO_LINGER 0, then close), both sides
 - ``set_refusing(True)``: close the listening socket, so new connections are refused
   (ECONNREFUSED) until ``set_refusing(False)`` listens on the same port again
@@ -71,6 +74,7 @@ class FaultProxy:
         self.reply_delay_s = 0.0
         self.dropping = False
         self.drop_marker: bytes | None = None
+        self.dropped = threading.Event()
         self._links: set[_Link] = set()
         self._handlers: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
@@ -238,6 +242,7 @@ class FaultProxy:
             while data := await reader.read(CHUNK):
                 if self.dropping:
                     self.stats.bytes_dropped += len(data)
+                    self.dropped.set()
                     continue
                 link.replies.append((loop.time() + self.reply_delay_s, data))
                 link.wake.set()

@@ -59,7 +59,8 @@ async def test_an_async_enqueue_whose_reply_was_lost_writes_each_job_once(
         else:
             specs = [JobSpec("t", {"n": i}, queue=QUEUE) for i in range(n)]
             call = asyncio.create_task(client.enqueue_many(specs))
-        await entries_reach(direct, 1 + n)  # it ran; its reply is swallowed
+        await entries_reach(direct, 1 + n)  # it ran
+        assert await asyncio.to_thread(proxy.dropped.wait, 10), "no reply was swallowed"
         proxy.set_dropping(False)
         done = await asyncio.wait_for(call, 20)
         ids = done if isinstance(done, list) else [done]
@@ -86,6 +87,7 @@ async def test_a_sync_enqueue_whose_connection_failed_after_the_write_writes_the
         )
         thread.start()
         await entries_reach(direct, 2)
+        assert await asyncio.to_thread(proxy.dropped.wait, 10), "no reply was swallowed"
         proxy.set_dropping(False)
         proxy.reset_all()  # the connection fails at once (redis-py retries that by default)
         await asyncio.wait_for(asyncio.to_thread(thread.join), 20)

@@ -97,7 +97,7 @@ async def test_an_outside_cancel_during_a_read_stays_a_cancellation(proxy: Fault
         await r.ping()
         proxy.set_dropping(True)
         call = asyncio.create_task(r.incr("n"))
-        await asyncio.sleep(0.2)
+        assert await asyncio.to_thread(proxy.dropped.wait, 10)  # the call waits on its reply
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
