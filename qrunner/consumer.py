@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from . import keys
+from .errors import RedisFault
 from .faults import error_code, translated
 from .scripts import Script
 
@@ -137,20 +138,37 @@ class Consumer:
                 raise
         return bool(int(created))
 
-    async def read_available(self, queues: Sequence[str], count: int) -> list[Entry]:
+    async def read_available(
+        self,
+        queues: Sequence[str],
+        count: int,
+        faults: list[tuple[str, RedisFault]] | None = None,
+    ) -> list[Entry]:
         """Non-blocking read in the given order until ``count`` entries are held (a held
-        entry is what makes its job *running*: nothing is written per job)."""
+        entry is what makes its job *running*: nothing is written per job).
+
+        A queue whose read fails raises its fault, unless ``faults`` is given: then the queue
+        and its fault are added there and the other queues are read on. Raising after an
+        earlier queue gave entries would drop them here while Redis holds them for this
+        consumer, leaving them to the reclaimer a lease later; a queue that cannot be read
+        (a key of another type under its name) would hold up every other queue."""
         got: list[Entry] = []
         for q in queues:
             want = count - len(got)
             if want <= 0:
                 break
-            async with translated(q):
-                flat = await self._fetch(
-                    self.redis,
-                    [keys.stream(q)],
-                    [keys.GROUP, self.name, want],
-                )
+            try:
+                async with translated(q):
+                    flat = await self._fetch(
+                        self.redis,
+                        [keys.stream(q)],
+                        [keys.GROUP, self.name, want],
+                    )
+            except RedisFault as fault:
+                if faults is None:
+                    raise
+                faults.append((q, fault))
+                continue
             for i in range(0, len(flat), 2):
                 body = flat[i + 1]
                 got.append(Entry(q, _s(flat[i]), body if body else None))

@@ -15,7 +15,8 @@ Failures (something went wrong)::
     │   ├── ConnectionLost       reset, refused, timed out, or a closed transport (uvloop)
     │   ├── StreamMissing        NOGROUP / UNBLOCKED: a stream or group vanished (FLUSHALL)
     │   ├── ServerBusy           LOADING, BUSY, MASTERDOWN, READONLY, TRYAGAIN, CLUSTERDOWN
-    │   └── OutOfMemory          OOM under maxmemory with noeviction
+    │   ├── OutOfMemory          OOM under maxmemory with noeviction
+    │   └── KeyConflict          WRONGTYPE: a key qrunner owns holds another type of value
     ├── NotOwner                 this consumer no longer owns the entry (its lease lapsed)
     └── JobNotFound              no status record for a job id (expired or never existed)
 
@@ -135,6 +136,32 @@ class ServerBusy(RedisFault):
 
 class OutOfMemory(RedisFault):
     """Redis refused a write for lack of memory (``maxmemory`` with ``noeviction``)."""
+
+
+class KeyConflict(RedisFault):
+    """A key qrunner owns holds another type of value (``WRONGTYPE``): something other than
+    qrunner writes under its ``qr:`` prefix. The refused command wrote nothing; trying again
+    cannot help until the key is renamed or deleted, so it is never retried.
+
+    ``queue`` names the queue whose command was refused and ``expected`` its keys with the type
+    qrunner keeps in each (set by :func:`qrunner.faults.translated`), when known."""
+
+    def __init__(self, detail: str, queue: str | None = None) -> None:
+        self.detail = detail
+        self.queue = queue
+        self.expected: dict[str, str] = {}
+        super().__init__(detail)
+
+    def __str__(self) -> str:
+        where = "a key qrunner owns" if self.queue is None else f"a key of queue {self.queue!r}"
+        text = (
+            f"{where} holds another type of value than qrunner keeps there ({self.detail}): "
+            "something other than qrunner writes under its 'qr:' prefix"
+        )
+        if self.expected:
+            listed = ", ".join(f"{k} ({t})" for k, t in self.expected.items())
+            text += f". Check TYPE of {listed}"
+        return text + "; rename or delete the odd key"
 
 
 class NotOwner(QrunnerError):

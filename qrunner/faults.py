@@ -18,7 +18,15 @@ from contextlib import asynccontextmanager
 
 from redis import exceptions as rx
 
-from .errors import ConnectionLost, OutOfMemory, RedisFault, ServerBusy, StreamMissing
+from . import keys
+from .errors import (
+    ConnectionLost,
+    KeyConflict,
+    OutOfMemory,
+    RedisFault,
+    ServerBusy,
+    StreamMissing,
+)
 
 #: Error codes of replies that mean "the stream or group is gone".
 _MISSING = frozenset({"NOGROUP", "UNBLOCKED"})
@@ -76,27 +84,47 @@ def classify(exc: BaseException) -> RedisFault | None:
             return ServerBusy(f"Redis is busy: {exc}")
         if code == "OOM":
             return OutOfMemory(f"Redis is out of memory: {exc}")
+        if code == "WRONGTYPE":
+            return KeyConflict("Redis answered WRONGTYPE")
         return None
     if isinstance(exc, CONNECTION_ERRORS):
         return ConnectionLost(f"{type(exc).__name__}: {exc}")
     return None
 
 
+def queue_key_types(queue: str) -> dict[str, str]:
+    """A queue's keys and the type of value qrunner keeps in each (what ``TYPE`` answers)."""
+    return {
+        keys.stream(queue): "stream",
+        keys.delayed(queue): "zset",
+        keys.live(queue): "hash",
+        keys.dlq(queue): "stream",
+    }
+
+
+def name_queue(fault: RedisFault, queue: str | None) -> RedisFault:
+    """Tell ``fault`` which queue's command it came from, when it cares and does not know."""
+    if queue is None:
+        return fault
+    if isinstance(fault, StreamMissing) and fault.queue is None:
+        fault.queue = queue
+    if isinstance(fault, KeyConflict) and fault.queue is None:
+        fault.queue = queue
+        fault.expected = queue_key_types(queue)
+    return fault
+
+
 @asynccontextmanager
 async def translated(queue: str | None = None) -> AsyncIterator[None]:
-    """Re-raise Redis failures inside the block as typed faults (others pass unchanged)."""
+    """Re-raise Redis failures inside the block as typed faults (others pass unchanged),
+    naming ``queue`` in the faults that report one."""
     try:
         yield
-    except StreamMissing as missing:
-        if missing.queue is None:
-            missing.queue = queue
-        raise
-    except RedisFault:
+    except RedisFault as typed:
+        name_queue(typed, queue)
         raise
     except Exception as exc:
         fault = classify(exc)
         if fault is None:
             raise
-        if isinstance(fault, StreamMissing):
-            fault.queue = queue
-        raise fault from exc
+        raise name_queue(fault, queue) from exc

@@ -28,13 +28,14 @@ from .errors import (
     EnqueueUncertain,
     InvalidPayload,
     JobNotFound,
+    KeyConflict,
     NotReplicated,
     OutOfMemory,
     PayloadTooLarge,
     ServerBusy,
     ServerFull,
 )
-from .faults import classify
+from .faults import classify, name_queue, translated
 from .job import encode_envelope, new_job_id
 from .names import MAX_DELAY_S, InvalidDelay, check_delay, check_key, check_queue_name
 from .progress import progress_fields
@@ -221,6 +222,8 @@ class EnqueueRetries:
         fault = classify(exc)
         if isinstance(fault, OutOfMemory):
             raise ServerFull(self.where, self.job_ids) from exc
+        if isinstance(fault, KeyConflict) and fault is not exc:
+            raise fault from exc
         if not isinstance(fault, ConnectionLost | ServerBusy):
             raise exc
         if isinstance(fault, ConnectionLost):
@@ -295,9 +298,10 @@ class Client:
             script, script_keys, argv = self._call_for(queue_name, [(job_keys, args)])
             if queue_name not in self._known_queues:
                 await self._register_queues([queue_name])
-            if self.wait_replicas > 0:
-                return await self._durable(script_keys, argv, script)
-            return await script(self.redis, script_keys, argv)
+            async with translated(queue_name):
+                if self.wait_replicas > 0:
+                    return await self._durable(script_keys, argv, script)
+                return await script(self.redis, script_keys, argv)
 
         res = await self._send([args[0]], send)
         return _text(res[0]) or ""
@@ -448,11 +452,13 @@ class Client:
         out: list[str] = [""] * len(prepared)
         job_ids = [args[0] for _, _, args in prepared]
         order: list[list[int]] = []
+        call_queues: list[str] = []
 
         async def send() -> list[Any]:
             await self._register_queues(by_queue)
             calls: list[tuple[Script, list[str], list[Any]]] = []
             order.clear()
+            call_queues.clear()
             for queue, all_items in by_queue.items():
                 fair = [it for it in all_items if len(it[1]) == 3]
                 plain = [it for it in all_items if len(it[1]) != 3]
@@ -461,6 +467,7 @@ class Client:
                         chunk = items[start : start + BULK_CHUNK]
                         calls.append(self._call_for(queue, [(k, a) for _, k, a in chunk]))
                         order.append([i for i, _, _ in chunk])
+                        call_queues.append(queue)
             results: list[Any]
             if hasattr(self.redis, "nodes_manager"):
                 # A cluster pipeline refuses scripts: each chunk (one queue, so one slot) goes
@@ -473,15 +480,20 @@ class Client:
                 )
             else:
                 results = await self._pipelined(calls)
-            for res in results:
+            for res, queue in zip(results, call_queues, strict=True):
                 if isinstance(res, Exception):
                     written = sum(
                         len(ix)
                         for ix, r in zip(order, results, strict=True)
                         if not isinstance(r, Exception)
                     )
-                    if isinstance(classify(res), OutOfMemory):
+                    fault = classify(res)
+                    if isinstance(fault, OutOfMemory):
                         raise ServerFull(_where(self.redis), job_ids, written) from res
+                    if isinstance(fault, KeyConflict):
+                        if fault is res:  # a cluster's call, already typed
+                            raise name_queue(fault, queue)
+                        raise name_queue(fault, queue) from res
                     raise res
             return results
 

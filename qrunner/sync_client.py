@@ -40,7 +40,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar, cast
 
@@ -53,9 +54,10 @@ from .errors import (
     ConfigError,
     ConnectionLost,
     JobNotFound,
+    KeyConflict,
     ServerBusy,
 )
-from .faults import classify
+from .faults import classify, name_queue
 from .queue import Client, EnqueueRetries, JobSpec, JobStatus
 from .redis_url import parse_redis_url
 from .scripts import Script
@@ -161,7 +163,8 @@ class SyncClient:
         def send() -> Any:
             script, script_keys, argv = self._plan._call_for(queue_name, [(job_keys, args)])
             self._register([queue_name])
-            return self._call(script, script_keys, argv)
+            with _conflicts_named(queue_name):
+                return self._call(script, script_keys, argv)
 
         res = self._send([args[0]], send)
         return _text(res[0])
@@ -192,7 +195,8 @@ class SyncClient:
                         script, ks, argv = self._plan._call_for(
                             queue, [(k, a) for _, k, a in chunk]
                         )
-                        res = self._call(script, ks, argv)
+                        with _conflicts_named(queue):
+                            res = self._call(script, ks, argv)
                         for pos, (index, _, _) in enumerate(chunk):
                             out[index] = _text(res[2 * pos])
 
@@ -316,6 +320,19 @@ class SyncClient:
                 if policy is None:
                     policy = EnqueueRetries(job_ids, _where(self.redis))
                 time.sleep(policy.after(exc))
+
+
+@contextmanager
+def _conflicts_named(queue: str) -> Iterator[None]:
+    """``WRONGTYPE`` as a :class:`~qrunner.errors.KeyConflict` naming ``queue``; other errors
+    pass as redis-py raised them (the enqueue retry policy classifies those)."""
+    try:
+        yield
+    except ResponseError as exc:
+        fault = classify(exc)
+        if not isinstance(fault, KeyConflict):
+            raise
+        raise name_queue(fault, queue) from exc
 
 
 def _text(value: Any) -> str:

@@ -37,7 +37,7 @@ from . import fairness, gctune, keys
 from .consumer import Completion, Consumer, Entry, Finish
 from .context import Context
 from .control import HISTORY_LENGTH, attempt_record
-from .errors import QrunnerError, RedisFault, StreamMissing
+from .errors import KeyConflict, QrunnerError, RedisFault, StreamMissing
 from .events import Observer
 from .faults import translated
 from .finisher import Finisher
@@ -62,6 +62,9 @@ log = logging.getLogger(__name__)
 #: With most slots busy, how long the worker may wait for more to free up before reading
 #: (batched refills: one read per several finished jobs instead of one per job).
 REFILL_WAIT_S = 0.002
+
+#: A queue that cannot be read while the others can is logged at most this often.
+UNREADABLE_LOG_S = 60.0
 
 #: Python 3.12+: start a job's task eagerly, running it up to its first wait at once. A job that
 #: never waits (or waits on something already done) then costs no event-loop round. 3.11 has
@@ -190,6 +193,8 @@ class Worker:
         self._closing = asyncio.Event()
         self._never = asyncio.Event()
         self._recovering = asyncio.Lock()
+        #: When each unreadable queue was last reported (see _unreadable).
+        self._unreadable_logged: dict[str, float] = {}
         self._debug = log.isEnabledFor(logging.DEBUG)
         #: Let the watchdog end the process when SIGTERM finds the loop blocked (only where the
         #: process' signal handlers are the worker's: the CLI).
@@ -364,6 +369,8 @@ class Worker:
                 async with translated():
                     await self.redis.sadd(keys.queues_set(), *self.queues)
                 return True
+            except KeyConflict:
+                raise  # waiting cannot fix it: say so and stop (the CLI prints it, exit 1)
             except RedisFault as fault:
                 log.warning("worker %s: cannot start yet (%s); retrying", self.name, fault)
                 await asyncio.sleep(delay)
@@ -485,8 +492,9 @@ class Worker:
                 return None
             return CONTROL_INTERVAL_S
         sent = time.monotonic()
+        faults: list[tuple[str, RedisFault]] = []
         if self.gate is None:
-            entries = await self.consumer.read_available(order, free)
+            entries = await self.consumer.read_available(order, free, faults)
             wait_queues, wait_count, max_wait_ms = order, free, None
         else:
             # A queue whose jobs all wait for one exhausted rate limit is read only as far as
@@ -497,10 +505,13 @@ class Worker:
                 count = min(count, free - len(entries))
                 if count <= 0:
                     break
-                entries += await self.consumer.read_available([queue], count)
+                entries += await self.consumer.read_available([queue], count, faults)
             wait_queues = [q for q in plan.wait_queues if q not in self.paused]
             wait_count = min(free, plan.wait_count)
             max_wait_ms = plan.max_wait_ms
+        unreadable = {q for q, _ in faults}
+        if faults and not entries and unreadable.issuperset(order):
+            raise faults[0][1]  # the loop's supervisor logs it, backs off, recovers groups
         if not entries:
             if self.burst and await self._drained():
                 log.info("worker %s: burst mode and nothing left; stopping", self.name)
@@ -509,7 +520,9 @@ class Worker:
             block = min(self.settings.block_ms, 200 if self.burst else self.settings.block_ms)
             if max_wait_ms is not None:
                 block = max(1, min(block, max_wait_ms))
+            wait_queues = [q for q in wait_queues if q not in unreadable]
             if not wait_queues:
+                await self._report_unreadable(faults)
                 return block / 1000
             sent = time.monotonic()
             entries = await self.consumer.read_blocking(wait_queues, wait_count, block)
@@ -517,7 +530,30 @@ class Worker:
             entries = await self._still_ours(entries)
         if entries:
             await self._dispatch(entries)
+        await self._report_unreadable(faults)
         return 0.0
+
+    async def _report_unreadable(self, faults: list[tuple[str, RedisFault]]) -> None:
+        """Queues whose read failed while others could be read (see
+        :meth:`Consumer.read_available`): recreate a group that vanished, and report each
+        other failure at most once per :data:`UNREADABLE_LOG_S` per queue while it lasts."""
+        for queue, fault in faults:
+            if isinstance(fault, StreamMissing):
+                await self._recover(fault)
+                continue
+            now = time.monotonic()
+            if now - self._unreadable_logged.get(queue, -UNREADABLE_LOG_S) < UNREADABLE_LOG_S:
+                continue
+            self._unreadable_logged[queue] = now
+            log.log(
+                logging.ERROR if isinstance(fault, KeyConflict) else logging.WARNING,
+                "worker %s: queue %r cannot be read (%s: %s); its jobs wait, the other "
+                "queues go on",
+                self.name,
+                queue,
+                type(fault).__name__,
+                fault,
+            )
 
     async def _still_ours(self, entries: list[Entry]) -> list[Entry]:
         """Entries whose read reply took longer than half a lease to arrive (the process was

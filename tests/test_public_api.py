@@ -32,6 +32,7 @@ PUBLIC_API = [
     "JobNotFound",
     "JobSpec",
     "JobStatus",
+    "KeyConflict",
     "LifespanArgs",
     "PayloadTooLarge",
     "Permanent",

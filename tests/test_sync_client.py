@@ -18,7 +18,6 @@ from qrunner_devservers.embedded import RedisProcess
 from redis import ConnectionPool
 from redis import Redis as SyncRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 
 from qrunner import (
     Client,
@@ -34,7 +33,7 @@ from qrunner import (
     keys,
 )
 from qrunner import sync_client as sync_client_module
-from qrunner.errors import ServerFull
+from qrunner.errors import KeyConflict, ServerFull
 from qrunner.job import Job
 from qrunner.queue import EnqueueRetries
 from tests.worker_fixtures import FAST
@@ -265,9 +264,9 @@ def test_a_connection_idle_past_the_trusted_window_is_checked_by_the_pool(
 def test_an_error_reply_raises_what_it_did_and_keeps_the_connection(
     fresh_redis: RedisProcess,
 ) -> None:
-    """Out of memory is ServerFull and a script failing with WRONGTYPE is redis-py's
-    ResponseError (as before the direct path, and as the async client); after either the
-    connection is in step and used again, and no connection is made."""
+    """Out of memory is ServerFull and a script failing with WRONGTYPE is a KeyConflict naming
+    the queue (as with the async client); after either the connection is in step and used
+    again, and no connection is made."""
     admin = SyncRedis(port=fresh_redis.port)
     client = SyncClient.from_url(fresh_redis.url, registry)
     try:
@@ -281,8 +280,9 @@ def test_an_error_reply_raises_what_it_did_and_keeps_the_connection(
         with pytest.raises(ServerFull):
             client.enqueue("greet", {"name": "c"})
         admin.config_set("maxmemory", 0)
-        with pytest.raises(ResponseError, match="WRONGTYPE"):
+        with pytest.raises(KeyConflict) as conflict:
             client.enqueue("greet", {"name": "d"}, queue="broken")
+        assert conflict.value.queue == "broken"
 
         client.enqueue("greet", {"name": "e"})
         assert idle(client) == [conn] and server_ids(admin) == before

@@ -1,0 +1,189 @@
+"""A key qrunner owns holding another type of value (something else writes under ``qr:``):
+Redis answers WRONGTYPE, which is a KeyConflict naming the queue and its keys. An enqueue
+raises it at once and writes nothing; a worker refuses to start on it; a worker already running
+keeps serving its other queues, the jobs it read before the failing queue included."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+import redis as sync_redis
+from redis.asyncio import Redis
+
+from qrunner import Client, Context, JobSpec, Registry, SyncClient, keys
+from qrunner.consumer import Consumer
+from qrunner.errors import KeyConflict
+from qrunner.faults import classify, translated
+from qrunner.settings import Settings
+from qrunner.worker import Worker
+from tests.test_cli import qrunner
+from tests.worker_fixtures import running_worker
+
+ODD = "odd"
+ran: dict[str, asyncio.Event] = {}
+
+registry = Registry()
+
+
+@registry.task(queue="good", max_retries=0)
+async def good_job(ctx: Context[Any], payload: dict[str, Any]) -> None:
+    ran[payload["tag"]].set()
+
+
+@registry.task(queue=ODD, max_retries=0)
+async def odd_job(ctx: Context[Any], payload: dict[str, Any]) -> None:
+    ran[payload["tag"]].set()
+
+
+def expect(tag: str) -> asyncio.Event:
+    ran[tag] = asyncio.Event()
+    return ran[tag]
+
+
+def assert_names_the_queue(conflict: KeyConflict) -> None:
+    text = str(conflict)
+    assert conflict.queue == ODD
+    assert f"queue '{ODD}'" in text and f"{keys.stream(ODD)} (stream)" in text
+    assert "\n" not in text
+
+
+async def break_queue(redis: Redis) -> None:
+    await redis.delete(keys.stream(ODD))
+    await redis.set(keys.stream(ODD), "not a stream")
+
+
+async def test_wrongtype_is_a_key_conflict_named_by_the_translating_block(redis: Redis) -> None:
+    await redis.set("k", "a string")
+    with pytest.raises(Exception) as raw:
+        await redis.lpush("k", "x")
+    assert isinstance(classify(raw.value), KeyConflict)
+    with pytest.raises(KeyConflict) as named:
+        async with translated(ODD):
+            await redis.lpush("k", "x")
+    assert_names_the_queue(named.value)
+
+
+async def test_an_enqueue_onto_a_conflicting_key_raises_once_and_writes_nothing(
+    redis: Redis,
+) -> None:
+    await break_queue(redis)
+    client = Client(redis, registry)
+    sends: list[int] = []
+    original = client._enqueue_now.__call__
+
+    async def counted(r: Any, ks: Any, args: Any) -> Any:
+        sends.append(1)
+        return await original(r, ks, args)
+
+    client._enqueue_now = counted  # type: ignore[assignment, method-assign]
+    with pytest.raises(KeyConflict) as single:
+        await client.enqueue("odd_job", {"tag": "never"})
+    assert_names_the_queue(single.value)
+    assert sends == [1]  # never retried: waiting cannot fix it
+    assert await redis.get(keys.stream(ODD)) == b"not a stream"
+    assert not await redis.exists(keys.live(ODD), keys.delayed(ODD))
+
+
+async def test_a_bulk_enqueue_names_the_conflicting_queue(redis: Redis) -> None:
+    await break_queue(redis)
+    client = Client(redis, registry)
+    with pytest.raises(KeyConflict) as bulk:
+        await client.enqueue_many(
+            [JobSpec("good_job", {"tag": "g"}), JobSpec("odd_job", {"tag": "o"})]
+        )
+    assert_names_the_queue(bulk.value)
+    assert not await redis.exists(keys.live(ODD))
+
+
+async def test_the_sync_client_raises_the_same_key_conflict(redis: Redis, redis_url: str) -> None:
+    await break_queue(redis)
+    client = SyncClient(sync_redis.Redis.from_url(redis_url), registry)
+    try:
+        with pytest.raises(KeyConflict) as single:
+            await asyncio.to_thread(client.enqueue, "odd_job", {"tag": "never"})
+        assert_names_the_queue(single.value)
+        with pytest.raises(KeyConflict) as bulk:
+            await asyncio.to_thread(client.enqueue_many, [("odd_job", {"tag": "never"})])
+        assert_names_the_queue(bulk.value)
+    finally:
+        client.close()
+    assert await redis.get(keys.stream(ODD)) == b"not a stream"
+
+
+def test_the_cli_enqueue_says_so_in_one_line_and_exits_1(redis_url: str) -> None:
+    sync_redis.Redis.from_url(redis_url).set(keys.stream("default"), "not a stream")
+    out = qrunner(
+        "enqueue", "record", "--handlers", "tests.helpers.core_tasks", redis_url=redis_url
+    )
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "queue 'default'" in lines[0] and "WRONGTYPE" in lines[0]
+
+
+async def test_a_worker_refuses_to_start_on_a_conflicting_key(redis: Redis) -> None:
+    await break_queue(redis)
+    worker = Worker(redis, registry, queues=["good", ODD], settings=Settings(block_ms=100))
+    with pytest.raises(KeyConflict) as refused:
+        await asyncio.wait_for(worker.run(), 10)
+    assert_names_the_queue(refused.value)
+
+
+def test_the_cli_worker_says_so_in_one_line_and_exits_1(redis_url: str) -> None:
+    sync_redis.Redis.from_url(redis_url).set(keys.stream("default"), "not a stream")
+    out = qrunner(
+        "worker",
+        "--handlers",
+        "tests.helpers.core_tasks",
+        "--burst",
+        "--no-cron",
+        redis_url=redis_url,
+    )
+    assert out.returncode == 1
+    assert "queue 'default'" in out.stderr and "WRONGTYPE" in out.stderr
+
+
+async def test_a_read_that_fails_on_one_queue_keeps_what_the_others_gave(redis: Redis) -> None:
+    """Read in one call across queues, the failing queue's fault is handed back with the
+    entries already read; without a list to hand it to, it is raised."""
+    client = Client(redis, registry)
+    await client.enqueue("good_job", {"tag": "g"})
+    consumer = Consumer(redis, "c1", ["good", ODD])
+    for q in ("good", ODD):
+        await consumer.ensure_group(q)
+    await break_queue(redis)
+    faults: list[tuple[str, Any]] = []
+    entries = await consumer.read_available(["good", ODD], 10, faults)
+    assert [e.queue for e in entries] == ["good"]
+    assert [q for q, _ in faults] == [ODD] and isinstance(faults[0][1], KeyConflict)
+    with pytest.raises(KeyConflict):
+        await consumer.read_available([ODD], 10)
+
+
+async def test_a_running_worker_serves_its_other_queues_while_one_conflicts(
+    redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The lease is long, so a job read before the failing queue and then dropped could only
+    run after a minute, when the reclaimer took it back: it runs at once."""
+    client = Client(redis, registry)
+    settings = Settings(lease_ms=60_000, reclaim_interval_ms=200, block_ms=100, grace_s=5)
+    caplog.set_level(logging.WARNING, logger="qrunner.worker")
+    async with running_worker(redis, registry, settings=settings, queues=["good", ODD]):
+        first = expect("before")
+        await client.enqueue("odd_job", {"tag": "before"})
+        await asyncio.wait_for(first.wait(), 10)
+        await break_queue(redis)
+        for i in range(3):
+            done = expect(f"good{i}")
+            await client.enqueue("good_job", {"tag": f"good{i}"})
+            await asyncio.wait_for(done.wait(), 10)
+        reports = [r for r in caplog.records if r.levelno == logging.ERROR and ODD in r.message]
+        assert reports and "cannot be read" in reports[0].message
+        assert len([r for r in reports if "cannot be read" in r.message]) == 1  # not per read
+        await redis.delete(keys.stream(ODD))  # the operator removes the odd key
+        after = expect("after")
+        await client.enqueue("odd_job", {"tag": "after"})
+        await asyncio.wait_for(after.wait(), 10)
+    assert await redis.xlen(keys.stream("good")) == 0
