@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .consumer import Completion, Consumer, Entry, Finish
-from .errors import RedisFault, StreamMissing
+from .errors import KeyConflict, RedisFault, StreamMissing
 from .events import Observer
 from .job import Job
 from .outcome import DeadLettered, Deferred, Outcome, RetryLater
@@ -101,6 +101,12 @@ class Finisher:
             )
             self._release_all(queue, done)
             raise
+        except KeyConflict as conflict:
+            # The stream holding their entries was replaced by a key of another type: nothing
+            # is left to ack, and waiting would hold up every other queue's acks behind it.
+            log.error("%d finished job(s) on %s could not be acked: %s", len(done), queue, conflict)
+            self._release_all(queue, done)
+            return
         refused = res.count(Finish.NOT_OWNER)
         if refused:
             self.observer.ack_refused(queue, refused)
@@ -120,7 +126,8 @@ class Finisher:
 
     async def write(self, entry: Entry, outcome: Outcome, stopping: asyncio.Event) -> Finish | None:
         """Write a retry, deferral or dead letter, waiting out Redis faults; None when Redis
-        stayed down into shutdown (the entry stays pending and is redelivered)."""
+        stayed down into shutdown, or a key of the queue holds another type of value (the entry
+        stays pending and is redelivered)."""
         delay = BACKOFF_START_S
         while True:
             try:
@@ -128,6 +135,13 @@ class Finisher:
             except StreamMissing as missing:
                 await self._recover(missing)
                 return Finish.GONE
+            except KeyConflict as conflict:
+                # Waiting cannot fix it: the entry stays pending, unrenewed, and comes back
+                # through the reclaimer (dead-lettered after max deliveries) once it is fixed.
+                log.error(
+                    "entry %s on %s: outcome not written: %s", entry.entry_id, entry.queue, conflict
+                )
+                return None
             except RedisFault as fault:
                 if stopping.is_set() and delay >= 2.0:
                     log.error(

@@ -63,8 +63,8 @@ log = logging.getLogger(__name__)
 #: (batched refills: one read per several finished jobs instead of one per job).
 REFILL_WAIT_S = 0.002
 
-#: A queue that cannot be read while the others can is logged at most this often.
-UNREADABLE_LOG_S = 60.0
+#: A queue a loop fails on while it works for the others is logged at most this often.
+QUEUE_FAULT_LOG_S = 60.0
 
 #: Python 3.12+: start a job's task eagerly, running it up to its first wait at once. A job that
 #: never waits (or waits on something already done) then costs no event-loop round. 3.11 has
@@ -193,8 +193,8 @@ class Worker:
         self._closing = asyncio.Event()
         self._never = asyncio.Event()
         self._recovering = asyncio.Lock()
-        #: When each unreadable queue was last reported (see _unreadable).
-        self._unreadable_logged: dict[str, float] = {}
+        #: When each (loop, queue) failure was last reported (see _report_failing).
+        self._fault_logged: dict[tuple[str, str], float] = {}
         self._debug = log.isEnabledFor(logging.DEBUG)
         #: Let the watchdog end the process when SIGTERM finds the loop blocked (only where the
         #: process' signal handlers are the worker's: the CLI).
@@ -522,7 +522,7 @@ class Worker:
                 block = max(1, min(block, max_wait_ms))
             wait_queues = [q for q in wait_queues if q not in unreadable]
             if not wait_queues:
-                await self._report_unreadable(faults)
+                await self._report_failing("read", faults)
                 return block / 1000
             sent = time.monotonic()
             entries = await self.consumer.read_blocking(wait_queues, wait_count, block)
@@ -530,30 +530,55 @@ class Worker:
             entries = await self._still_ours(entries)
         if entries:
             await self._dispatch(entries)
-        await self._report_unreadable(faults)
+        await self._report_failing("read", faults)
         return 0.0
 
-    async def _report_unreadable(self, faults: list[tuple[str, RedisFault]]) -> None:
-        """Queues whose read failed while others could be read (see
-        :meth:`Consumer.read_available`): recreate a group that vanished, and report each
-        other failure at most once per :data:`UNREADABLE_LOG_S` per queue while it lasts."""
+    async def _report_failing(self, what: str, faults: list[tuple[str, RedisFault]]) -> None:
+        """Queues for which ``what`` failed while it worked for others: recreate a group that
+        vanished, and report each other failure at most once per :data:`QUEUE_FAULT_LOG_S` per
+        queue and loop while it lasts."""
         for queue, fault in faults:
             if isinstance(fault, StreamMissing):
                 await self._recover(fault)
                 continue
             now = time.monotonic()
-            if now - self._unreadable_logged.get(queue, -UNREADABLE_LOG_S) < UNREADABLE_LOG_S:
+            last = self._fault_logged.get((what, queue), -QUEUE_FAULT_LOG_S)
+            if now - last < QUEUE_FAULT_LOG_S:
                 continue
-            self._unreadable_logged[queue] = now
+            self._fault_logged[(what, queue)] = now
             log.log(
                 logging.ERROR if isinstance(fault, KeyConflict) else logging.WARNING,
-                "worker %s: queue %r cannot be read (%s: %s); its jobs wait, the other "
-                "queues go on",
+                "worker %s: %s failed on queue %r (%s: %s); the other queues go on",
                 self.name,
+                what,
                 queue,
                 type(fault).__name__,
                 fault,
             )
+
+    async def _each_queue(
+        self, what: str, queues: Sequence[str], step: Callable[[str], Awaitable[bool]]
+    ) -> None:
+        """Run ``step`` for each queue in turn, until one returns True (enough for this round).
+
+        A queue whose step fails does not hold up the ones after it: a key of another type
+        under one queue's name must not stop the leases of every other queue's running jobs
+        (another worker would take them over and run them twice), nor their reclaims and
+        promotions. When every queue tried failed, the first fault is raised for the loop's
+        supervisor to log and wait out (Redis is down, most likely); otherwise the failing
+        queues are reported (:meth:`_report_failing`)."""
+        faults: list[tuple[str, RedisFault]] = []
+        tried = 0
+        for q in queues:
+            tried += 1
+            try:
+                if await step(q):
+                    break
+            except RedisFault as fault:
+                faults.append((q, fault))
+        if faults and len(faults) == tried:
+            raise faults[0][1]
+        await self._report_failing(what, faults)
 
     async def _still_ours(self, entries: list[Entry]) -> list[Entry]:
         """Entries whose read reply took longer than half a lease to arrive (the process was
@@ -890,20 +915,27 @@ class Worker:
     async def _promote_step(self) -> float:
         self.deferrals.tick()
         soonest = self.settings.promote_interval_ms / 1000
-        for q in self.queues:
+
+        async def promote(q: str) -> bool:
+            nonlocal soonest
             moved, wait_ms = await self.consumer.promote(q)
-            if moved >= 1000:
-                return 0.0
+            if moved >= 1000:  # more are due: go again at once
+                soonest = 0.0
+                return True
             if wait_ms >= 0:
                 soonest = min(soonest, wait_ms / 1000)
-        return max(soonest, 0.005)
+            return False
+
+        await self._each_queue("promote", self.queues, promote)
+        return 0.0 if soonest == 0.0 else max(soonest, 0.005)
 
     async def _lease_step(self) -> float:
         by_queue: dict[str, list[str]] = {q: [] for q in self.queues}
         for q, entry_id in list(self._held):
             by_queue.setdefault(q, []).append(entry_id)
-        for q, ids in by_queue.items():
-            for entry_id, why in await self.consumer.extend(q, ids):
+
+        async def extend(q: str) -> bool:
+            for entry_id, why in await self.consumer.extend(q, by_queue[q]):
                 if why is not Finish.NOT_OWNER:
                     continue  # finished meanwhile, or flushed: the run goes on, its ack says so
                 task = self._held.pop((q, entry_id), None)
@@ -916,19 +948,23 @@ class Worker:
                         q,
                     )
                     task.cancel()
+            return False
+
+        await self._each_queue("lease renewal", list(by_queue), extend)
         return self.settings.lease_ms / 3000
 
     async def _reclaim_step(self) -> float:
         interval = self.settings.reclaim_interval_ms / 1000
         if self._reading_stopped.is_set() or self._stop.is_set():
             return interval
-        for q in self.queues:
+
+        async def reclaim(q: str) -> bool:
             free = self.concurrency - self._active
             if free <= 0:
-                break
+                return True
             entries = await self.consumer.reclaim(q, self.settings.lease_ms, free)
             if not entries:
-                continue
+                return False
             for e in entries:
                 e.decoded = self.runner.decode(e)
             shown = ", ".join(
@@ -947,6 +983,9 @@ class Worker:
             )
             self.observer.job_redelivered(q, len(entries))
             await self._dispatch(entries)
+            return False
+
+        await self._each_queue("reclaim", self.queues, reclaim)
         return interval * (0.5 + random.random())
 
     async def _janitor_step(self) -> float:
@@ -956,7 +995,8 @@ class Worker:
         if self._closing.is_set():
             return horizon / 2000
         now = await self.consumer.server_time_ms()
-        for q in self.queues:
+
+        async def forget(q: str) -> bool:
             beats = await self.consumer.heartbeats(q)
             members = await self.consumer.group_consumers(q)
             names = {name for name, _, _ in members}
@@ -975,6 +1015,9 @@ class Worker:
             for name in silent:
                 if await self.consumer.release(q, name):
                     log.info("forgot consumer %s of %s: silent for over %d ms", name, q, horizon)
+            return False
+
+        await self._each_queue("consumer clean-up", self.queues, forget)
         return horizon / 2000
 
 

@@ -38,6 +38,21 @@ async def odd_job(ctx: Context[Any], payload: dict[str, Any]) -> None:
     ran[payload["tag"]].set()
 
 
+gates: dict[str, asyncio.Event] = {}
+
+
+@registry.task(queue="good", max_retries=0, timeout_s=60)
+async def held_good(ctx: Context[Any], payload: dict[str, Any]) -> None:
+    ran[payload["tag"]].set()
+    await gates[payload["tag"]].wait()
+
+
+@registry.task(queue=ODD, max_retries=0, timeout_s=60)
+async def held_odd(ctx: Context[Any], payload: dict[str, Any]) -> None:
+    ran[payload["tag"]].set()
+    await gates[payload["tag"]].wait()
+
+
 def expect(tag: str) -> asyncio.Event:
     ran[tag] = asyncio.Event()
     return ran[tag]
@@ -179,11 +194,53 @@ async def test_a_running_worker_serves_its_other_queues_while_one_conflicts(
             done = expect(f"good{i}")
             await client.enqueue("good_job", {"tag": f"good{i}"})
             await asyncio.wait_for(done.wait(), 10)
-        reports = [r for r in caplog.records if r.levelno == logging.ERROR and ODD in r.message]
-        assert reports and "cannot be read" in reports[0].message
-        assert len([r for r in reports if "cannot be read" in r.message]) == 1  # not per read
+        reports = [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelno == logging.ERROR and "read failed on queue 'odd'" in r.getMessage()
+        ]
+        assert len(reports) == 1  # once, not once per read
         await redis.delete(keys.stream(ODD))  # the operator removes the odd key
         after = expect("after")
         await client.enqueue("odd_job", {"tag": "after"})
         await asyncio.wait_for(after.wait(), 10)
     assert await redis.xlen(keys.stream("good")) == 0
+
+
+async def test_jobs_running_on_other_queues_keep_their_leases_and_are_acked(
+    redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One job runs on each queue when the odd queue's stream is replaced by a string. The
+    odd queue comes first, so before, its failing renewal ended every round of the lease loop
+    and the good job's lease lapsed (another worker would have run it again), and its failing
+    ack held up the good job's ack for good."""
+    client = Client(redis, registry)
+    lease_ms = 1000
+    settings = Settings(lease_ms=lease_ms, reclaim_interval_ms=200, block_ms=100, grace_s=5)
+    caplog.set_level(logging.WARNING)
+    for tag in ("g", "o"):
+        gates[tag] = asyncio.Event()
+    started = [expect("g"), expect("o")]
+    async with running_worker(redis, registry, settings=settings, queues=[ODD, "good"]) as w:
+        await client.enqueue("held_odd", {"tag": "o"})
+        await client.enqueue("held_good", {"tag": "g"})
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started)), 10)
+        await break_queue(redis)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 3 * lease_ms / 1000  # three leases: renewed, or lapsed
+        while loop.time() < until:
+            [pending] = await redis.xpending_range(keys.stream("good"), keys.GROUP, "-", "+", 1)
+            assert pending["consumer"].decode() == w.name
+            assert pending["time_since_delivered"] < lease_ms, "the good job's lease lapsed"
+            await asyncio.sleep(0.1)
+        thief = Consumer(redis, "thief", ["good"])
+        assert await thief.reclaim("good", lease_ms, 10) == []
+        gates["o"].set()
+        gates["g"].set()
+        loop_deadline = loop.time() + 10
+        while await redis.xlen(keys.stream("good")):  # acked entries are deleted
+            assert loop.time() < loop_deadline, "the good job was never acked"
+            await asyncio.sleep(0.05)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("lease renewal failed on queue 'odd'" in m for m in errors)
+    assert any("could not be acked" in m and ODD in m for m in errors)
