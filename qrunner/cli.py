@@ -600,8 +600,11 @@ async def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     print(f"{'queue':<18}{'depth':>9}{'pending':>9}{'delayed':>9}{'dead':>7}{'consumers':>11}")
     for r in rows:
+        if r.problem is not None:
+            print(f"{r.queue:<18}  cannot be read: {r.problem}")
+            continue
         print(f"{r.queue:<18}{r.depth:>9}{r.pending:>9}{r.delayed:>9}{r.dead:>7}{r.consumers:>11}")
-    return 0
+    return 1 if any(r.problem for r in rows) else 0
 
 
 async def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:

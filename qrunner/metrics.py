@@ -116,11 +116,22 @@ class _QueueCollector(Collector):
         )
         up.add_metric([], 1.0 if self.redis_up else 0.0)
         yield up
+        readable = [s for s in self.snapshot if s.problem is None]
         for field, doc in _QUEUE_GAUGES:
             family = GaugeMetricFamily(f"qrunner_queue_{field}", doc, labels=["queue"])
-            for stats in self.snapshot:
+            for stats in readable:
                 family.add_metric([stats.queue], float(getattr(stats, field)))
             yield family
+        conflicts = GaugeMetricFamily(
+            "qrunner_queue_key_conflict",
+            "1 for a queue with a key of another type under its name (WRONGTYPE: something "
+            "else writes under qr:); its jobs wait and its other gauges are absent.",
+            labels=["queue"],
+        )
+        for stats in self.snapshot:
+            if stats.problem is not None:
+                conflicts.add_metric([stats.queue], 1.0)
+        yield conflicts
         age = GaugeMetricFamily(
             "qrunner_queue_oldest_job_age_seconds",
             "Age of the oldest job no worker has read yet (0 when none is waiting).",

@@ -34,6 +34,7 @@ from .errors import (
     PayloadTooLarge,
     ServerBusy,
     ServerFull,
+    StreamMissing,
 )
 from .faults import classify, name_queue, translated
 from .job import encode_envelope, new_job_id
@@ -163,9 +164,12 @@ class QueueStats:
     delayed: int
     dead: int
     consumers: int
+    #: Why the queue could not be read (a key of another type under its name, see
+    #: :class:`~qrunner.errors.KeyConflict`); its counts are then 0. None for a healthy queue.
+    problem: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "queue": self.queue,
             "depth": self.depth,
             "pending": self.pending,
@@ -173,6 +177,9 @@ class QueueStats:
             "dead": self.dead,
             "consumers": self.consumers,
         }
+        if self.problem is not None:
+            out["problem"] = self.problem
+        return out
 
 
 def _check_at(at: Any) -> None:
@@ -764,7 +771,11 @@ class Client:
         )
 
     async def stats(self, queues: Sequence[str] | None = None) -> list[QueueStats]:
-        """Per queue: depth (waiting), pending (delivered, not acked), delayed and dead."""
+        """Per queue: depth (waiting), pending (delivered, not acked), delayed and dead.
+
+        A queue with a key of another type under its name (something else writes under
+        ``qr:``) gets a row with zero counts and its ``problem``: one such queue must not hide
+        every other queue from ``qrunner stats``, the dashboard and the metrics."""
         names = list(queues) if queues else await self.known_queues()
         try:
             pipe = self.redis.pipeline(transaction=False)
@@ -773,26 +784,31 @@ class Client:
                 pipe.zcard(keys.delayed(q))
                 pipe.xlen(keys.dlq(q))
                 pipe.hlen(keys.consumers(q))
-            basic = await pipe.execute()
-            pending: list[int] = []
-            for q in names:
-                try:
-                    info = await self.redis.xpending(keys.stream(q), keys.GROUP)
-                    pending.append(int(info["pending"]))
-                except Exception as exc:
-                    if isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
-                        raise
-                    pending.append(0)
+                pipe.xpending(keys.stream(q), keys.GROUP)
+            replies = await pipe.execute(raise_on_error=False)
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise _redis_down(self.redis, exc) from exc
         out = []
         for i, q in enumerate(names):
-            length, delayed, dead, consumers = basic[4 * i : 4 * i + 4]
+            length, delayed, dead, consumers, info = replies[5 * i : 5 * i + 5]
+            problem = None
+            for reply in (length, delayed, dead, consumers, info):
+                if not isinstance(reply, Exception):
+                    continue
+                fault = classify(reply)
+                if isinstance(fault, KeyConflict):
+                    problem = str(name_queue(fault, q))
+                elif not isinstance(fault, StreamMissing):  # NOGROUP: no worker yet, 0 pending
+                    raise fault or reply
+            if problem is not None:
+                out.append(QueueStats(q, 0, 0, 0, 0, 0, problem=problem))
+                continue
+            pending = 0 if isinstance(info, Exception) else int(info["pending"])
             out.append(
                 QueueStats(
                     queue=q,
-                    depth=max(0, int(length) - pending[i]),
-                    pending=pending[i],
+                    depth=max(0, int(length) - pending),
+                    pending=pending,
                     delayed=int(delayed),
                     dead=int(dead),
                     consumers=int(consumers),

@@ -39,7 +39,7 @@ def test_alert_rules_are_valid_and_fire_as_their_unit_tests_say() -> None:
         timeout=60,
     )
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 8 rules found" in check.stdout
+    assert "SUCCESS: 9 rules found" in check.stdout
     unit = subprocess.run(
         [PROMTOOL, "test", "rules", "alerts_test.yml"],
         cwd=DEPLOY / "prometheus",
@@ -79,6 +79,7 @@ def _exported_names() -> set[str]:
     names.update(
         {
             "qrunner_queue_oldest_job_age_seconds",
+            "qrunner_queue_key_conflict",
             "qrunner_jobs_enqueued_total",
             "qrunner_jobs_in_flight",
             "qrunner_rate_limit_waiting",

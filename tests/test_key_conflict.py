@@ -9,17 +9,21 @@ import asyncio
 import logging
 from typing import Any
 
+import orjson
 import pytest
 import redis as sync_redis
+from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from qrunner import Client, Context, JobSpec, Registry, SyncClient, keys
 from qrunner.consumer import Consumer
 from qrunner.errors import KeyConflict
 from qrunner.faults import classify, translated
+from qrunner.metrics import Metrics
 from qrunner.settings import Settings
 from qrunner.worker import Worker
 from tests.test_cli import qrunner
+from tests.test_dashboard import BEARER, TOKEN, endpoint
 from tests.worker_fixtures import running_worker
 
 ODD = "odd"
@@ -244,3 +248,45 @@ async def test_jobs_running_on_other_queues_keep_their_leases_and_are_acked(
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert any("lease renewal failed on queue 'odd'" in m for m in errors)
     assert any("could not be acked" in m and ODD in m for m in errors)
+
+
+async def test_stats_show_a_conflicting_queue_beside_the_others(redis: Redis) -> None:
+    """``qrunner stats``, the metrics and the dashboard all read Client.stats: one queue with
+    a key of another type used to fail the whole read (a traceback, every gauge gone)."""
+    client = Client(redis, registry)
+    await client.enqueue("good_job", {"tag": "g"})
+    await client.enqueue("odd_job", {"tag": "o"})
+    await break_queue(redis)
+    rows = {r.queue: r for r in await client.stats()}
+    assert rows["good"].depth == 1 and rows["good"].problem is None
+    assert "problem" not in rows["good"].to_dict()
+    odd = rows[ODD]
+    assert odd.problem is not None and f"queue '{ODD}'" in odd.problem
+    assert (odd.depth, odd.pending, odd.delayed, odd.dead) == (0, 0, 0, 0)
+    assert odd.to_dict()["problem"] == odd.problem
+
+    metrics = Metrics()
+    await metrics.refresh(client)
+    text = metrics.exposition().decode()
+    assert "qrunner_redis_up 1.0" in text
+    assert 'qrunner_queue_depth{queue="good"} 1.0' in text
+    assert f'qrunner_queue_depth{{queue="{ODD}"}}' not in text
+    assert f'qrunner_queue_key_conflict{{queue="{ODD}"}} 1.0' in text
+
+    async with TestClient(TestServer(endpoint(redis, TOKEN))) as http:
+        page = await (await http.get("/dashboard/", headers=BEARER)).text()
+    assert "cannot be read" in page and 'data-queue="good"' in page
+
+
+def test_the_cli_stats_lists_every_queue_and_exits_1_on_a_conflict(redis_url: str) -> None:
+    sync = sync_redis.Redis.from_url(redis_url)
+    sync.sadd(keys.queues_set(), "default", ODD)
+    sync.set(keys.stream(ODD), "not a stream")
+    table = qrunner("stats", redis_url=redis_url)
+    assert table.returncode == 1 and table.stderr == ""
+    lines = table.stdout.splitlines()
+    assert any(line.startswith("default ") for line in lines)
+    assert any(line.startswith(ODD) and "cannot be read" in line for line in lines)
+    as_json = qrunner("stats", "--json", redis_url=redis_url)
+    rows = {r["queue"]: r for r in orjson.loads(as_json.stdout)}
+    assert "problem" not in rows["default"] and "WRONGTYPE" in rows[ODD]["problem"]

@@ -45,6 +45,8 @@ class QueueRow:
     enqueued_per_s: float | None
     finished_per_s: float | None
     p95_wait_s: float | None
+    #: Why the queue cannot be read (a key of another type under its name), else None.
+    problem: str | None = None
 
 
 class Rates:
@@ -126,6 +128,7 @@ async def overview(
                 enqueued_per_s=rates.rate(f"added:{s.queue}", added, now_ms / 1000),
                 finished_per_s=rates.rate(f"done:{s.queue}", done, time.monotonic()),
                 p95_wait_s=p95.get(s.queue),
+                problem=s.problem,
             )
         )
     return rows
