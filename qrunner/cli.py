@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import orjson
+from redis.exceptions import RedisError
 
 from . import cli_ops
 from .errors import (
@@ -25,6 +26,7 @@ from .errors import (
     ServerFull,
     UnknownTask,
 )
+from .faults import classify
 from .logs import setup_logging
 from .names import (
     InvalidJobOption,
@@ -393,6 +395,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (JobNotFound, BackendUnavailable, QrunnerError) as exc:
         _fail(str(exc))
+        return 1
+    except RedisError as exc:  # a reply no command above turned into a qrunner error
+        fault = classify(exc)
+        _fail(str(fault) if fault is not None else f"Redis refused a command: {exc}")
         return 1
     except KeyboardInterrupt:
         return 130

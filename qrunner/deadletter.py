@@ -16,6 +16,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from . import keys
+from .faults import translated
 from .job import Job, MalformedJob
 from .scripts import Script
 
@@ -86,7 +87,8 @@ class DeadLetters:
         for q in queues:
             start = "-"
             while True:
-                rows = await self.redis.xrange(keys.dlq(q), min=start, max="+", count=batch)
+                async with translated(q):
+                    rows = await self.redis.xrange(keys.dlq(q), min=start, max="+", count=batch)
                 if not rows:
                     break
                 for entry_id, fields in rows:

@@ -290,3 +290,15 @@ def test_the_cli_stats_lists_every_queue_and_exits_1_on_a_conflict(redis_url: st
     as_json = qrunner("stats", "--json", redis_url=redis_url)
     rows = {r["queue"]: r for r in orjson.loads(as_json.stdout)}
     assert "problem" not in rows["default"] and "WRONGTYPE" in rows[ODD]["problem"]
+
+
+def test_any_cli_command_meeting_a_conflict_says_so_in_one_line(redis_url: str) -> None:
+    """A command with no handling of its own for the fault (here ``dlq list`` over a
+    dead-letter key that holds a string) prints one line naming the queue, no traceback."""
+    sync = sync_redis.Redis.from_url(redis_url)
+    sync.sadd(keys.queues_set(), ODD)
+    sync.set(keys.dlq(ODD), "not a stream")
+    out = qrunner("dlq", "list", redis_url=redis_url)
+    assert out.returncode == 1
+    [line] = out.stderr.strip().splitlines()
+    assert f"queue '{ODD}'" in line and f"{keys.dlq(ODD)} (stream)" in line
