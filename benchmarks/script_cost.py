@@ -7,7 +7,8 @@ flushed. Variants, each adding one thing to the one before:
 
 - ``XADD``: the raw loop's awaited enqueue (one stream entry, no script);
 - ``return 1``: the fixed cost of a script call;
-- ``prelude``: the same with qrunner's shared prelude in front (it defines the helpers);
+- ``prelude``: the same as qrunner sends every script: its shared prelude in front (it defines
+  the helpers) and the body under ``pcall`` (so a failed command keeps its error code);
 - ``+ XADD``: the stream entry written from the script;
 - ``+ HSET``: and the job's field in the live index (unpacked);
 - ``enqueue_now``: the real script for one job due now (the id look-up, the entry, the packed
@@ -42,28 +43,25 @@ from suite.server import RedisServer  # noqa: E402
 from qrunner import connect_redis, keys  # noqa: E402
 from qrunner.consumer import Completion, Consumer  # noqa: E402
 from qrunner.job import Job, encode_envelope, new_job_id  # noqa: E402
-from qrunner.scripts import read_source  # noqa: E402
+from qrunner.scripts import read_source, source_for  # noqa: E402
 from qrunner.settings import Settings  # noqa: E402
 
 STREAM = keys.stream("bench")
 LIVE = STREAM[: -len("stream")] + "live"
 
 
-def _prelude() -> str:
-    return read_source("enqueue_now").split("--[[ enqueue_now", 1)[0]
-
-
 def variants() -> dict[str, str | None]:
-    prelude = _prelude()
+    """Scripts that do more and more of what enqueue_now does; each but ``return 1`` is sent
+    as every qrunner script is (the prelude, the body under pcall: ``source_for``)."""
     xadd = "local e = redis.call('XADD', KEYS[1], '*', 'j', ARGV[3])\n"
     return {
         "XADD": None,
         "return 1": "return 1",
-        "prelude": prelude + "return 1",
-        "+ XADD": prelude + xadd + "return {ARGV[2], 1}",
-        "+ HSET": prelude
-        + xadd
-        + f"redis.call('HSET', '{LIVE}', ARGV[2], e)\nreturn {{ARGV[2], 1}}",
+        "prelude": source_for("return 1"),
+        "+ XADD": source_for(xadd + "return {ARGV[2], 1}"),
+        "+ HSET": source_for(
+            xadd + f"redis.call('HSET', '{LIVE}', ARGV[2], e)\nreturn {{ARGV[2], 1}}"
+        ),
         "enqueue_now": read_source("enqueue_now"),
     }
 

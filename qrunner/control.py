@@ -28,7 +28,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from . import jobstatus, keys
-from .errors import ConfigError, JobNotFound
+from .errors import ConfigError, JobNotFound, KeyConflict
+from .faults import classify, name_queue
 from .job import Job, MalformedJob
 from .names import check_queue_name
 
@@ -229,7 +230,8 @@ class Control:
             pending = await self.redis.xpending_range(
                 stream, keys.GROUP, min="-", max="+", count=offset + limit
             )
-        except ResponseError:  # no stream or group yet
+        except ResponseError as exc:  # no stream or group yet
+            _not_yet(exc, queue)
             return Page([], 0, offset, limit)
         pending = pending[offset:]
         rows = []
@@ -251,12 +253,13 @@ class Control:
             for g in await self.redis.xinfo_groups(stream):
                 if _text(g.get("name")) == keys.GROUP:
                     last = _text(g.get("last-delivered-id")) or "0-0"
-        except ResponseError:
+        except ResponseError as exc:
+            _not_yet(exc, queue)
             return Page([], 0, offset, limit)
         entries: Any = await self.redis.xrange(
             stream, min=f"({last}", max="+", count=offset + limit
         )
-        total = await self._count_after(stream, last)
+        total = await self._count_after(queue, last)
         rows = []
         for entry_id, fields in entries[offset:]:
             job = _decode(fields.get(b"j"), entry_id, queue)
@@ -264,13 +267,15 @@ class Control:
                 rows.append(_row(job, queue, "queued", job.not_before_ms or None))
         return Page(rows, total, offset, limit)
 
-    async def _count_after(self, stream: str, last: str) -> int:
+    async def _count_after(self, queue: str, last: str) -> int:
         """Entries after ``last``: the stream's length less those read (pending or acked and
         deleted entries are gone from XLEN already, pending ones are not)."""
+        stream = keys.stream(queue)
         length = int(await self.redis.xlen(stream))
         try:
             pending = int((await self.redis.xpending(stream, keys.GROUP))["pending"])
-        except ResponseError:
+        except ResponseError as exc:
+            _not_yet(exc, queue)
             pending = 0
         return max(0, length - pending)
 
@@ -389,7 +394,8 @@ class Control:
             for g in await self.redis.xinfo_groups(stream):
                 if _text(g.get("name")) == keys.GROUP:
                     last = _text(g.get("last-delivered-id")) or "0-0"
-        except ResponseError:
+        except ResponseError as exc:
+            _not_yet(exc, queue)
             last = "0-0"
         while True:
             batch = await self.redis.xrange(stream, min=f"({last}", max="+", count=500)
@@ -480,3 +486,12 @@ async def find_job(redis: Redis, job_id: str, queues: Sequence[str]) -> str:
         if found:
             return q
     raise JobNotFound(job_id)
+
+
+def _not_yet(exc: ResponseError, queue: str) -> None:
+    """An error reply reading a queue that may not exist yet (no stream, no group: an empty
+    answer) unless a key under the queue's name holds another type of value: that is raised as
+    a :class:`~qrunner.errors.KeyConflict` naming the queue, never shown as an empty queue."""
+    fault = classify(exc)
+    if isinstance(fault, KeyConflict):
+        raise name_queue(fault, queue) from exc

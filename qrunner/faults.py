@@ -6,9 +6,9 @@ as :class:`~redis.exceptions.ResponseError`. This module is the one place that r
 everything above it (the consumer, the client, the worker's loops) sees only
 :class:`~qrunner.errors.RedisFault` subclasses and never looks at message text.
 
-Lua scripts keep the code of the command that failed by calling it with ``redis.pcall`` and
-returning ``redis.error_reply(err)`` (Redis 6.2 would otherwise wrap it in ``ERR Error running
-script``).
+Lua scripts keep the code of the command that failed: every script's body runs under ``pcall``
+and a failed command comes back as ``redis.error_reply`` with its code in front (see
+:mod:`qrunner.scripts`; Redis 6.2 would otherwise wrap it in ``ERR Error running script``).
 """
 
 from __future__ import annotations

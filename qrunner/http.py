@@ -46,8 +46,10 @@ from aiohttp.typedefs import Middleware
 from aiohttp.web_request import BaseRequest
 from prometheus_client import CONTENT_TYPE_LATEST
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from .errors import BackendUnavailable, ConfigError, JobNotFound
+from .errors import BackendUnavailable, ConfigError, JobNotFound, KeyConflict, RedisFault
+from .faults import classify
 from .metrics import Metrics
 from .queue import Client
 
@@ -166,11 +168,18 @@ def _auth_middleware(
 
 @web.middleware
 async def _backend_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Redis down is a 503 with host:port, not a 500 with a traceback."""
+    """Redis down is a 503 with host:port, not a 500 with a traceback; so is a Redis fault a
+    route left as it was (busy, out of memory), and a key of another type under a queue's name
+    (:class:`~qrunner.errors.KeyConflict`) is a 409 naming the keys to check."""
     try:
         return await handler(request)
     except BackendUnavailable as exc:
         return _json({"error": str(exc)}, status=503)
+    except (RedisFault, RedisError) as exc:
+        fault = classify(exc)
+        if fault is None:
+            raise
+        return _json({"error": str(fault)}, status=409 if isinstance(fault, KeyConflict) else 503)
 
 
 class _Routes:

@@ -39,10 +39,31 @@ def _expand(text: str) -> str:
     return "\n".join(lines)
 
 
+#: Around every script's body: a command that fails inside it (``redis.call``) is returned as
+#: an error reply that starts with the command's own error code. Redis 6.2 otherwise wraps such
+#: an error in ``ERR Error running script``, and a WRONGTYPE, a NOGROUP or an OOM on a command
+#: the script did not ``redis.pcall`` became an unknown error (the worker's loops would take
+#: it for a bug and stop); Redis 7 and Valkey keep the code either way. Error tables a script
+#: raises itself (``error({err = ...})``) pass unchanged.
+_BODY_HEAD = "local function qr_body()\n"
+_BODY_TAIL = """
+end
+local ok, res = pcall(qr_body)
+if ok or type(res) == 'table' then return res end
+return qr_error(res)
+"""
+
+
+def source_for(body: str) -> str:
+    """A script as sent to Redis: the shared prelude, then ``body`` run under ``pcall`` (see
+    :data:`_BODY_TAIL`)."""
+    return _read("_prelude") + "\n" + _BODY_HEAD + body + _BODY_TAIL
+
+
 def read_source(name: str) -> str:
-    """The script as sent to Redis: the shared prelude, then the script itself with its
+    """The script ``lua/<name>.lua`` as sent to Redis (:func:`source_for`), its
     ``--- @include "name"`` lines replaced by the shared parts they name."""
-    return _read("_prelude") + "\n" + _expand(_read(name))
+    return source_for(_expand(_read(name)))
 
 
 class Script:

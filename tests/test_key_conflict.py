@@ -302,3 +302,17 @@ def test_any_cli_command_meeting_a_conflict_says_so_in_one_line(redis_url: str) 
     assert out.returncode == 1
     [line] = out.stderr.strip().splitlines()
     assert f"queue '{ODD}'" in line and f"{keys.dlq(ODD)} (stream)" in line
+
+
+async def test_the_http_api_answers_a_conflict_with_a_409_json_body(redis: Redis) -> None:
+    await redis.sadd(keys.queues_set(), ODD)
+    await break_queue(redis)
+    async with TestClient(TestServer(endpoint(redis, TOKEN))) as http:
+        jobs = await http.get(f"/api/queues/{ODD}/jobs", headers=BEARER)
+        assert jobs.status == 409
+        assert "WRONGTYPE" in (await jobs.json())["error"]
+        queues = await http.get("/api/queues", headers=BEARER)
+        assert queues.status == 200
+        rows = {r["queue"]: r for r in await queues.json()}
+        assert "WRONGTYPE" in rows[ODD]["problem"]
+        assert all("problem" not in r for q, r in rows.items() if q != ODD)
