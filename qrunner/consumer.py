@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from . import keys
-from .errors import RedisFault
+from .errors import ConnectionLost, RedisFault
 from .faults import error_code, translated
 from .scripts import Script
 
@@ -151,7 +151,9 @@ class Consumer:
         and its fault are added there and the other queues are read on. Raising after an
         earlier queue gave entries would drop them here while Redis holds them for this
         consumer, leaving them to the reclaimer a lease later; a queue that cannot be read
-        (a key of another type under its name) would hold up every other queue."""
+        (a key of another type under its name) would hold up every other queue. A lost
+        connection ends the read: raised when nothing was read yet, else added to ``faults``
+        with the entries read so far returned."""
         got: list[Entry] = []
         for q in queues:
             want = count - len(got)
@@ -165,9 +167,11 @@ class Consumer:
                         [keys.GROUP, self.name, want],
                     )
             except RedisFault as fault:
-                if faults is None:
+                if faults is None or (isinstance(fault, ConnectionLost) and not got):
                     raise
                 faults.append((q, fault))
+                if isinstance(fault, ConnectionLost):
+                    break  # every queue is out of reach: keep what was read, try no more
                 continue
             for i in range(0, len(flat), 2):
                 body = flat[i + 1]

@@ -37,7 +37,7 @@ from . import fairness, gctune, keys
 from .consumer import Completion, Consumer, Entry, Finish
 from .context import Context
 from .control import HISTORY_LENGTH, attempt_record
-from .errors import KeyConflict, QrunnerError, RedisFault, StreamMissing
+from .errors import ConnectionLost, KeyConflict, QrunnerError, RedisFault, StreamMissing
 from .events import Observer
 from .faults import translated
 from .finisher import Finisher
@@ -505,7 +505,13 @@ class Worker:
                 count = min(count, free - len(entries))
                 if count <= 0:
                     break
-                entries += await self.consumer.read_available([queue], count, faults)
+                try:
+                    entries += await self.consumer.read_available([queue], count, faults)
+                except ConnectionLost as lost:
+                    if not entries:
+                        raise
+                    faults.append((queue, lost))  # keep what the queues before it gave
+                    break
             wait_queues = [q for q in plan.wait_queues if q not in self.paused]
             wait_count = min(free, plan.wait_count)
             max_wait_ms = plan.max_wait_ms
@@ -564,8 +570,9 @@ class Worker:
         A queue whose step fails does not hold up the ones after it: a key of another type
         under one queue's name must not stop the leases of every other queue's running jobs
         (another worker would take them over and run them twice), nor their reclaims and
-        promotions. When every queue tried failed, the first fault is raised for the loop's
-        supervisor to log and wait out (Redis is down, most likely); otherwise the failing
+        promotions. A lost connection is raised at once (Redis is unreachable for every queue:
+        trying each in turn would only add their timeouts), and so is the first fault when every
+        queue tried failed: the loop's supervisor logs and waits them out. Otherwise the failing
         queues are reported (:meth:`_report_failing`)."""
         faults: list[tuple[str, RedisFault]] = []
         tried = 0
@@ -574,6 +581,8 @@ class Worker:
             try:
                 if await step(q):
                     break
+            except ConnectionLost:
+                raise
             except RedisFault as fault:
                 faults.append((q, fault))
         if faults and len(faults) == tried:

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from qrunner import Client, Context, JobSpec, Registry, SyncClient, keys
 from qrunner.consumer import Consumer
-from qrunner.errors import KeyConflict
+from qrunner.errors import ConnectionLost, KeyConflict
 from qrunner.faults import classify, translated
 from qrunner.metrics import Metrics
 from qrunner.settings import Settings
@@ -179,6 +179,37 @@ async def test_a_read_that_fails_on_one_queue_keeps_what_the_others_gave(redis: 
     assert [q for q, _ in faults] == [ODD] and isinstance(faults[0][1], KeyConflict)
     with pytest.raises(KeyConflict):
         await consumer.read_available([ODD], 10)
+
+
+async def test_a_connection_lost_mid_read_keeps_what_was_read_and_tries_no_further(
+    redis: Redis,
+) -> None:
+    """Lost after the first queue gave entries: they come back with the fault, and the queues
+    after it are not tried (each would only add its own timeout). Lost on the first queue:
+    raised, as before."""
+    client = Client(redis, registry)
+    await client.enqueue("good_job", {"tag": "g"})
+    consumer = Consumer(redis, "c1", ["good", ODD, "third"])
+    for q in ("good", ODD, "third"):
+        await consumer.ensure_group(q)
+    fetched: list[str] = []
+    real = consumer._fetch.__call__
+
+    async def lost_after_first(r: Any, ks: Any, args: Any) -> Any:
+        fetched.append(ks[0])
+        if len(fetched) > 1:
+            raise ConnectionLost("reset")
+        return await real(r, ks, args)
+
+    consumer._fetch = lost_after_first  # type: ignore[assignment, method-assign]
+    faults: list[tuple[str, Any]] = []
+    entries = await consumer.read_available(["good", ODD, "third"], 10, faults)
+    assert [e.queue for e in entries] == ["good"]
+    assert [q for q, _ in faults] == [ODD] and isinstance(faults[0][1], ConnectionLost)
+    assert fetched == [keys.stream("good"), keys.stream(ODD)]  # "third" never tried
+    fetched.append("skip the first")
+    with pytest.raises(ConnectionLost):
+        await consumer.read_available(["good"], 10, [])
 
 
 async def test_a_running_worker_serves_its_other_queues_while_one_conflicts(
