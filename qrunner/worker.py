@@ -433,9 +433,12 @@ class Worker:
             for q in self.queues:
                 try:
                     created = await self.consumer.ensure_group(q)
-                except RedisFault as fault:
-                    log.warning("recreating the group of %s failed (%s); retrying", q, fault)
+                except ConnectionLost as lost:  # the other queues cannot be reached either
+                    log.warning("recreating the group of %s failed (%s); retrying", q, lost)
                     return
+                except RedisFault as fault:  # this queue's own (a key of another type): go on
+                    log.warning("recreating the group of %s failed (%s); retrying", q, fault)
+                    continue
                 if not created:
                     continue
                 log.error(
@@ -517,7 +520,7 @@ class Worker:
             max_wait_ms = plan.max_wait_ms
         unreadable = {q for q, _ in faults}
         if faults and not entries and unreadable.issuperset(order):
-            raise faults[0][1]  # the loop's supervisor logs it, backs off, recovers groups
+            raise _first(faults)  # the loop's supervisor recovers groups, or logs and backs off
         if not entries:
             if self.burst and await self._drained():
                 log.info("worker %s: burst mode and nothing left; stopping", self.name)
@@ -586,7 +589,7 @@ class Worker:
             except RedisFault as fault:
                 faults.append((q, fault))
         if faults and len(faults) == tried:
-            raise faults[0][1]
+            raise _first(faults)
         await self._report_failing(what, faults)
 
     async def _still_ours(self, entries: list[Entry]) -> list[Entry]:
@@ -1028,6 +1031,16 @@ class Worker:
 
         await self._each_queue("consumer clean-up", self.queues, forget)
         return horizon / 2000
+
+
+def _first(faults: list[tuple[str, RedisFault]]) -> RedisFault:
+    """The fault to raise when a loop failed on every queue: a vanished stream or group first,
+    so the supervisor recreates the groups and the loop goes on at once (raising another
+    queue's fault instead would leave the vanished group missing for good)."""
+    for _, fault in faults:
+        if isinstance(fault, StreamMissing):
+            return fault
+    return faults[0][1]
 
 
 def _outcome_name(outcome: Outcome) -> str:

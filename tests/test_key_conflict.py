@@ -347,3 +347,19 @@ async def test_the_http_api_answers_a_conflict_with_a_409_json_body(redis: Redis
         rows = {r["queue"]: r for r in await queues.json()}
         assert "WRONGTYPE" in rows[ODD]["problem"]
         assert all("problem" not in r for q, r in rows.items() if q != ODD)
+
+
+async def test_a_vanished_group_is_recreated_past_a_conflicting_queue(redis: Redis) -> None:
+    """The odd queue comes first in the worker's list. Recreating groups after the good
+    queue's stream vanished used to stop at the odd queue's failure, every time, so the good
+    queue's group never came back and its jobs never ran."""
+    client = Client(redis, registry)
+    async with running_worker(redis, registry, queues=[ODD, "good"]):
+        warm = expect("warm")
+        await client.enqueue("good_job", {"tag": "warm"})
+        await asyncio.wait_for(warm.wait(), 10)
+        await break_queue(redis)
+        await redis.delete(keys.stream("good"))  # the good queue's data is lost (a flush)
+        after = expect("after")
+        await client.enqueue("good_job", {"tag": "after"})
+        await asyncio.wait_for(after.wait(), 10)
