@@ -28,8 +28,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from . import jobstatus, keys
-from .errors import ConfigError, JobNotFound, KeyConflict
-from .faults import classify, name_queue
+from .errors import ConfigError, JobNotFound
+from .faults import raise_if_conflict
 from .job import Job, MalformedJob
 from .names import check_queue_name
 
@@ -230,8 +230,8 @@ class Control:
             pending = await self.redis.xpending_range(
                 stream, keys.GROUP, min="-", max="+", count=offset + limit
             )
-        except ResponseError as exc:  # no stream or group yet
-            _not_yet(exc, queue)
+        except ResponseError as exc:
+            raise_if_conflict(exc, queue)  # else: no stream or group yet
             return Page([], 0, offset, limit)
         pending = pending[offset:]
         rows = []
@@ -254,7 +254,7 @@ class Control:
                 if _text(g.get("name")) == keys.GROUP:
                     last = _text(g.get("last-delivered-id")) or "0-0"
         except ResponseError as exc:
-            _not_yet(exc, queue)
+            raise_if_conflict(exc, queue)  # else: no stream or group yet
             return Page([], 0, offset, limit)
         entries: Any = await self.redis.xrange(
             stream, min=f"({last}", max="+", count=offset + limit
@@ -275,7 +275,7 @@ class Control:
         try:
             pending = int((await self.redis.xpending(stream, keys.GROUP))["pending"])
         except ResponseError as exc:
-            _not_yet(exc, queue)
+            raise_if_conflict(exc, queue)  # else: no stream or group yet
             pending = 0
         return max(0, length - pending)
 
@@ -395,7 +395,7 @@ class Control:
                 if _text(g.get("name")) == keys.GROUP:
                     last = _text(g.get("last-delivered-id")) or "0-0"
         except ResponseError as exc:
-            _not_yet(exc, queue)
+            raise_if_conflict(exc, queue)  # else: no stream or group yet
             last = "0-0"
         while True:
             batch = await self.redis.xrange(stream, min=f"({last}", max="+", count=500)
@@ -486,12 +486,3 @@ async def find_job(redis: Redis, job_id: str, queues: Sequence[str]) -> str:
         if found:
             return q
     raise JobNotFound(job_id)
-
-
-def _not_yet(exc: ResponseError, queue: str) -> None:
-    """An error reply reading a queue that may not exist yet (no stream, no group: an empty
-    answer) unless a key under the queue's name holds another type of value: that is raised as
-    a :class:`~qrunner.errors.KeyConflict` naming the queue, never shown as an empty queue."""
-    fault = classify(exc)
-    if isinstance(fault, KeyConflict):
-        raise name_queue(fault, queue) from exc

@@ -114,6 +114,14 @@ def name_queue(fault: RedisFault, queue: str | None) -> RedisFault:
     return fault
 
 
+def raise_if_conflict(exc: rx.ResponseError, queue: str) -> None:
+    """Raise ``exc`` as a :class:`~qrunner.errors.KeyConflict` naming ``queue`` when it is a
+    ``WRONGTYPE`` reply; return for any other, which the caller handles as before."""
+    fault = classify(exc)
+    if isinstance(fault, KeyConflict):
+        raise name_queue(fault, queue) from exc
+
+
 @asynccontextmanager
 async def translated(queue: str | None = None) -> AsyncIterator[None]:
     """Re-raise Redis failures inside the block as typed faults (others pass unchanged),

@@ -54,10 +54,9 @@ from .errors import (
     ConfigError,
     ConnectionLost,
     JobNotFound,
-    KeyConflict,
     ServerBusy,
 )
-from .faults import classify, name_queue
+from .faults import classify, raise_if_conflict
 from .queue import Client, EnqueueRetries, JobSpec, JobStatus
 from .redis_url import parse_redis_url
 from .scripts import Script
@@ -329,10 +328,8 @@ def _conflicts_named(queue: str) -> Iterator[None]:
     try:
         yield
     except ResponseError as exc:
-        fault = classify(exc)
-        if not isinstance(fault, KeyConflict):
-            raise
-        raise name_queue(fault, queue) from exc
+        raise_if_conflict(exc, queue)
+        raise
 
 
 def _text(value: Any) -> str:
