@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from qrunner import Client, ConfigError, LifespanArgs
 
 from .db import create_pool
+from .messaging.email_batch import MAX_BATCH, EmailBatches, batch_size
 from .messaging.services import Messaging
 from .migrate import DEFAULT_MIGRATIONS_DIR, migrate
 from .providers.email import ResendEmail
@@ -43,6 +44,12 @@ class HandlerState:
     messaging: Messaging = field(default_factory=Messaging)
     #: FCM / APNs clients; ``None`` (or a platform left ``None``) sends push to the sandbox.
     push: PushClients | None = None
+    #: At most this many emails to users share their statements (:mod:`.email_batch`).
+    email_batch_size: int = MAX_BATCH
+    email_batches: EmailBatches = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.email_batches = EmailBatches(self.db, max_size=self.email_batch_size)
 
 
 def _push_clients(s: AppSettings) -> PushClients:
@@ -122,6 +129,7 @@ async def lifespan(args: LifespanArgs) -> AsyncIterator[HandlerState]:
             providers,
             messaging=Messaging(),
             push=push,
+            email_batch_size=batch_size(args.settings.concurrency),
         )
     finally:
         await push.close()

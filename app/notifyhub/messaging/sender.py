@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
-from notifyhub.db import keep_session
 from notifyhub.providers import (
     EmailResult,
     MaybeSent,
@@ -42,6 +41,7 @@ from . import delivery_log, user_email
 from .channels import Channel, Delivery, Disposition, EmailChannel, Result, SmsChannel
 from .consent import Verdict
 from .delivery_log import LogEntry, mask
+from .email_batch import Member
 from .ledger import ClaimState, Ledger, idempotency_key
 from .options import MessagingOptions
 from .push_channel import PushChannel, deliver_to_devices
@@ -162,60 +162,73 @@ class Sender:
     async def _user_email(
         self, ctx: Context[HandlerState], channel: EmailChannel, d: Delivery, user_id: int
     ) -> Result | None:
-        """An email to a user in two statements (:mod:`.user_email`); ``None`` leaves it to the
-        generic pipeline (an address whose ledger key only the application can compute)."""
-        async with ctx.state.db.acquire() as conn:
-            started = await user_email.start(conn, user_id, ctx.job.id, d.template)
-            if started is None:
-                keep_session(conn)  # the statement released the lock itself
-                raise Permanent(f"user {user_id} does not exist")
-            if started.settled:
-                keep_session(conn)
-                return {"status": "duplicate", "ledger": started.claim}
-            # From here the user's email consent lock is held until a `record` call.
-            r, key = started.recipient, started.key
+        """An email to a user in two statements shared with the sends started alongside it
+        (:mod:`.user_email`, :mod:`.email_batch`); ``None`` leaves it to the generic pipeline
+        (an address whose ledger key only the application can compute)."""
+        batches = ctx.state.email_batches
+        started, member = await batches.start(user_id, ctx.job.id, d.template)
+        if started is None:
+            raise Permanent(f"user {user_id} does not exist")
+        if member is None:
+            return {"status": "duplicate", "ledger": started.claim}
+        try:
+            return await self._user_email_locked(ctx, channel, d, started, member)
+        finally:
+            member.abandon()  # ends a send that raised: its lock goes, its claim stays pending
 
-            async def record(
-                ledger_state: str,
-                status: str,
-                /,
-                *,
-                provider_id: str | None = None,
-                outbox: dict[str, Any] | None = None,
-                **fields: Any,
-            ) -> None:
-                entry = self._entry(ctx, channel, r, d.template, status, **fields)
-                await user_email.finish(
-                    conn,
-                    entry,
-                    key=key,
-                    ledger_state=ledger_state if key is not None else None,
-                    provider_id=provider_id,
-                    outbox=outbox,
-                )
-                keep_session(conn)
+    async def _user_email_locked(
+        self,
+        ctx: Context[HandlerState],
+        channel: EmailChannel,
+        d: Delivery,
+        started: user_email.Started,
+        member: Member,
+    ) -> Result | None:
+        """The send once its lock is held, until a ``record`` call (or the member's
+        :meth:`~.email_batch.Member.unlock`) ends it."""
+        r, key = started.recipient, started.key
 
-            verdict = channel.verdict(r, d)
-            if not verdict.allowed:
-                await record("failed", "suppressed", error=verdict.reason)
-                return self._suppressed(channel, r, d.template, verdict.reason)
-            if key is None:
-                await user_email.unlock(conn, user_id)
-                keep_session(conn)
-                return None
-            to = channel.address(r)
-            assert to is not None  # the verdict refuses a recipient without one
-            message = channel.render(ctx, r, d, to)
-            if not channel.configured(ctx.state):
-                outbox = channel.outbox_fields(to, message)
-                await record("sent", "sandbox", outbox=outbox, idempotency_key=key)
-                return {"status": "sandbox"}
-            outcome: EmailResult | ProviderError
-            try:
-                outcome = await channel.send(ctx.state, to, message, key)
-            except ProviderError as exc:
-                outcome = exc
-            return await self._settle(conn, ctx, channel, r, d, key, message, outcome, record)
+        async def record(
+            ledger_state: str,
+            status: str,
+            /,
+            *,
+            provider_id: str | None = None,
+            outbox: dict[str, Any] | None = None,
+            **fields: Any,
+        ) -> None:
+            entry = self._entry(ctx, channel, r, d.template, status, **fields)
+            await member.finish(
+                entry,
+                key=key,
+                ledger_state=ledger_state if key is not None else None,
+                provider_id=provider_id,
+                outbox=outbox,
+            )
+
+        verdict = channel.verdict(r, d)
+        if not verdict.allowed:
+            await record("failed", "suppressed", error=verdict.reason)
+            return self._suppressed(channel, r, d.template, verdict.reason)
+        if key is None:
+            member.unlock()
+            return None
+        to = channel.address(r)
+        assert to is not None  # the verdict refuses a recipient without one
+        message = channel.render(ctx, r, d, to)
+        if not channel.configured(ctx.state):
+            outbox = channel.outbox_fields(to, message)
+            await record("sent", "sandbox", outbox=outbox, idempotency_key=key)
+            return {"status": "sandbox"}
+        outcome: EmailResult | ProviderError
+        try:
+            outcome = await channel.send(ctx.state, to, message, key)
+        except ProviderError as exc:
+            outcome = exc
+        # The batch's connection is not this send's: what a refusal writes goes through the
+        # pool (the email channel's refusal only enqueues the fallback SMS).
+        db = ctx.state.db
+        return await self._settle(db, ctx, channel, r, d, key, message, outcome, record)
 
     @staticmethod
     async def _recipient(
