@@ -18,8 +18,10 @@ statement of its own, after that member's lock was granted. Every lock is held u
 member's provider call has answered.
 
 What a member gives up: its job ends when the batch's slowest provider call has answered, not
-when its own did. A batch statement that fails fails every member still waiting on it; their
-jobs retry, as they would have after their own statement failed.
+when its own did (at most the provider client's timeout later, 10 s against the task's 60), and
+an opt-out of one member waits for the whole batch instead of one send. A batch statement that
+fails fails every member still waiting on it; their jobs retry, as they would have after their
+own statement failed.
 """
 
 from __future__ import annotations
