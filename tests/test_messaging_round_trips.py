@@ -256,14 +256,14 @@ async def test_the_locked_read_sees_what_the_recipient_query_sees(env: Env) -> N
     for uid in (plain, rich, none):
         async with env.pool.acquire() as conn:
             # When the send's first statement reads the recipient
-            started = await user_email.start(conn, uid, f"job-{uid}", "welcome")
+            (started,) = await user_email.start_many(conn, [(uid, f"job-{uid}", "welcome")])
             assert started is not None and not started.settled
-            await user_email.unlock(conn, uid)
+            await user_email.finish_many(conn, [user_email.Ending(uid)])  # unlocks only
             # Then it is the recipient the generic pipeline loads
             assert started.recipient == await load_user(conn, uid)
             assert started.claim == ("owned" if uid != none else None)
     async with env.pool.acquire() as conn:
-        assert await user_email.start(conn, 10**9, "job-gone", "welcome") is None
+        assert await user_email.start_many(conn, [(10**9, "job-gone", "welcome")]) == [None]
     assert await _advisory_locks(env.pool) == []
 
 

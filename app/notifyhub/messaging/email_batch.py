@@ -197,7 +197,7 @@ class EmailBatches:
     async def start(self, user_id: int, job_id: str, template: str) -> _Joined:
         """Locks, reads and claims with the other sends started in this loop turn.
 
-        Returns what :func:`.user_email.start` found and, when the send holds its lock, the
+        Returns what :func:`.user_email.start_many` found and, when the send holds its lock, the
         :class:`Member` that must end it (``None`` for an unknown user or a settled key).
         """
         batch = self._open

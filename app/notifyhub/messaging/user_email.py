@@ -52,7 +52,7 @@ import orjson
 from .delivery_log import LogEntry, log_values
 from .recipients import Recipient, consent_lock, recipient_from_row
 
-__all__ = ["Ending", "Started", "finish_many", "start", "start_many", "unlock"]
+__all__ = ["Ending", "Started", "finish_many", "start_many"]
 
 #: Every request of a batch through ``email_send_start``, in the order given (``ord``).
 _START_MANY = """
@@ -91,7 +91,8 @@ SELECT count(*) FILTER (WHERE pg_advisory_unlock_shared(u.lock_class, u.lock_key
 
 @dataclass(frozen=True, slots=True)
 class Started:
-    """What :func:`start` found: the recipient, the ledger key and what claiming it found."""
+    """What :func:`start_many` found for one send: the recipient, the ledger key and what
+    claiming it found."""
 
     recipient: Recipient
     #: ``None`` when the user has no address, or one only the application can key.
@@ -127,8 +128,8 @@ async def start_many(
     result per request, in order: ``None`` for an unknown user (no lock held).
 
     For every result that is neither ``None`` nor :attr:`Started.settled`, the connection holds
-    the user's shared email consent lock, which an :class:`Ending` in :func:`finish_many` (or
-    :func:`unlock`) releases.
+    the user's shared email consent lock, which an :class:`Ending` in :func:`finish_many`
+    releases.
     """
     locks = [consent_lock(user_id, "email") for user_id, _, _ in requests]
     rows = await conn.fetch(
@@ -145,14 +146,6 @@ async def start_many(
         else Started(recipient_from_row(row), row["idempotency_key"], row["claim"])
         for row in rows
     ]
-
-
-async def start(
-    conn: asyncpg.Connection, user_id: int, job_id: str, template: str
-) -> Started | None:
-    """:func:`start_many` for one send."""
-    (started,) = await start_many(conn, [(user_id, job_id, template)])
-    return started
 
 
 async def finish_many(conn: asyncpg.Connection, endings: Sequence[Ending]) -> None:
@@ -176,11 +169,4 @@ async def finish_many(conn: asyncpg.Connection, endings: Sequence[Ending]) -> No
         [e.entry.job_id for e, _ in boxed if e.entry is not None],
         [lock_class for lock_class, _ in locks],
         [lock_key for _, lock_key in locks],
-    )
-
-
-async def unlock(conn: asyncpg.Connection, user_id: int) -> None:
-    """Releases the lock :func:`start` took, when the path ends without :func:`finish_many`."""
-    await conn.execute(
-        "SELECT pg_advisory_unlock_shared($1::int, $2::int)", *consent_lock(user_id, "email")
     )
