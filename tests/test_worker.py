@@ -508,6 +508,53 @@ async def test_a_batched_ack_judges_each_entry_on_its_own(redis: Redis) -> None:
     }
 
 
+async def test_acked_entries_leave_the_stream_and_no_other_does(redis: Redis) -> None:
+    """Acked entries are trimmed from the stream a node at a time where they can be: an entry
+    still running (another consumer's, older than the batch) keeps itself and every acked entry
+    above it from the trim, and those are deleted one by one instead; entries not yet delivered
+    are never touched, with and without anything pending."""
+    from qrunner.consumer import Completion, Finish
+
+    client = Client(redis, core_tasks.registry)
+    ids = await client.enqueue_many([("record", {"i": i}) for i in range(300)])
+    stream = keys.stream("default")
+    a = Consumer(redis, "A", ["default"])
+    await a.ensure_group("default")
+    entries = await a.read_available(["default"], 120)
+    done = {
+        e.entry_id: Completion(e.entry_id, job_id, 1, b"")
+        for e, job_id in zip(entries, ids[:120], strict=True)
+    }
+    eids = [e.entry_id for e in entries]
+    # B runs entry 10 (older than what A acks first); A acks 0-9 and 11-59.
+    await redis.xclaim(stream, keys.GROUP, "B", 0, [eids[10]])
+    first = [eids[i] for i in range(60) if i != 10]
+    assert await a.ack("default", [done[e] for e in first], 60_000) == [Finish.DONE] * 59
+    left = [eid.decode() for eid, _ in await redis.xrange(stream, "-", "+")]
+    assert left[:61] == eids[10:11] + eids[60:120]  # B's entry, then A's 60 still running
+    assert len(left) == 300 - 59
+    # Nothing of A's older than its batch is pending now, and B's entry is still running:
+    # A's second batch is below no pending entry but B's.
+    assert await a.ack("default", [done[e] for e in eids[60:120]], 60_000) == [Finish.DONE] * 60
+    b = Consumer(redis, "B", ["default"])
+    assert await b.ack("default", [done[eids[10]]], 60_000) == [Finish.DONE]
+    left = [eid.decode() for eid, _ in await redis.xrange(stream, "-", "+")]
+    assert len(left) == 180 and left[0] > eids[-1]  # the 180 never delivered, all there
+    # With nothing pending at all, the bound is just past A's newest acked entry.
+    more = await a.read_available(["default"], 100)
+    more_done = [Completion(e.entry_id, f"x{i}", 1, b"") for i, e in enumerate(more)]
+    assert await a.ack("default", more_done, 60_000) == [Finish.DONE] * 100
+    assert [eid.decode() for eid, _ in await redis.xrange(stream, "-", "+")] == left[100:]
+    assert await redis.xpending(stream, keys.GROUP) == {
+        "pending": 0,
+        "min": None,
+        "max": None,
+        "consumers": [],
+    }
+    [row] = await client.stats(["default"])
+    assert (row.depth, row.pending) == (80, 0)
+
+
 async def test_envelope_is_json_never_pickle(redis: Redis) -> None:
     job_id = await Client(redis, core_tasks.registry).enqueue("record", {"x": 1})
     [(_, fields)] = await redis.xrange(keys.stream("default"))

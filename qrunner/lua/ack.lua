@@ -11,6 +11,13 @@ from the queue's key prefix inside the script; they share the stream's hash tag,
 the same cluster slot. XACK comes before any write that needs memory, so acks go through when
 Redis is out of memory (a script that has already written may finish its writes).
 
+Acked entries leave the stream by XTRIM MINID where they can: every entry below both the
+group's oldest pending entry and just past the batch's newest (delivery is in id order, so all
+of those were delivered) has been acked, so trimming to that bound removes exactly acked entries,
+a whole listpack node at a time. XDEL finds each entry by scanning its node, which cost more than
+the rest of an ack in profiles; it is left for the entries of the batch above an older entry
+still running (a slow job holds the bound back).
+
 The job leaves the queue's live index (qr:{q}:live) here, and its status hash is written once,
 compact: state, attempt, finish time, worker and result. Nothing was written for it when it
 started (see fetch.lua), so this is the only status write of a job that succeeds first time.
@@ -41,6 +48,7 @@ local marker_prefix = string.sub(prefix, 1, -5) .. 'id:'
 -- parallel arrays (no table per job), and its lowest and highest entry ids are kept as
 -- numbers for the ownership check below.
 local ids, jobs, attempts, tasks, enqueued, runs, results, n = {}, {}, {}, {}, {}, {}, {}, 0
+local id_ms, id_seq = {}, {}
 local lo_ms, lo_seq, lo_id, hi_ms, hi_seq, hi_id
 local ranged = true
 for id, ms, seq, job, attempt, task, enq, run, result in string.gmatch(ARGV[6],
@@ -50,6 +58,7 @@ for id, ms, seq, job, attempt, task, enq, run, result in string.gmatch(ARGV[6],
     id, job, attempt, task, enq, run, result
   if ranged then
     ms, seq = tonumber(ms), tonumber(seq)
+    id_ms[n], id_seq[n] = ms, seq
     if not (ms and seq) then
       ranged = false  -- an id that does not parse: look every entry up on its own
     elseif n == 1 then
@@ -72,6 +81,7 @@ if ranged and n >= 4 then
   for _, p in ipairs(pend) do mine[p[1]] = true end
 end
 local out, owned, owned_jobs, finished = {}, {}, {}, {}
+local low_ms, low_seq, top_ms, top_seq  -- the owned entries' lowest and highest ids
 for i = 1, n do
   local id = ids[i]
   local state = 1
@@ -88,14 +98,50 @@ for i = 1, n do
     owned[#owned + 1] = id
     owned_jobs[#owned_jobs + 1] = jobs[i]
     finished[#finished + 1] = i
+    if ranged then
+      local ms, seq = id_ms[i], id_seq[i]
+      if #owned == 1 or ms > top_ms or (ms == top_ms and seq > top_seq) then
+        top_ms, top_seq = ms, seq
+      end
+      if #owned == 1 or ms < low_ms or (ms == low_ms and seq < low_seq) then
+        low_ms, low_seq = ms, seq
+      end
+    end
   end
   out[i] = state
 end
 for i = 1, #owned, 500 do
   local last = math.min(i + 499, #owned)
   redis.call('XACK', stream, group, unpack(owned, i, last))
-  redis.call('XDEL', stream, unpack(owned, i, last))
   redis.call('HDEL', live, unpack(owned_jobs, i, last))
+end
+-- The trim bound: the oldest entry still pending, or (nothing pending) the one just past the
+-- newest entry acked here. Below it, every entry left in the stream was delivered (entries are
+-- delivered in id order, and one this consumer owns was) and acked.
+local deleting = owned
+if ranged and #owned >= 8 then
+  local summary = redis.call('XPENDING', stream, group)
+  local bound_ms, bound_seq, bound_id = top_ms, top_seq + 1, nil
+  if summary[1] > 0 then
+    local ms, seq = string.match(summary[2], '^(%d+)-(%d+)$')
+    bound_ms, bound_seq, bound_id = tonumber(ms), tonumber(seq), summary[2]
+  end
+  if bound_ms and bound_seq then
+    if bound_ms > low_ms or (bound_ms == low_ms and bound_seq > low_seq) then
+      redis.call('XTRIM', stream, 'MINID',
+        bound_id or string.format('%.0f-%.0f', bound_ms, bound_seq))
+      deleting = {}
+      for _, i in ipairs(finished) do
+        local ms, seq = id_ms[i], id_seq[i]
+        if ms > bound_ms or (ms == bound_ms and seq >= bound_seq) then
+          deleting[#deleting + 1] = ids[i]
+        end
+      end
+    end
+  end
+end
+for i = 1, #deleting, 500 do
+  redis.call('XDEL', stream, unpack(deleting, i, math.min(i + 499, #deleting)))
 end
 for _, i in ipairs(finished) do
   local job_id = jobs[i]
