@@ -48,8 +48,9 @@ DOC = ROOT / "docs" / "redis-acl.md"
 # The lines of docs/redis-acl.md, verbatim (test_the_page_holds_the_tested_lines).
 WORKER_LINE = (
     "ACL SETUSER qrunner-worker reset on >WORKER_PASSWORD ~qr:* resetchannels -@all +ping +select"
-    " +time +evalsha +eval +script|load +xadd +xreadgroup +xack +xdel +xlen +xrange +xpending"
-    " +xclaim +xautoclaim +xinfo|groups +xinfo|consumers +xgroup|create +xgroup|delconsumer +zadd"
+    " +time +evalsha +eval +script|load +xadd +xreadgroup +xack +xdel +xtrim +xlen +xrange"
+    " +xpending +xclaim +xautoclaim +xinfo|groups +xinfo|consumers +xgroup|create"
+    " +xgroup|delconsumer +zadd"
     " +zrange +zrangebyscore +zrem +zremrangebyscore +zremrangebyrank +zcount +zcard +zscore +hset"
     " +hget +hmget +hgetall +hdel +hlen +hexists +hincrby +sadd +smembers +get +set +exists"
     " +pexpire +pttl +xinfo|stream +hsetnx +srem +scard +rpush +lpop +llen +ltrim +lrange +del"
@@ -299,6 +300,32 @@ async def test_worker_user_runs_every_kind_of_job_without_a_single_refusal(
     doomed_status = await client.status(doomed)
     assert (doomed_status.state, doomed_status.result) == ("succeeded", "replayed")
     assert _refusals(acl.admin) == []
+
+
+async def test_a_worker_user_without_xtrim_still_acks_by_deleting_each_entry(
+    acl: AclServer, worker_redis: Redis
+) -> None:
+    """The worker's line of earlier releases had no +xtrim: the ack script then deletes each
+    acked entry on its own, and every ack still goes through."""
+    from qrunner.consumer import Completion, Finish
+
+    acl.admin.execute_command("ACL", "SETUSER", "qrunner-worker", "-xtrim")
+    try:
+        client = Client(worker_redis, scenario_registry(Seen()))
+        ids = await client.enqueue_many([("echo", {"i": i}) for i in range(30)])
+        consumer = Consumer(worker_redis, "old-acl", ["default"])
+        await consumer.ensure_group("default")
+        entries = await consumer.read_available(["default"], 20)
+        done = [
+            Completion(e.entry_id, job_id, 1, b"")
+            for e, job_id in zip(entries, ids[:20], strict=True)
+        ]
+        assert await consumer.ack("default", done, 60_000) == [Finish.DONE] * 20
+        left = [eid for eid, _ in acl.admin.xrange(keys.stream("default"), "-", "+")]
+        assert len(left) == 10 and left[0].decode() > entries[-1].entry_id
+        assert [obj for _, obj, ctx in _refusals(acl.admin)] == ["xtrim"]
+    finally:
+        acl.admin.execute_command("ACL", "SETUSER", "qrunner-worker", "+xtrim")
 
 
 async def test_worker_user_is_denied_config_and_the_eviction_check_warns_once(
