@@ -11,12 +11,13 @@ from the queue's key prefix inside the script; they share the stream's hash tag,
 the same cluster slot. XACK comes before any write that needs memory, so acks go through when
 Redis is out of memory (a script that has already written may finish its writes).
 
-Acked entries leave the stream by XTRIM MINID where they can: every entry below both the
-group's oldest pending entry and just past the batch's newest (delivery is in id order, so all
-of those were delivered) has been acked, so trimming to that bound removes exactly acked entries,
-a whole listpack node at a time. XDEL finds each entry by scanning its node, which cost more than
-the rest of an ack in profiles; it is left for the entries of the batch above an older entry
-still running (a slow job holds the bound back).
+Acked entries leave the stream by XTRIM MINID where they can: every entry below the group's
+oldest pending entry (with nothing pending, up to the newest entry acked here) was delivered
+(delivery is in id order) and is no longer pending, so it was acked, and trimming to that bound
+removes exactly acked entries, a whole listpack node at a time. XDEL finds each entry by
+scanning its node: after the status write, it was the costliest command of an ack in profiles.
+It is left for the entries of the batch above an older entry still running (a slow job holds
+the bound back), for small batches, and for a user whose ACL refuses XTRIM.
 
 The job leaves the queue's live index (qr:{q}:live) here, and its status hash is written once,
 compact: state, attempt, finish time, worker and result. Nothing was written for it when it
