@@ -3,7 +3,7 @@ the Redis server's time per job from INFO commandstats.
 
 Each row is the full suite's own step, run through the adapters' command line in this
 interpreter (``python -m peers qrunner process N --body noop`` and ``memory N``): one worker
-process, concurrency 100, uvloop, timed from the first finished job to the last. Before each
+process, concurrency 100, uvloop, timed between 30 % and 90 % of the backlog done. Before each
 processing step the server's command statistics are reset; after it, the time Redis spent per
 job (``usec`` of every command, scripts counting their inner commands once) says whether the
 worker or the server is the bound. Sizes alternate order between repeats; one private
@@ -37,6 +37,8 @@ from suite.server import RedisServer  # noqa: E402
 from qrunner import Client, Worker, connect_redis  # noqa: E402
 
 SIZES = (10_000, 100_000, 1_000_000)
+#: Timed between 30 % and 90 % done, as in the suite (see benchmarks/README.md, Scaling).
+WINDOW = "0.3,0.9"
 
 
 def peers_step(url: str, *args: str) -> dict[str, Any]:
@@ -94,7 +96,9 @@ def main() -> int:
             for n in SIZES if rep % 2 == 0 else tuple(reversed(SIZES)):
                 r.flushall()
                 cap = str(max(60, n / 1000))
-                proc = peers_step(srv.url, "process", str(n), "--body", "noop", "--cap", cap)
+                proc = peers_step(
+                    srv.url, "process", str(n), "--body", "noop", "--cap", cap, "--window", WINDOW
+                )
                 if "jobs_per_s" not in proc:
                     raise SystemExit(f"{n} jobs: {proc}")
                 rates[n].append(proc["jobs_per_s"])
@@ -123,8 +127,8 @@ def main() -> int:
         "",
         f"`benchmarks/backlog.py --repeats {args.repeats}` on {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, Redis {version} (private, persistence off). "
-        "Job: no-op; one worker process, concurrency 100, uvloop (the suite's "
-        "`scaling.backlog.N` step). Load average before / after: "
+        "Job: no-op; one worker process, concurrency 100, uvloop, timed between 30 % and 90 % "
+        "done (the suite's `scaling.backlog.N` step). Load average before / after: "
         f"{load_before:.2f} / {load_after:.2f}.",
         "",
         "| queued | median jobs/s | min | max | vs 10k | bytes/job | vs 10k | "

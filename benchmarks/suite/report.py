@@ -224,39 +224,65 @@ def details_table(info: dict[str, Any], records: list[dict[str, Any]]) -> list[s
 
 
 def scaling_lines(records: list[dict[str, Any]]) -> list[str]:
+    """One row per (peer, measurement): the median of its repeats, with their range."""
     scal = [r for r in records if r["section"] == "scaling"]
     if not scal:
         return []
-    lines = ["| peer | measurement | result |", "|---|---|---|"]
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in scal:
-        res = r["result"]
-        if "error" in res:
-            text = _error_text(res)
-        elif "bytes_per_job" in res:
-            text = f"{_num(res['bytes_per_job'])} bytes/job"
-        elif "promote_jobs_per_s" in res:
-            text = (
-                f"promoted at {_num(res['promote_jobs_per_s'])}/s, all {res['n']:,} done at "
-                f"{_num(res['jobs_per_s'])}/s ({res.get('verified', '')})"
-            )
-        else:
-            text = (
-                f"{_num(res['jobs_per_s'])} jobs/s, start-up {res['startup_s']:.2f} s "
-                f"({res.get('verified', '')})"
-            )
-            if "window" in res:
-                text += f", timed from {res['window']}"
-        lines.append(f"| {r['peer']} | {r['metric'].removeprefix('scaling.')} | {text} |")
+        grouped.setdefault((r["peer"], r["metric"]), []).append(r["result"])
+    lines = ["| peer | measurement | result | repeats |", "|---|---|---|---|"]
+    for (peer, metric), results in grouped.items():
+        lines.append(
+            f"| {peer} | {metric.removeprefix('scaling.')} | {_scaling_text(results)} | "
+            f"{len(results)} |"
+        )
     return lines + workers_ratio_lines(scal)
 
 
+def _spread(values: list[float], unit: str) -> str:
+    """``median unit``, and with more than one value its range and half-range in percent."""
+    m = statistics.median(values)
+    text = f"{_num(m)} {unit}"
+    if len(values) > 1 and m:
+        lo, hi = min(values), max(values)
+        text += f" ({_num(lo)} to {_num(hi)}, ±{50 * (hi - lo) / m:.0f}%)"
+    return text
+
+
+def _scaling_text(results: list[dict[str, Any]]) -> str:
+    good = [r for r in results if "error" not in r]
+    bad = [_error_text(r) for r in results if "error" in r]
+    text = ""
+    if good and "bytes_per_job" in good[0]:
+        text = _spread([r["bytes_per_job"] for r in good], "bytes/job")
+    elif good and "promote_jobs_per_s" in good[0]:
+        r = good[0]
+        text = (
+            f"promoted at {_num(r['promote_jobs_per_s'])}/s, all {r['n']:,} done at "
+            f"{_num(r['jobs_per_s'])}/s ({r.get('verified', '')})"
+        )
+    elif good:
+        text = _spread([r["jobs_per_s"] for r in good], "jobs/s")
+        startup = statistics.median(r["startup_s"] for r in good)
+        checks = ", ".join(dict.fromkeys(str(r.get("verified", "")) for r in good))
+        text += f", start-up {startup:.2f} s ({checks})"
+        if "window" in good[0]:
+            text += f", timed from {good[0]['window']}"
+    if bad:
+        text += ("; " if text else "") + "; ".join(dict.fromkeys(bad))
+    return text
+
+
 def workers_ratio_lines(scal: list[dict[str, Any]]) -> list[str]:
-    """Two worker processes against one, for each peer measured both ways."""
-    rate = {
-        (r["peer"], r["metric"]): r["result"]["jobs_per_s"]
-        for r in scal
-        if "jobs_per_s" in r["result"] and "error" not in r["result"]
-    }
+    """Two worker processes against one, for each peer measured both ways: the ratio of the
+    medians, and each repeat's own ratio (its two rows ran minutes apart, not side by side)."""
+    rate: dict[tuple[str, str], dict[int, float]] = {}
+    for r in scal:
+        if "jobs_per_s" in r["result"] and "error" not in r["result"]:
+            rate.setdefault((r["peer"], r["metric"]), {})[r.get("rep", 0)] = r["result"][
+                "jobs_per_s"
+            ]
     out = []
     for (peer, metric), two in rate.items():
         if not metric.startswith("scaling.workers2."):
@@ -264,9 +290,13 @@ def workers_ratio_lines(scal: list[dict[str, Any]]) -> list[str]:
         body = metric.rsplit(".", 1)[1]
         one = rate.get((peer, f"scaling.workers1.{body}"))
         if one:
+            m2, m1 = statistics.median(two.values()), statistics.median(one.values())
+            paired = [two[k] / one[k] for k in sorted(two) if k in one]
+            each = ", ".join(f"{x:.2f}x" for x in paired) if len(paired) > 1 else ""
             out.append(
-                f"- {peer}, {body} job: 2 processes {_num(two)} jobs/s against 1 process "
-                f"{_num(one)} jobs/s = **{two / one:.2f}x**"
+                f"- {peer}, {body} job: 2 processes {_num(m2)} jobs/s against 1 process "
+                f"{_num(m1)} jobs/s = **{m2 / m1:.2f}x**"
+                + (f" (each repeat: {each})" if each else "")
             )
     return ["", *out] if out else []
 
