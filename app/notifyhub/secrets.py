@@ -70,7 +70,6 @@ def hkdf_sha256(ikm: bytes, *, salt: bytes, info: bytes, length: int = 32) -> by
 
 
 @functools.lru_cache(maxsize=64)
-@functools.lru_cache(maxsize=64)
 def derive_key(master: str, purpose: str) -> bytes:
     """The 32-byte key for ``purpose`` under ``master`` (deterministic, cached: every email's
     unsubscribe link needs it)."""
