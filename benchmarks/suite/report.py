@@ -276,7 +276,7 @@ def _scaling_text(results: list[dict[str, Any]]) -> str:
 
 def workers_ratio_lines(scal: list[dict[str, Any]]) -> list[str]:
     """Two worker processes against one, for each peer measured both ways: the ratio of the
-    medians, and each repeat's own ratio (its two rows ran minutes apart, not side by side)."""
+    medians, and each repeat's own ratio (its two rows ran one right after the other)."""
     rate: dict[tuple[str, str], dict[int, float]] = {}
     for r in scal:
         if "jobs_per_s" in r["result"] and "error" not in r["result"]:
