@@ -18,7 +18,10 @@ flushed. Variants, each adding one thing to the one before:
 And what finishing a job costs, per job, in batches of 100 read and acked by one consumer (the
 worker's own calls, through ``Consumer``): the raw loop's ``XREADGROUP`` + ``XACK``; qrunner's
 fetch script; its ack script with status records off (ack, delete the entry, drop it from the
-live index, keep an id marker) and on (the default: a status record written per job).
+live index, keep an id marker) and on (the default: a status record written per job). Then
+where the ack's time goes, with status records on: the script cut short after each of its
+steps (parsing the packed batch; the ownership check; XACK and the live index; the trim), and
+the whole script.
 
     benchmarks/.venvs/qrunner/bin/python benchmarks/script_cost.py --n 20000 --out FILE.md
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import os
 import platform
 import sys
@@ -43,7 +47,7 @@ from suite.server import RedisServer  # noqa: E402
 from qrunner import connect_redis, keys  # noqa: E402
 from qrunner.consumer import Completion, Consumer  # noqa: E402
 from qrunner.job import Job, encode_envelope, new_job_id  # noqa: E402
-from qrunner.scripts import read_source, source_for  # noqa: E402
+from qrunner.scripts import Script, read_source, source_for  # noqa: E402
 from qrunner.settings import Settings  # noqa: E402
 
 STREAM = keys.stream("bench")
@@ -64,6 +68,28 @@ def variants() -> dict[str, str | None]:
         ),
         "enqueue_now": read_source("enqueue_now"),
     }
+
+
+#: The ack script cut short after each of its steps (a ``return`` inserted before the line
+#: that starts the next), to see what each step costs: (label, the line cut before).
+ACK_STEPS = (
+    ("ack: parse the batch", "-- Which entries this consumer owns"),
+    ("+ ownership check (XPENDING)", "for i = 1, #owned, 500 do"),
+    ("+ XACK, live index HDEL", "-- The trim bound"),
+    ("+ trim (XTRIM MINID / XDEL)", "for _, i in ipairs(finished) do\n  local job_id"),
+)
+
+
+def ack_cut_before(line: str) -> Script:
+    """The ack script, returning before ``line`` (see :data:`ACK_STEPS`)."""
+    source = read_source("ack")
+    if line not in source:
+        raise SystemExit(f"script_cost: ack.lua no longer has the line {line!r}: update ACK_STEPS")
+    at = source.index(line)
+    script = Script("ack")
+    script.source = source[:at] + "do return {} end\n" + source[at:]
+    script.sha = hashlib.sha1(script.source.encode("utf-8")).hexdigest()
+    return script
 
 
 def measure(r: redis.Redis, name: str, source: str | None, n: int) -> dict[str, float]:
@@ -130,10 +156,12 @@ def measure_finish(url: str, n: int, per_call: int = 100) -> dict[str, float]:
         sum(float(stats[f"cmdstat_{c}"]["usec"]) for c in ("xreadgroup", "xack")) / n
     )
 
-    async def scripts(ttl_ms: int) -> tuple[float, float]:
+    async def scripts(ttl_ms: int, ack: Script | None = None) -> tuple[float, float]:
         fill_read(r, n)
         aio = await connect_redis(url)
         consumer = Consumer(aio, "c1", ["bench"])
+        if ack is not None:
+            consumer._ack = ack
         fetch_us = ack_us = 0.0
         try:
             for _ in range(0, n, per_call):
@@ -160,10 +188,13 @@ def measure_finish(url: str, n: int, per_call: int = 100) -> dict[str, float]:
         return fetch_us / n, ack_us / n
 
     fetch_off, ack_off = asyncio.run(scripts(0))
-    fetch_on, ack_on = asyncio.run(scripts(Settings().status_ttl_s * 1000))
+    ttl_ms = Settings().status_ttl_s * 1000
+    fetch_on, ack_on = asyncio.run(scripts(ttl_ms))
     out["fetch"] = (fetch_off + fetch_on) / 2
     out["ack, status records off"] = ack_off
-    out["ack, status records on"] = ack_on
+    for label, line in ACK_STEPS:
+        out[label] = asyncio.run(scripts(ttl_ms, ack_cut_before(line)))[1]
+    out["+ status records (the whole ack, as the worker runs it)"] = ack_on
     r.close()
     return out
 
