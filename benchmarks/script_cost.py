@@ -21,7 +21,9 @@ fetch script; its ack script with status records off (ack, delete the entry, dro
 live index, keep an id marker) and on (the default: a status record written per job). Then
 where the ack's time goes, with status records on: the script cut short after each of its
 steps (parsing the packed batch; the ownership check; XACK and the live index; the trim), and
-the whole script.
+the whole script. With ``--deep N``, the fetch and the whole ack again when N jobs are
+queued, then also with N status records of finished jobs kept (as after a drain of N): does a
+deep queue make a job cost Redis more?
 
     benchmarks/.venvs/qrunner/bin/python benchmarks/script_cost.py --n 20000 --out FILE.md
 """
@@ -130,20 +132,32 @@ def measure_bulk(r: redis.Redis, n: int, per_call: int = 100) -> float:
     return float(stats["cmdstat_evalsha"]["usec"]) / n
 
 
-def fill_read(r: redis.Redis, n: int) -> None:
-    """``n`` jobs due now in the stream and the live index, and the consumer group."""
+def fill_read(r: redis.Redis, n: int, kept: int = 0) -> None:
+    """``n`` jobs due now in the stream and the live index, and the consumer group; with
+    ``kept``, that many status records of finished jobs already kept (keys with a TTL)."""
     r.flushall()
-    pipe = r.pipeline(transaction=False)
-    ids = [new_job_id() for _ in range(n)]
-    for i, job_id in enumerate(ids):
-        pipe.xadd(STREAM, {"j": encode_envelope(job_id, "noop", {"i": i}, None, 0)})
-    entries = pipe.execute()
-    r.hset(LIVE, mapping=dict(zip(ids, entries, strict=True)))
+    for start in range(0, n, 50_000):
+        pipe = r.pipeline(transaction=False)
+        ids = [new_job_id() for _ in range(start, min(n, start + 50_000))]
+        for i, job_id in enumerate(ids, start):
+            pipe.xadd(STREAM, {"j": encode_envelope(job_id, "noop", {"i": i}, None, 0)})
+        entries = pipe.execute()
+        r.hset(LIVE, mapping=dict(zip(ids, entries, strict=True)))
+    record = {"state": "succeeded", "task": "noop", "attempt": 1, "worker": "c0"}
+    for start in range(0, kept, 50_000):
+        pipe = r.pipeline(transaction=False)
+        for _ in range(start, min(kept, start + 50_000)):
+            key = keys.job_prefix("bench") + new_job_id()
+            pipe.hset(key, mapping=record)
+            pipe.pexpire(key, 86_400_000)
+        pipe.execute()
     r.xgroup_create(STREAM, keys.GROUP, id="0")
 
 
-def measure_finish(url: str, n: int, per_call: int = 100) -> dict[str, float]:
-    """Server µs per job of reading and acking ``n`` jobs ``per_call`` at a time."""
+def measure_finish(url: str, n: int, per_call: int = 100, deep: int = 0) -> dict[str, float]:
+    """Server µs per job of reading and acking ``n`` jobs ``per_call`` at a time; with
+    ``deep``, also the fetch and the whole ack when ``deep`` jobs are queued (stream and live
+    index that deep) and ``deep`` status records of finished jobs are kept."""
     r = redis.Redis.from_url(url)
     out: dict[str, float] = {}
     fill_read(r, n)
@@ -156,8 +170,10 @@ def measure_finish(url: str, n: int, per_call: int = 100) -> dict[str, float]:
         sum(float(stats[f"cmdstat_{c}"]["usec"]) for c in ("xreadgroup", "xack")) / n
     )
 
-    async def scripts(ttl_ms: int, ack: Script | None = None) -> tuple[float, float]:
-        fill_read(r, n)
+    async def scripts(
+        ttl_ms: int, ack: Script | None = None, queued: int = n, kept: int = 0
+    ) -> tuple[float, float]:
+        fill_read(r, queued, kept)
         aio = await connect_redis(url)
         consumer = Consumer(aio, "c1", ["bench"])
         if ack is not None:
@@ -195,6 +211,13 @@ def measure_finish(url: str, n: int, per_call: int = 100) -> dict[str, float]:
     for label, line in ACK_STEPS:
         out[label] = asyncio.run(scripts(ttl_ms, ack_cut_before(line)))[1]
     out["+ status records (the whole ack, as the worker runs it)"] = ack_on
+    if deep:
+        fetch_deep, ack_deep = asyncio.run(scripts(ttl_ms, queued=deep))
+        out[f"fetch, {deep:,} queued"] = fetch_deep
+        out[f"whole ack, {deep:,} queued"] = ack_deep
+        fetch_kept, ack_kept = asyncio.run(scripts(ttl_ms, queued=deep, kept=deep))
+        out[f"fetch, {deep:,} queued and {deep:,} records kept"] = fetch_kept
+        out[f"whole ack, {deep:,} queued and {deep:,} records kept"] = ack_kept
     r.close()
     return out
 
@@ -203,6 +226,12 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--deep",
+        type=int,
+        default=0,
+        help="also finish the first N jobs of a queue this deep (0: skip)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
@@ -216,7 +245,7 @@ def main() -> int:
             for name, source in variants().items():
                 results.setdefault(name, []).append(measure(r, name, source, args.n))
             bulk.append(measure_bulk(r, args.n))
-            for name, value in measure_finish(srv.url, args.n).items():
+            for name, value in measure_finish(srv.url, args.n, deep=args.deep).items():
                 finish.setdefault(name, []).append(value)
         r.close()
     load_after = os.getloadavg()[0]
@@ -228,7 +257,9 @@ def main() -> int:
     lines = [
         "# What one enqueue and one finish cost Redis, step by step",
         "",
-        f"`benchmarks/script_cost.py --n {args.n} --repeats {args.repeats}` on "
+        f"`benchmarks/script_cost.py --n {args.n} --repeats {args.repeats}"
+        + (f" --deep {args.deep}" if args.deep else "")
+        + "` on "
         f"{os.cpu_count()} cores, Python {platform.python_version()}, Redis {version} "
         "(private, persistence off). Server time from INFO commandstats: the call's "
         "`usec_per_call` (a script's includes its inner commands), median (min to max) of the "
