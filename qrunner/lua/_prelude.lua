@@ -115,3 +115,57 @@ end
 local function qr_hset_given(key, field, value)
   if value ~= nil and value ~= '' then redis.call('HSET', key, field, value) end
 end
+
+-- Finished jobs' status records, kept per time bucket (see ack.lua): a job that succeeded with
+-- no status hash of its own is one field of a bucket hash qr:{q}:done:<start>:<width> (field:
+-- job id, value: the packed record, see qr_done_record), and the queue's bucket index
+-- qr:{q}:done (a hash: bucket name "<start>:<width>" -> when its records end, ms) lists the
+-- buckets. A hash, not a sorted set, so the producer's and the dashboard's least-privilege
+-- users read it with the commands they have (HGETALL, HGET; docs/redis-acl.md). Both are named
+-- from the stream key: same hash tag, same cluster slot.
+local function qr_done_index(stream)
+  return string.sub(stream, 1, -7) .. 'done'
+end
+
+-- The names of the buckets whose records have not ended at `now`, newest first.
+local function qr_done_buckets(stream, now)
+  local flat = redis.call('HGETALL', qr_done_index(stream))
+  local names, ends = {}, {}
+  for k = 1, #flat, 2 do
+    local e = tonumber(flat[k + 1])
+    if e and e > now then
+      names[#names + 1] = flat[k]
+      ends[flat[k]] = e
+    end
+  end
+  if #names > 1 then
+    table.sort(names, function(a, b) return ends[a] > ends[b] end)
+  end
+  return names
+end
+
+-- Job `id`'s packed record in one of `buckets` (qr_done_buckets), or false.
+local function qr_done_get(stream, buckets, id)
+  local base = qr_done_index(stream) .. ':'
+  for k = 1, #buckets do
+    local v = redis.call('HGET', base .. buckets[k], id)
+    if v then return v end
+  end
+  return false
+end
+
+-- A packed record as the flat field/value array of a status hash: attempt, task, enqueued,
+-- started and finished ms, worker and result (possibly empty), tab-separated. Task and worker
+-- names hold no tab, and JSON holds no raw tab, so the fields split unambiguously.
+local function qr_done_record(v)
+  local attempt, task, enq, started, finished, worker, result = string.match(v,
+    '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$')
+  if not attempt then return {} end
+  local rec = {'state', 'succeeded', 'task', task, 'attempt', attempt, 'enqueued_ms', enq,
+    'started_ms', started, 'finished_ms', finished, 'worker', worker}
+  if result ~= '' then
+    rec[#rec + 1] = 'result'
+    rec[#rec + 1] = result
+  end
+  return rec
+end
