@@ -128,8 +128,9 @@ async def test_a_limited_backlog_does_not_hold_up_the_other_tasks_of_its_queue(
     steady = [g for g in grants if g >= grants[0] + 1_000]
     rate = (len(steady) - 1) / ((steady[-1] - steady[0]) / 1000)
     # Never above the limit; below it only as far as two loaded cores make the workers late
-    # for their turns (18.97/s was seen once while another test run shared the machine).
-    assert 18 <= rate <= 21, rate
+    # for their turns: 18.97/s was seen once while another test run shared the machine, 17.8/s
+    # with three more (bin/test runs two suites side by side). A pacing bug shows far lower.
+    assert 16 <= rate <= 21, rate
 
 
 async def _backlog_placed(redis: Redis, n: int) -> bool:
