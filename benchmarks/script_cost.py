@@ -150,7 +150,7 @@ def fill_read(r: redis.Redis, n: int, kept: int = 0) -> None:
     # as with records kept a day: buckets three hours wide), listed in the bucket index.
     now_ms, width = int(time.time() * 1000), 86_400_000 // 8
     buckets = [(now_ms // width - b) * width for b in range(9)]
-    record = "1\tnoop\t{t}\t{t}\t{t}\tc0\t".format(t=now_ms)
+    record = f"1\tnoop\t{now_ms}\t{now_ms}\t{now_ms}\tc0\t"
     for start in range(0, kept, 50_000):
         stop = min(kept, start + 50_000)
         for b, bucket_start in enumerate(buckets):
