@@ -18,10 +18,9 @@ flushed. Variants, each adding one thing to the one before:
 And what finishing a job costs, per job, in batches of 100 read and acked by one consumer (the
 worker's own calls, through ``Consumer``): the raw loop's ``XREADGROUP`` + ``XACK``; qrunner's
 fetch script; its ack script with status records off (ack, delete the entry, drop it from the
-live index, keep an id marker) and on (the default: a record per job, one field of the queue's
-current time bucket). Then where the ack's time goes, with status records on: the script cut
-short after each of its steps (parsing the packed batch; the ownership check; XACK and the live
-index; the trim; the look for each job's own status hash and the packing of the records), and
+live index, keep an id marker) and on (the default: a status record written per job). Then
+where the ack's time goes, with status records on: the script cut short after each of its
+steps (parsing the packed batch; the ownership check; XACK and the live index; the trim), and
 the whole script. With ``--deep N``, the fetch and the whole ack again when N jobs are
 queued, then also with N status records of finished jobs kept (as after a drain of N): does a
 deep queue make a job cost Redis more?
@@ -38,7 +37,6 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,7 +79,6 @@ ACK_STEPS = (
     ("+ ownership check (XPENDING)", "for i = 1, #owned, 500 do"),
     ("+ XACK, live index HDEL", "-- The trim bound"),
     ("+ trim (XTRIM MINID / XDEL)", "for _, i in ipairs(finished) do\n  local job_id"),
-    ("+ own status hash? (EXISTS per job), records packed", "if nrows > 0 then"),
 )
 
 
@@ -137,7 +134,7 @@ def measure_bulk(r: redis.Redis, n: int, per_call: int = 100) -> float:
 
 def fill_read(r: redis.Redis, n: int, kept: int = 0) -> None:
     """``n`` jobs due now in the stream and the live index, and the consumer group; with
-    ``kept``, that many status records of finished jobs already kept (bucket fields)."""
+    ``kept``, that many status records of finished jobs already kept (keys with a TTL)."""
     r.flushall()
     for start in range(0, n, 50_000):
         pipe = r.pipeline(transaction=False)
@@ -146,22 +143,14 @@ def fill_read(r: redis.Redis, n: int, kept: int = 0) -> None:
             pipe.xadd(STREAM, {"j": encode_envelope(job_id, "noop", {"i": i}, None, 0)})
         entries = pipe.execute()
         r.hset(LIVE, mapping=dict(zip(ids, entries, strict=True)))
-    # Kept records as the ack keeps them: fields of the queue's time buckets (nine live ones,
-    # as with records kept a day: buckets three hours wide), listed in the bucket index.
-    now_ms, width = int(time.time() * 1000), 86_400_000 // 8
-    buckets = [(now_ms // width - b) * width for b in range(9)]
-    record = f"1\tnoop\t{now_ms}\t{now_ms}\t{now_ms}\tc0\t"
+    record = {"state": "succeeded", "task": "noop", "attempt": 1, "worker": "c0"}
     for start in range(0, kept, 50_000):
-        stop = min(kept, start + 50_000)
-        for b, bucket_start in enumerate(buckets):
-            fields = {new_job_id(): record for _ in range(start + b, stop, len(buckets))}
-            if fields:
-                r.hset(keys.done_bucket("bench", f"{bucket_start}:{width}"), mapping=fields)
-    if kept:
-        r.hset(
-            keys.done_index("bench"),
-            mapping={f"{b}:{width}": b + width + 86_400_000 for b in buckets},
-        )
+        pipe = r.pipeline(transaction=False)
+        for _ in range(start, min(kept, start + 50_000)):
+            key = keys.job_prefix("bench") + new_job_id()
+            pipe.hset(key, mapping=record)
+            pipe.pexpire(key, 86_400_000)
+        pipe.execute()
     r.xgroup_create(STREAM, keys.GROUP, id="0")
 
 

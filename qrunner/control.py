@@ -478,9 +478,11 @@ def _row(job: Job, queue: str, state: str, at_ms: int | None, worker: str | None
 
 
 async def find_job(redis: Redis, job_id: str, queues: Sequence[str]) -> str:
-    """The queue with a trace of ``job_id`` (its entry, its status hash or its record in a
-    time bucket: see :func:`qrunner.jobstatus.find`); raises :class:`JobNotFound`."""
-    found = await jobstatus.find(redis, queues, job_id)
-    if found is None:
-        raise JobNotFound(job_id)
-    return found[0]
+    """The queue whose status record holds ``job_id``; raises :class:`JobNotFound`."""
+    pipe = redis.pipeline(transaction=False)
+    for q in queues:
+        pipe.exists(keys.job(q, job_id))
+    for q, found in zip(queues, await pipe.execute(), strict=True):
+        if found:
+            return q
+    raise JobNotFound(job_id)

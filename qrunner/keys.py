@@ -32,19 +32,8 @@ def uniq_prefix(queue: str) -> str:
 
 
 def job(queue: str, job_id: str) -> str:
-    """Status hash of one job with a history (scheduled, retried, given progress, cancelled,
-    dead), with a TTL. A job that succeeds without one has its record in a time bucket."""
+    """Status record of one job (JSON string with a TTL)."""
     return f"{PREFIX}:{{{queue}}}:job:{job_id}"
-
-
-def done_index(queue: str) -> str:
-    """The queue's buckets of finished jobs' records (a hash: bucket name -> when its records
-    end, ms); a bucket is the hash ``done_bucket(queue, name)`` (job id -> packed record)."""
-    return f"{PREFIX}:{{{queue}}}:done"
-
-
-def done_bucket(queue: str, name: str) -> str:
-    return f"{PREFIX}:{{{queue}}}:done:{name}"
 
 
 #: How long a marker keeps a job id known when status records are off (see id_marker).

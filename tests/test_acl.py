@@ -40,7 +40,6 @@ from qrunner.schedules import Schedule
 from qrunner.worker import Worker
 from tests.cluster_support import LocalCluster
 from tests.conftest import server_binary_under_test
-from tests.helpers.waiting import wait_for
 from tests.worker_fixtures import FAST
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,7 +54,6 @@ WORKER_LINE = (
     " +zrange +zrangebyscore +zrem +zremrangebyscore +zremrangebyrank +zcount +zcard +zscore +hset"
     " +hget +hmget +hgetall +hdel +hlen +hexists +hincrby +sadd +smembers +get +set +exists"
     " +pexpire +pttl +xinfo|stream +hsetnx +srem +scard +rpush +lpop +llen +ltrim +lrange +del"
-    " +unlink"
 )
 PRODUCER_LINE = (
     "ACL SETUSER qrunner-producer reset on >PRODUCER_PASSWORD ~qr:* resetchannels -@all +ping"
@@ -329,47 +327,6 @@ async def test_a_worker_user_without_xtrim_still_acks_by_deleting_each_entry(
         assert [obj for _, obj, ctx in _refusals(acl.admin)] == ["xtrim"]
     finally:
         acl.admin.execute_command("ACL", "SETUSER", "qrunner-worker", "+xtrim")
-
-
-@pytest.mark.parametrize("unlink", [True, False], ids=["unlink", "line-without-unlink"])
-async def test_a_worker_user_rolls_the_finished_record_buckets(
-    acl: AclServer, worker_redis: Redis, unlink: bool
-) -> None:
-    """The first ack of a new time bucket removes the ended ones: with UNLINK, or with DEL when
-    the worker's line predates +unlink (the ack still goes through)."""
-    from qrunner.consumer import Completion, Finish
-
-    if not unlink:
-        acl.admin.execute_command("ACL", "SETUSER", "qrunner-worker", "-unlink")
-    try:
-        client = Client(worker_redis, scenario_registry(Seen()))
-        consumer = Consumer(worker_redis, "roller", ["default"])
-        await consumer.ensure_group("default")
-
-        async def run_one() -> None:
-            job_id = await client.enqueue("echo", {})
-            [entry] = await consumer.read_available(["default"], 1)
-            done = [Completion(entry.entry_id, job_id, 1, b"")]
-            assert await consumer.ack("default", done, 1_000) == [Finish.DONE]
-
-        await run_one()  # results kept 1 s: buckets 1 s wide
-        [(old, ends)] = acl.admin.hgetall(keys.done_index("default")).items()
-
-        async def ended() -> bool:
-            s, us = acl.admin.time()
-            return s * 1000 + us // 1000 > int(ends)
-
-        await wait_for(ended, timeout_s=5, what="the first bucket's records to end")
-        # Its key lives a bucket longer: the ack below removes it, not its expiry.
-        assert acl.admin.exists(keys.done_bucket("default", old.decode()))
-        await run_one()
-        [new] = acl.admin.hkeys(keys.done_index("default"))
-        assert new != old
-        assert not acl.admin.exists(keys.done_bucket("default", old.decode()))
-        refused = [obj for _, obj, ctx in _refusals(acl.admin)]
-        assert refused == ([] if unlink else ["unlink"])
-    finally:
-        acl.admin.execute_command("ACL", "SETUSER", "qrunner-worker", "+unlink")
 
 
 async def test_worker_user_is_denied_config_and_the_eviction_check_warns_once(

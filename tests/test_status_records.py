@@ -11,8 +11,8 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from qrunner import Client, JobSpec, Worker, jobstatus, keys
-from qrunner.control import Control, find_job
+from qrunner import Client, JobSpec, Worker, keys
+from qrunner.control import Control
 from qrunner.errors import JobNotFound
 from qrunner.settings import Settings
 from tests.helpers import core_tasks, ops_tasks
@@ -91,14 +91,10 @@ async def test_running_is_read_from_the_pending_entry_then_the_ack_writes_the_re
     assert done.finished_ms is not None and done.enqueued_ms is not None
     assert done.enqueued_ms <= done.finished_ms
     assert not await redis.hexists(keys.live("ops"), job_id)  # left the index with its entry
-    rec = await jobstatus.read(redis, "ops", job_id)
-    assert rec["worker"] == worker.name.encode()
-    assert int(rec["started_ms"]) <= int(rec["finished_ms"]) == done.finished_ms
-    # No key of its own: one field of the current time bucket, which expires.
-    assert await _job_keys(redis, "ops") == []
-    [bucket] = await redis.hkeys(keys.done_index("ops"))
-    assert await redis.hexists(keys.done_bucket("ops", bucket.decode()), job_id)
-    assert await redis.pttl(keys.done_bucket("ops", bucket.decode())) > 0
+    rec = await redis.hgetall(keys.job("ops", job_id))
+    assert rec[b"worker"] == worker.name.encode()
+    assert int(rec[b"started_ms"]) <= int(rec[b"finished_ms"])
+    assert await redis.pttl(keys.job("ops", job_id)) > 0
 
 
 async def test_retried_and_dead_jobs_leave_the_index_and_keep_their_task(redis: Redis) -> None:
@@ -299,92 +295,3 @@ async def test_a_call_sent_again_after_a_refused_write_writes_the_rest_once(redi
     assert out[1::2] == [2, 2, 1, 1]
     assert await redis.xlen(keys.stream("default")) == 4
     assert await redis.hlen(keys.live("default")) == 4
-
-
-# Finished records kept per time bucket (ack.lua): a job that succeeds without a status hash of
-# its own is one field of the queue's current bucket; the keyspace keeps no key per job.
-
-
-async def _buckets(redis: Redis, queue: str) -> list[tuple[str, int]]:
-    index = await redis.hgetall(keys.done_index(queue))
-    return sorted((name.decode(), int(ends)) for name, ends in index.items())
-
-
-async def test_jobs_that_succeed_first_time_share_one_bucket_and_no_key_each(redis: Redis) -> None:
-    client = Client(redis, core_tasks.registry)
-    ids = await client.enqueue_many([JobSpec("record", {"n": n}) for n in range(50)])
-    await Worker(redis, core_tasks.registry, burst=True, settings=FAST).run()
-    assert await _job_keys(redis, "default") == []
-    [(name, ends)] = await _buckets(redis, "default")
-    bucket = keys.done_bucket("default", name)
-    assert sorted(await redis.hkeys(bucket)) == sorted(i.encode() for i in ids)
-    for job_id in ids[:3]:
-        status = await client.status(job_id)
-        assert (status.state, status.task, status.attempt) == ("succeeded", "record", 1)
-    assert (await client.status(ids[7])).result == {"n": 7}
-    # The records end one result TTL after the bucket closes (at most an eighth of the TTL
-    # later than a key per job would); the key expires a bucket later still, as a backstop.
-    ttl_ms, now_ms = FAST.result_ttl_s * 1000, int((await redis.time())[0]) * 1000
-    width = ttl_ms // 8
-    assert now_ms + ttl_ms - 1000 <= ends <= now_ms + ttl_ms + width + 1000
-    assert 0 < await redis.pttl(bucket) <= ends + width - now_ms + 1000
-
-
-async def test_a_job_with_a_history_ends_in_its_own_hash_not_a_bucket(redis: Redis) -> None:
-    client = Client(redis, ops_tasks.registry)
-    flaky = await client.enqueue("flaky", {})  # fails once: its retry writes a status hash
-    await Worker(redis, ops_tasks.registry, queues=["ops"], burst=True, settings=FAST).run()
-    rec = await redis.hgetall(keys.job("ops", flaky))
-    assert (rec[b"state"], rec[b"attempt"]) == (b"succeeded", b"2")
-    assert await _buckets(redis, "ops") == []
-
-
-@pytest.mark.parametrize("delay_s", [None, 0.01], ids=["due-now", "delayed"])
-async def test_an_id_whose_record_is_in_a_bucket_is_not_enqueued_again(
-    redis: Redis, delay_s: float | None
-) -> None:
-    client = Client(redis, core_tasks.registry)
-    await client.enqueue("record", {}, job_id="once")
-    await Worker(redis, core_tasks.registry, burst=True, settings=FAST).run()
-    assert await _job_keys(redis, "default") == []  # known only by its bucket field
-    await client.enqueue("record", {}, job_id="once", delay_s=delay_s)
-    await client.enqueue_many([JobSpec("record", {}, job_id="once")])
-    assert await redis.xlen(keys.stream("default")) == 0
-    assert await redis.zcard(keys.delayed("default")) == 0
-    assert (await client.status("once")).state == "succeeded"
-
-
-async def test_ended_buckets_are_unlinked_and_no_longer_read(redis: Redis) -> None:
-    """With results kept 1 s, buckets are 1 s wide: the first job's records end 2 s after it ran at
-    the latest. The first ack of a later bucket unlinks the ended one."""
-    short = FAST.model_copy(update={"result_ttl_s": 1})
-    client = Client(redis, core_tasks.registry)
-    first = await client.enqueue("record", {})
-    await Worker(redis, core_tasks.registry, burst=True, settings=short).run()
-    [(old, ends)] = await _buckets(redis, "default")
-    assert (await client.status(first)).state == "succeeded"
-
-    async def ended() -> bool:
-        s, us = await redis.time()
-        return s * 1000 + us // 1000 > ends
-
-    await wait_for(ended, timeout_s=5, what="the first bucket's records to end")
-    # The key outlives its records by a bucket: readers skip it, and the next ack removes it.
-    assert await redis.exists(keys.done_bucket("default", old))
-    with pytest.raises(JobNotFound):
-        await client.status(first)
-    second = await client.enqueue("record", {})
-    await Worker(redis, core_tasks.registry, burst=True, settings=short).run()
-    [(new, _)] = await _buckets(redis, "default")
-    assert new != old
-    assert not await redis.exists(keys.done_bucket("default", old))
-    assert (await client.status(second)).state == "succeeded"
-
-
-async def test_history_finds_a_job_whose_record_is_in_a_bucket(redis: Redis) -> None:
-    client = Client(redis, core_tasks.registry)
-    job_id = await client.enqueue("record", {})
-    await Worker(redis, core_tasks.registry, burst=True, settings=FAST).run()
-    assert await find_job(redis, job_id, ["critical", "default"]) == "default"
-    with pytest.raises(JobNotFound):
-        await find_job(redis, "no-such-job", ["default"])

@@ -19,10 +19,8 @@ scanning its node: after the status write, it was the costliest command of an ac
 It is left for the entries of the batch above an older entry still running (a slow job holds
 the bound back), for small batches, and for a user whose ACL refuses XTRIM.
 
-The job leaves the queue's live index (qr:{q}:live) here, and its status record is written once,
-compact: attempt, times, worker and result, as one field of the queue's current time bucket
-(qr:{q}:done:<bucket>, see the end of this script), or into the job's own status hash when it
-has one (it was scheduled, retried or given progress). Nothing was written for it when it
+The job leaves the queue's live index (qr:{q}:live) here, and its status hash is written once,
+compact: state, attempt, finish time, worker and result. Nothing was written for it when it
 started (see fetch.lua), so this is the only status write of a job that succeeds first time.
 
 KEYS[1]   stream   qr:{q}:stream
@@ -149,72 +147,22 @@ end
 for i = 1, #deleting, 500 do
   redis.call('XDEL', stream, unpack(deleting, i, math.min(i + 499, #deleting)))
 end
--- Status records. A job with a status hash already (scheduled, retried, given progress, asked
--- to cancel: its history is there) gets its final state written into it. Every other job's
--- record is one field of the current time bucket (see qr_done_index): one HSET and one
--- PEXPIREAT per batch instead of a key and a TTL per job, and the keyspace does not grow by a
--- key per finished job.
-local rows, nrows = {}, 0
-local bucketed = ttl > 0 and not string.find(consumer, '\t', 1, true)
 for _, i in ipairs(finished) do
   local job_id = jobs[i]
   if ttl > 0 then
     local sk, result = prefix .. job_id, results[i]
-    if bucketed and redis.call('EXISTS', sk) == 0 then
-      rows[nrows + 1] = job_id
-      rows[nrows + 2] = attempts[i] .. '\t' .. tasks[i] .. '\t' .. enqueued[i] .. '\t' ..
-        string.format('%.0f\t%.0f', now - tonumber(runs[i]), now) .. '\t' .. consumer .. '\t' ..
-        result
-      nrows = nrows + 2
+    if result ~= '' then
+      redis.call('HSET', sk, 'state', 'succeeded', 'task', tasks[i], 'attempt', attempts[i],
+        'enqueued_ms', enqueued[i], 'started_ms', now - tonumber(runs[i]), 'finished_ms', now,
+        'worker', consumer, 'result', result)
     else
-      if result ~= '' then
-        redis.call('HSET', sk, 'state', 'succeeded', 'task', tasks[i], 'attempt', attempts[i],
-          'enqueued_ms', enqueued[i], 'started_ms', now - tonumber(runs[i]), 'finished_ms', now,
-          'worker', consumer, 'result', result)
-      else
-        redis.call('HSET', sk, 'state', 'succeeded', 'task', tasks[i], 'attempt', attempts[i],
-          'enqueued_ms', enqueued[i], 'started_ms', now - tonumber(runs[i]), 'finished_ms', now,
-          'worker', consumer)
-      end
-      redis.call('PEXPIRE', sk, ttl)
+      redis.call('HSET', sk, 'state', 'succeeded', 'task', tasks[i], 'attempt', attempts[i],
+        'enqueued_ms', enqueued[i], 'started_ms', now - tonumber(runs[i]), 'finished_ms', now,
+        'worker', consumer)
     end
+    redis.call('PEXPIRE', sk, ttl)
   elseif marker_ttl > 0 then
     redis.call('SET', marker_prefix .. job_id, 1, 'PX', marker_ttl)
-  end
-end
-if nrows > 0 then
-  -- Buckets an eighth of the TTL wide (at least a second): a record is kept from TTL to TTL
-  -- plus a bucket's width, and a reader looks in about nine buckets. The key itself expires one
-  -- bucket later than its records end; before that, the first ack of a new bucket unlinks
-  -- ended buckets (UNLINK frees a large hash off the main thread, where an expiry would not on
-  -- a server with lazyfree-lazy-expire off, the default before Valkey 8).
-  local width = math.max(1000, math.floor(ttl / 8))
-  local start = math.floor(now / width) * width
-  local name = string.format('%.0f:%.0f', start, width)
-  local ends = start + width + ttl
-  local index = qr_done_index(stream)
-  local key = index .. ':' .. name
-  for j = 1, nrows, 1000 do
-    redis.call('HSET', key, unpack(rows, j, math.min(j + 999, nrows)))
-  end
-  redis.call('PEXPIRE', key, ends + width - now)
-  if redis.call('HSET', index, name, string.format('%.0f', ends)) == 1 then
-    -- A new bucket: unlink the ended ones, and keep the index as long as its last bucket.
-    local flat, last = redis.call('HGETALL', index), ends
-    for k = 1, #flat, 2 do
-      local e = tonumber(flat[k + 1]) or 0
-      if e <= now then
-        -- A worker's user from before UNLINK was in docs/redis-acl.md still finishes the
-        -- ack; DEL frees the bucket on the main thread.
-        local gone = index .. ':' .. flat[k]
-        local r = redis.pcall('UNLINK', gone)
-        if type(r) == 'table' and r.err then redis.call('DEL', gone) end
-        redis.call('HDEL', index, flat[k])
-      elseif e > last then
-        last = e
-      end
-    end
-    redis.call('PEXPIRE', index, last + width - now)
   end
 end
 return out

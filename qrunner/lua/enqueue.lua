@@ -1,8 +1,7 @@
 --[[ enqueue: add one or more jobs to a queue, immediately or delayed, with optional dedup.
 
 Job ids are made by the client before sending, and an id is written at most once: a job whose id
-record already exists, whose id is in the live index, or whose finished record is in one of the
-queue's time buckets (ack.lua), is skipped. A call sent again after its
+record already exists, or whose id is in the live index, is skipped. A call sent again after its
 reply was lost (a reset connection, a timeout) therefore never enqueues twice, whichever layer
 sends it again: qrunner's retry, redis-py's own, a cluster client's or a proxy's. The check is
 two reads per job and is never skipped: an earlier version skipped it on the first send of ids
@@ -35,12 +34,6 @@ local now = nil  -- read once, when a delayed job or a status record needs it
 local status_ttl = tonumber(ARGV[2])
 local marker_ttl = tonumber(ARGV[3])
 local live = qr_live(KEYS[1])
-local buckets = nil  -- the finished-record buckets (ack.lua), read once, when first needed
-local function done_buckets()
-  now = now or qr_now(ARGV[1])
-  buckets = buckets or qr_done_buckets(KEYS[1], now)
-  return buckets
-end
 local out = {}
 local n = (#ARGV - 3) / 6
 for i = 0, n - 1 do
@@ -54,8 +47,7 @@ for i = 0, n - 1 do
   if holder then
     out[#out + 1] = holder
     out[#out + 1] = 0
-  elseif redis.call('EXISTS', id_key) == 1 or qr_is_live(live, KEYS[1], id)
-      or (status_ttl > 0 and qr_done_get(KEYS[1], done_buckets(), id)) then
+  elseif redis.call('EXISTS', id_key) == 1 or qr_is_live(live, KEYS[1], id) then
     out[#out + 1] = id
     out[#out + 1] = 2
   else

@@ -5,8 +5,8 @@ enqueue.lua, which handles every other case). Each job costs its stream entry an
 the live index, as in enqueue.lua; the arguments are the two values the job needs, so a bulk
 call carries two per job instead of six.
 
-A job whose id is already known (its status hash, its record in a time bucket (ack.lua) or its
-id marker exists, or the live index holds it) is skipped, as in enqueue.lua: a call sent again after its reply was lost writes nothing
+A job whose id is already known (its status record or id marker exists, or the live index holds
+it) is skipped, as in enqueue.lua: a call sent again after its reply was lost writes nothing
 twice, whoever sends it again (qrunner's retry, redis-py's, a cluster client's, a proxy's).
 
 When every id in the call was drawn by the client for this call (80 random bits, never sent in
@@ -30,14 +30,9 @@ Returns        flat array: per job, its id and 1 (enqueued) or 2 (this id was al
 ]]
 local live = qr_live(KEYS[1])
 local prefix = string.sub(KEYS[1], 1, -7)  -- qr:{q}:
-local buckets = nil  -- the finished-record buckets (ack.lua), read once, when first needed
 local function known(id)
-  if redis.call('EXISTS', prefix .. 'job:' .. id, prefix .. 'id:' .. id) > 0
-      or qr_is_live(live, KEYS[1], id) then
-    return true
-  end
-  buckets = buckets or qr_done_buckets(KEYS[1], qr_now(''))
-  return qr_done_get(KEYS[1], buckets, id)
+  return redis.call('EXISTS', prefix .. 'job:' .. id, prefix .. 'id:' .. id) > 0
+      or qr_is_live(live, KEYS[1], id)
 end
 local look = ARGV[1] ~= '1' or (#ARGV > 1 and known(ARGV[2]))
 local out = {}

@@ -4,8 +4,7 @@ A job waiting in or taken from the stream has a field in the queue's live index 
 stream entry id) and usually no status hash: its state is where its entry is. The entry still
 in the stream and pending for a consumer: running (on that consumer); in the stream, not
 pending: queued. The status hash is written when the job is scheduled, retried, cancelled or
-ends, and holds what the entry cannot tell (last error, progress, result); a job that succeeds
-with no status hash has its record in one of the queue's time buckets instead (ack.lua). The caller merges
+ends, and holds what the entry cannot tell (last error, progress, result). The caller merges
 the two (Client.status): a hash that says the job ended or was cancelled wins.
 
 KEYS[1]   stream        qr:{q}:stream
@@ -16,11 +15,6 @@ Returns   {status hash as a flat array, envelope or false, consumer or false, st
           or false}
 ]]
 local rec = redis.call('HGETALL', KEYS[2])
-if #rec == 0 then
-  -- No hash of its own: a job that succeeded first time has its record in a time bucket.
-  local packed = qr_done_get(KEYS[1], qr_done_buckets(KEYS[1], qr_now('')), ARGV[2])
-  if packed then return {qr_done_record(packed), false, false} end
-end
 local live = qr_live(KEYS[1])
 local v = redis.call('HGET', live, ARGV[2])
 if not v then return {rec, false, false} end
