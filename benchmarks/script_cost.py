@@ -7,12 +7,15 @@ flushed. Variants, each adding one thing to the one before:
 
 - ``XADD``: the raw loop's awaited enqueue (one stream entry, no script);
 - ``return 1``: the fixed cost of a script call;
-- ``prelude``: the same as qrunner sends every script: its shared prelude in front (it defines
-  the helpers) and the body under ``pcall`` (so a failed command keeps its error code);
+- ``whole prelude``: the body under ``pcall`` (so a failed command keeps its error code) with
+  the whole shared prelude in front, as every script was sent before each carried only the
+  prelude functions it calls;
+- ``prelude``: the same as qrunner sends it now: only ``qr_error``, which the ``pcall`` needs;
 - ``+ XADD``: the stream entry written from the script;
 - ``+ HSET``: and the job's field in the live index (unpacked);
 - ``enqueue_now``: the real script for one job due now (the id look-up, the entry, the packed
-  index field), as a single ``Client.enqueue`` sends it;
+  index field), as a single ``Client.enqueue`` sends it; ``enqueue_now, whole prelude``: the
+  same with the whole prelude, as before;
 - ``enqueue_now x100``: the same script with 100 jobs in one call, per job (a bulk enqueue).
 
 And what finishing a job costs, per job, in batches of 100 read and acked by one consumer (the
@@ -49,7 +52,15 @@ from suite.server import RedisServer  # noqa: E402
 from qrunner import connect_redis, keys  # noqa: E402
 from qrunner.consumer import Completion, Consumer  # noqa: E402
 from qrunner.job import Job, encode_envelope, new_job_id  # noqa: E402
-from qrunner.scripts import Script, read_source, source_for  # noqa: E402
+from qrunner.scripts import (  # noqa: E402
+    _BODY_HEAD,
+    _BODY_TAIL,
+    Script,
+    _expand,
+    _read,
+    read_source,
+    source_for,
+)
 from qrunner.settings import Settings  # noqa: E402
 
 STREAM = keys.stream("bench")
@@ -63,13 +74,20 @@ def variants() -> dict[str, str | None]:
     return {
         "XADD": None,
         "return 1": "return 1",
+        "whole prelude": _with_whole_prelude("return 1"),
         "prelude": source_for("return 1"),
         "+ XADD": source_for(xadd + "return {ARGV[2], 1}"),
         "+ HSET": source_for(
             xadd + f"redis.call('HSET', '{LIVE}', ARGV[2], e)\nreturn {{ARGV[2], 1}}"
         ),
+        "enqueue_now, whole prelude": _with_whole_prelude(_expand(_read("enqueue_now"))),
         "enqueue_now": read_source("enqueue_now"),
     }
+
+
+def _with_whole_prelude(body: str) -> str:
+    """``body`` as every script was sent before: the whole prelude in front, under pcall."""
+    return _read("_prelude") + "\n" + _BODY_HEAD + body + _BODY_TAIL
 
 
 #: The ack script cut short after each of its steps (a ``return`` inserted before the line

@@ -13,8 +13,7 @@ and a failed command comes back as ``redis.error_reply`` with its code in front 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 
 from redis import exceptions as rx
 
@@ -122,17 +121,36 @@ def raise_if_conflict(exc: rx.ResponseError, queue: str) -> None:
         raise name_queue(fault, queue) from exc
 
 
-@asynccontextmanager
-async def translated(queue: str | None = None) -> AsyncIterator[None]:
+class translated:
     """Re-raise Redis failures inside the block as typed faults (others pass unchanged),
-    naming ``queue`` in the faults that report one."""
-    try:
-        yield
-    except RedisFault as typed:
-        name_queue(typed, queue)
-        raise
-    except Exception as exc:
+    naming ``queue`` in the faults that report one.
+
+    A class rather than an ``asynccontextmanager``: it wraps every enqueue, and a generator
+    based one costs an async generator, its registration with the loop and two ``anext``
+    per use."""
+
+    __slots__ = ("queue",)
+
+    def __init__(self, queue: str | None = None) -> None:
+        self.queue = queue
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if exc is None:
+            return False
+        if isinstance(exc, RedisFault):
+            name_queue(exc, self.queue)
+            return False
+        if not isinstance(exc, Exception):
+            return False
         fault = classify(exc)
         if fault is None:
-            raise
-        raise name_queue(fault, queue) from exc
+            return False
+        raise name_queue(fault, self.queue) from exc

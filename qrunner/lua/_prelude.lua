@@ -1,4 +1,6 @@
--- Shared by every script: qrunner/scripts.py puts it in front of each one.
+-- Shared by every script: qrunner/scripts.py puts in front of each one the functions of this
+-- file it calls (each `local function` runs, making a closure, every time the script runs).
+-- Every name here starts with qr_: that is how a script's calls are found.
 
 -- The Redis clock in ms, or `given` when the caller passed a time ("" = read TIME).
 local function qr_now(given)
