@@ -1,0 +1,115 @@
+"""Awaited single enqueue against awaited XADD, in pairs run back to back: the suite's own
+``enqueue-single`` step (``python -m peers raw|qrunner enqueue-single N``), alternated.
+
+On a host whose speed moves by a quarter within minutes, a ratio of two medians taken minutes
+apart says little; the ratio of each pair, raw and qrunner measured seconds apart, says more,
+and the median of those ratios is the row. With ``--base DIR`` a third side runs between them:
+qrunner as checked out in DIR (``git worktree add DIR REV``), for before/after comparisons of
+a change to the client or the enqueue scripts. One private redis-server, persistence off,
+flushed before every step.
+
+    benchmarks/.venvs/qrunner/bin/python benchmarks/enqueue_pairs.py --pairs 15 --out FILE.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import redis  # noqa: E402
+from suite.server import RedisServer  # noqa: E402
+
+
+def step(url: str, peer: str, n: int, qrunner_root: Path) -> float:
+    """One ``enqueue-single`` step of the suite; its jobs/s."""
+    env = dict(os.environ, BENCH_REDIS_URL=url)
+    env["PYTHONPATH"] = os.pathsep.join([str(BENCH), str(qrunner_root)])
+    out = subprocess.run(
+        [sys.executable, "-m", "peers", peer, "enqueue-single", str(n)],
+        cwd=BENCH,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    if "error" in result:
+        raise SystemExit(f"{peer}: {result['error']}")
+    return float(result["jobs_per_s"])
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.3f} ({min(values):.3f} to {max(values):.3f})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--pairs", type=int, default=15)
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--base", type=Path, help="another checkout of qrunner to run as well")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    sides = [("raw", "raw", ROOT), ("qrunner", "qrunner", ROOT)]
+    if args.base is not None:
+        sides.insert(1, ("base", "qrunner", args.base.resolve()))
+    load_before = os.getloadavg()[0]
+    rates: dict[str, list[float]] = {label: [] for label, _, _ in sides}
+    with tempfile.TemporaryDirectory() as folder, RedisServer(Path(folder)) as srv:
+        r = redis.Redis.from_url(srv.url)
+        version = r.info("server")["redis_version"]
+        for pair in range(args.pairs):
+            for label, peer, root in sides:
+                r.flushall()
+                rates[label].append(step(srv.url, peer, args.n, root))
+            line = ", ".join(f"{label} {rates[label][-1]:,.0f}" for label, _, _ in sides)
+            print(f"pair {pair + 1}: {line} jobs/s", flush=True)
+        r.close()
+    load_after = os.getloadavg()[0]
+    lines = [
+        "# Awaited single enqueue against awaited XADD, in pairs",
+        "",
+        f"`benchmarks/enqueue_pairs.py --pairs {args.pairs} --n {args.n}"
+        + (" --base DIR" if args.base else "")
+        + f"` on {os.cpu_count()} cores, Python {platform.python_version()}, Redis {version} "
+        f"(private, persistence off). Load average before / after: {load_before:.2f} / "
+        f"{load_after:.2f}.",
+        "",
+        "| side | median jobs/s | min | max | each pair's ratio to raw: median (min to max) |",
+        "|---|---|---|---|---|",
+    ]
+    for label, _, _ in sides:
+        values = rates[label]
+        ratios = [v / raw for v, raw in zip(values, rates["raw"], strict=True)]
+        lines.append(
+            f"| {label} | {statistics.median(values):,.0f} | {min(values):,.0f} | "
+            f"{max(values):,.0f} | {spread(ratios)} |"
+        )
+    if args.base is not None:
+        ratios = [a / b for a, b in zip(rates["qrunner"], rates["base"], strict=True)]
+        lines += ["", f"qrunner against base, each pair: {spread(ratios)}."]
+    lines += ["", "Each pair, jobs/s:", ""]
+    lines += [
+        f"- {i + 1}: " + ", ".join(f"{label} {rates[label][i]:,.0f}" for label, _, _ in sides)
+        for i in range(args.pairs)
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
