@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -57,14 +58,16 @@ return qr_error(res)
 
 
 _PRELUDE_FUNCTION = re.compile(r"^local function (qr_\w+)\(", re.MULTILINE)
-_NAME = re.compile(r"\bqr_\w+")
+#: A call of a prelude function (its mention in a comment is not one).
+_CALL = re.compile(r"\bqr_\w+(?=\()")
 
 
-def _prelude_parts() -> list[tuple[str, str]]:
+@cache
+def _prelude_parts() -> tuple[tuple[str, str], ...]:
     """The prelude as (function name, its text with the comment above it), in file order."""
     text = _read("_prelude")
     starts = [m.start() for m in _PRELUDE_FUNCTION.finditer(text)]
-    parts = []
+    parts: list[tuple[str, str]] = []
     for i, start in enumerate(starts):
         end = starts[i + 1] if i + 1 < len(starts) else len(text)
         chunk = text[start:end]
@@ -79,7 +82,7 @@ def _prelude_parts() -> list[tuple[str, str]]:
         name = _PRELUDE_FUNCTION.match(chunk)
         assert name is not None
         parts.append((name.group(1), "\n".join([*comment, *lines]) + "\n"))
-    return parts
+    return tuple(parts)
 
 
 def prelude_for(body: str) -> str:
@@ -89,10 +92,10 @@ def prelude_for(body: str) -> str:
     so a script carries only what it uses: a whole prelude cost each call about a microsecond
     of Redis time on a 2-core host, a fair share of the single enqueue's."""
     parts = _prelude_parts()
-    used = set(_NAME.findall(body))
+    used = set(_CALL.findall(body))
     for name, text in reversed(parts):  # a function calls only those defined above it
         if name in used:
-            used.update(_NAME.findall(text))
+            used.update(_CALL.findall(text))
     return "".join(text for name, text in parts if name in used)
 
 

@@ -43,4 +43,4 @@ def test_a_script_defines_each_prelude_function_it_calls_once_and_no_other(name:
     # Each one included is called by the body or by another one included.
     for fn in defined:
         others = re.sub(rf"local function {fn}\(", "", head)
-        assert re.search(rf"\b{fn}\b", body + others), f"{name} carries {fn} unused"
+        assert re.search(rf"\b{fn}\(", body + others), f"{name} carries {fn} uncalled"
