@@ -15,11 +15,9 @@ redis-server with persistence off, as in ``bin/bench``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -33,28 +31,13 @@ import redis  # noqa: E402
 import uvloop  # noqa: E402
 from peers.qrunner import QUEUE, registry  # noqa: E402
 from suite.server import RedisServer  # noqa: E402
+from suite.steps import peers_step  # noqa: E402
 
 from qrunner import Client, Worker, connect_redis  # noqa: E402
 
 SIZES = (10_000, 100_000, 1_000_000)
 #: Timed between 30 % and 90 % done, as in the suite (see benchmarks/README.md, Scaling).
 WINDOW = "0.3,0.9"
-
-
-def peers_step(url: str, *args: str) -> dict[str, Any]:
-    """One step of the suite (``python -m peers qrunner ...``); its JSON line."""
-    env = dict(os.environ, BENCH_REDIS_URL=url)
-    env["PYTHONPATH"] = os.pathsep.join([str(BENCH), str(ROOT), env.get("PYTHONPATH", "")])
-    out = subprocess.run(
-        [sys.executable, "-m", "peers", "qrunner", *args],
-        cwd=BENCH,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    return result
 
 
 async def fill(url: str, n: int) -> None:
@@ -97,13 +80,22 @@ def main() -> int:
                 r.flushall()
                 cap = str(max(60, n / 1000))
                 proc = peers_step(
-                    srv.url, "process", str(n), "--body", "noop", "--cap", cap, "--window", WINDOW
+                    srv.url,
+                    "qrunner",
+                    "process",
+                    str(n),
+                    "--body",
+                    "noop",
+                    "--cap",
+                    cap,
+                    "--window",
+                    WINDOW,
                 )
                 if "jobs_per_s" not in proc:
                     raise SystemExit(f"{n} jobs: {proc}")
                 rates[n].append(proc["jobs_per_s"])
                 r.flushall()
-                mem = peers_step(srv.url, "memory", str(n))
+                mem = peers_step(srv.url, "qrunner", "memory", str(n))
                 memory[n].append(mem["bytes_per_job"])
                 print(
                     f"repeat {rep + 1}: {n:>9,} queued: {proc['jobs_per_s']:,.0f} jobs/s, "

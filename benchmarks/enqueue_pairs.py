@@ -14,15 +14,12 @@ flushed before every step.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
@@ -30,21 +27,12 @@ sys.path.insert(0, str(BENCH))
 
 import redis  # noqa: E402
 from suite.server import RedisServer  # noqa: E402
+from suite.steps import peers_step  # noqa: E402
 
 
 def step(url: str, peer: str, n: int, qrunner_root: Path) -> float:
     """One ``enqueue-single`` step of the suite; its jobs/s."""
-    env = dict(os.environ, BENCH_REDIS_URL=url)
-    env["PYTHONPATH"] = os.pathsep.join([str(BENCH), str(qrunner_root)])
-    out = subprocess.run(
-        [sys.executable, "-m", "peers", peer, "enqueue-single", str(n)],
-        cwd=BENCH,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    result = peers_step(url, peer, "enqueue-single", str(n), qrunner_root=qrunner_root)
     if "error" in result:
         raise SystemExit(f"{peer}: {result['error']}")
     return float(result["jobs_per_s"])
