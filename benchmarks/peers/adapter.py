@@ -84,7 +84,6 @@ class Adapter:
 
     def __init__(self) -> None:
         self.r = redis.Redis.from_url(redis_url())
-        self.expected: int | None = None
 
     # -- enqueue side (sync, or async when ``asynchronous``) ---------------------------------
 
@@ -131,8 +130,7 @@ class Adapter:
     def remaining(self) -> Any:
         """Jobs enqueued but not yet finished, read from the runtime's own Redis keys.
 
-        May be a coroutine. ``self.expected`` holds the backlog size while a worker runs, for
-        runtimes whose keys only show what is done.
+        May be a coroutine.
         """
         raise NotImplementedError
 

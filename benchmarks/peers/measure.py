@@ -80,7 +80,6 @@ async def measure_process(
     finally:
         await a.call(a.close())
     a.after_prefill(n)
-    a.expected = n
     before = await a.call(a.remaining())
     if before != n:
         return {"n": n, "error": f"backlog holds {before} jobs, expected {n}"}
@@ -221,7 +220,6 @@ async def measure_delayed(a: Adapter, n: int, variant: str, cap_s: float) -> dic
     finally:
         await a.call(a.close())
     await asyncio.sleep(delay_s)
-    a.expected = n
     waiting = await a.call(a.delayed_count())
     if waiting != n:
         return {"n": n, "error": f"delayed set holds {waiting} jobs, expected {n}"}
