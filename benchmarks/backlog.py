@@ -9,7 +9,12 @@ job (``usec`` of every command, scripts counting their inner commands once) says
 worker or the server is the bound. Sizes alternate order between repeats; one private
 redis-server with persistence off, as in ``bin/bench``.
 
-    benchmarks/.venvs/qrunner/bin/python benchmarks/backlog.py --repeats 3 --out FILE.md
+``--raw`` runs the suite's raw redis-py loop (``peers/raw.py``) on the same backlogs, right
+after each qrunner step: its rate at each size says how much of a change across sizes is the
+server's and the host's (it moves the raw loop too) and how much is qrunner's (it moves the
+ratio).
+
+    benchmarks/.venvs/qrunner/bin/python benchmarks/backlog.py --repeats 3 --raw --out FILE.md
 """
 
 from __future__ import annotations
@@ -63,13 +68,37 @@ def server_us_per_job(r: redis.Redis, n: int) -> dict[str, float]:
     return {"total": scripts + sum(outside.values()), "scripts": scripts, **outside}
 
 
+def process_rate(r: redis.Redis, url: str, peer: str, n: int) -> float:
+    """One ``process`` step of the suite for ``peer`` on an ``n``-job no-op backlog."""
+    r.flushall()
+    proc = peers_step(
+        url,
+        peer,
+        "process",
+        str(n),
+        "--body",
+        "noop",
+        "--cap",
+        str(max(60, n / 1000)),
+        "--window",
+        WINDOW,
+    )
+    if "jobs_per_s" not in proc:
+        raise SystemExit(f"{peer}, {n} jobs: {proc}")
+    return float(proc["jobs_per_s"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--raw", action="store_true", help="also drain each backlog with the raw redis-py loop"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     rates: dict[int, list[float]] = {n: [] for n in SIZES}
+    raw_rates: dict[int, list[float]] = {n: [] for n in SIZES}
     server: dict[int, dict[str, float]] = {}
     memory: dict[int, list[float]] = {n: [] for n in SIZES}
     with tempfile.TemporaryDirectory() as folder, RedisServer(Path(folder)) as srv:
@@ -77,28 +106,16 @@ def main() -> int:
         version = r.info("server")["redis_version"]
         for rep in range(args.repeats):
             for n in SIZES if rep % 2 == 0 else tuple(reversed(SIZES)):
-                r.flushall()
-                cap = str(max(60, n / 1000))
-                proc = peers_step(
-                    srv.url,
-                    "qrunner",
-                    "process",
-                    str(n),
-                    "--body",
-                    "noop",
-                    "--cap",
-                    cap,
-                    "--window",
-                    WINDOW,
-                )
-                if "jobs_per_s" not in proc:
-                    raise SystemExit(f"{n} jobs: {proc}")
-                rates[n].append(proc["jobs_per_s"])
+                rates[n].append(process_rate(r, srv.url, "qrunner", n))
+                raw_note = ""
+                if args.raw:
+                    raw_rates[n].append(process_rate(r, srv.url, "raw", n))
+                    raw_note = f" (raw loop {raw_rates[n][-1]:,.0f})"
                 r.flushall()
                 mem = peers_step(srv.url, "qrunner", "memory", str(n))
                 memory[n].append(mem["bytes_per_job"])
                 print(
-                    f"repeat {rep + 1}: {n:>9,} queued: {proc['jobs_per_s']:,.0f} jobs/s, "
+                    f"repeat {rep + 1}: {n:>9,} queued: {rates[n][-1]:,.0f} jobs/s{raw_note}, "
                     f"{mem['bytes_per_job']:.1f} bytes/job",
                     flush=True,
                 )
@@ -117,23 +134,30 @@ def main() -> int:
     lines = [
         "# Throughput and bytes per job across backlog sizes (status records on)",
         "",
-        f"`benchmarks/backlog.py --repeats {args.repeats}` on {os.cpu_count()} cores, "
+        f"`benchmarks/backlog.py --repeats {args.repeats}{' --raw' if args.raw else ''}` on "
+        f"{os.cpu_count()} cores, "
         f"Python {platform.python_version()}, Redis {version} (private, persistence off). "
         "Job: no-op; one worker process, concurrency 100, uvloop, timed between 30 % and 90 % "
         "done (the suite's `scaling.backlog.N` step). Load average before / after: "
         f"{load_before:.2f} / {load_after:.2f}.",
         "",
         "| queued | median jobs/s | min | max | vs 10k | bytes/job | vs 10k | "
-        "Redis µs/job (scripts) |",
-        "|---|---|---|---|---|---|---|---|",
+        "Redis µs/job (scripts) |"
+        + (" raw loop jobs/s | vs 10k | qrunner / raw |" if args.raw else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if args.raw else ""),
     ]
+    raw_base = statistics.median(raw_rates[SIZES[0]]) if args.raw else 0.0
     for n in SIZES:
         rate, mem = statistics.median(rates[n]), statistics.median(memory[n])
-        lines.append(
+        row = (
             f"| {n:,} | {rate:,.0f} | {min(rates[n]):,.0f} | {max(rates[n]):,.0f} | "
             f"{rate / base_rate:.2f}x | {mem:.1f} | {mem / base_mem:.2f}x | "
             f"{server[n]['total']:.1f} ({server[n]['scripts']:.1f}) |"
         )
+        if args.raw:
+            raw = statistics.median(raw_rates[n])
+            row += f" {raw:,.0f} | {raw / raw_base:.2f}x | {rate / raw:.0%} |"
+        lines.append(row)
     lines.append("")
     text = "\n".join(lines)
     print(text)

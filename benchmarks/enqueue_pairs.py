@@ -8,7 +8,14 @@ qrunner as checked out in DIR (``git worktree add DIR REV``), for before/after c
 a change to the client or the enqueue scripts. One private redis-server, persistence off,
 flushed before every step.
 
+``--step noop`` or ``--step redis`` pairs the suite's processing step instead (``process N
+--body noop|redis``, one worker process at concurrency 100, timed from 30 % to 90 % of the
+backlog done): the raw Streams loop against qrunner, and with ``--base`` a change to the
+worker or the ack against the code before it.
+
     benchmarks/.venvs/qrunner/bin/python benchmarks/enqueue_pairs.py --pairs 15 --out FILE.md
+    benchmarks/.venvs/qrunner/bin/python benchmarks/enqueue_pairs.py --step noop --n 40000 \
+        --base ../before --out FILE.md
 """
 
 from __future__ import annotations
@@ -29,10 +36,24 @@ import redis  # noqa: E402
 from suite.server import RedisServer  # noqa: E402
 from suite.steps import peers_step  # noqa: E402
 
+#: --step: the suite's step and its arguments, and the report's title.
+STEPS = {
+    "enqueue": (("enqueue-single",), "Awaited single enqueue against awaited XADD"),
+    "noop": (
+        ("process", "--body", "noop", "--window", "0.3,0.9"),
+        "No-op jobs processed, against the raw Streams loop",
+    ),
+    "redis": (
+        ("process", "--body", "redis", "--window", "0.3,0.9"),
+        "One-INCR jobs processed, against the raw Streams loop running the same body",
+    ),
+}
 
-def step(url: str, peer: str, n: int, qrunner_root: Path) -> float:
-    """One ``enqueue-single`` step of the suite; its jobs/s."""
-    result = peers_step(url, peer, "enqueue-single", str(n), qrunner_root=qrunner_root)
+
+def step(url: str, peer: str, n: int, qrunner_root: Path, kind: str = "enqueue") -> float:
+    """One step of the suite (see :data:`STEPS`); its jobs/s."""
+    command, *options = STEPS[kind][0]
+    result = peers_step(url, peer, command, str(n), *options, qrunner_root=qrunner_root)
     if "error" in result:
         raise SystemExit(f"{peer}: {result['error']}")
     return float(result["jobs_per_s"])
@@ -46,6 +67,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pairs", type=int, default=15)
     parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--step", choices=sorted(STEPS), default="enqueue")
     parser.add_argument("--base", type=Path, help="another checkout of qrunner to run as well")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -60,15 +82,15 @@ def main() -> int:
         for pair in range(args.pairs):
             for label, peer, root in sides:
                 r.flushall()
-                rates[label].append(step(srv.url, peer, args.n, root))
+                rates[label].append(step(srv.url, peer, args.n, root, args.step))
             line = ", ".join(f"{label} {rates[label][-1]:,.0f}" for label, _, _ in sides)
             print(f"pair {pair + 1}: {line} jobs/s", flush=True)
         r.close()
     load_after = os.getloadavg()[0]
     lines = [
-        "# Awaited single enqueue against awaited XADD, in pairs",
+        f"# {STEPS[args.step][1]}, in pairs",
         "",
-        f"`benchmarks/enqueue_pairs.py --pairs {args.pairs} --n {args.n}"
+        f"`benchmarks/enqueue_pairs.py --step {args.step} --pairs {args.pairs} --n {args.n}"
         + (" --base DIR" if args.base else "")
         + f"` on {os.cpu_count()} cores, Python {platform.python_version()}, Redis {version} "
         f"(private, persistence off). Load average before / after: {load_before:.2f} / "

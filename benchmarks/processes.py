@@ -1,14 +1,20 @@
 """``qrunner worker --processes N`` against one process, in one run: the same backlog of jobs
 that each await one Redis INCR, drained by a burst worker with 1 and with 2 processes.
 
-Each side's time runs from the supervisor's start to its exit, less the same command's time
-on an empty queue (interpreter start, connecting, the burst check), so the rows compare job
-throughput. Medians of ``--repeats``, sides alternated; one private redis-server. CPU per job:
-the worker processes' (supervisor included) from the children's rusage, Redis' from INFO cpu,
-both over the whole loaded run: with Redis on the same cores, N processes can at best reach
-cores / (worker + Redis CPU per job).
+qrunner's time runs from the supervisor's start to its exit, less the same command's time on
+an empty queue (interpreter start, connecting, the burst check), so the rows compare job
+throughput. Medians of ``--repeats``, process counts alternated; one private redis-server. CPU
+per job: the worker processes' (supervisor included) from the children's rusage, Redis' from
+INFO cpu, both over the whole loaded run: with Redis on the same cores, N processes can at best
+reach cores / (worker + Redis CPU per job).
 
-    .venv/bin/python benchmarks/processes.py --jobs 40000 --repeats 3 --out FILE.md
+``--raw`` adds the same rows for the suite's raw redis-py Streams loop (``peers/raw.py``: no
+runtime, the same INCR body at the same concurrency) started as 1 or 2 processes. It has no
+burst mode, so its rate is timed from the first 10 % of the backlog done to the last entry
+acked, polled every 10 ms. Its rows are the limit for this job on this host: what the cores
+allow a consumer that adds nothing to the body's own Redis round trip.
+
+    .venv/bin/python benchmarks/processes.py --jobs 40000 --repeats 3 --raw --out FILE.md
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import redis as sync_redis  # noqa: E402
+from peers.adapter import StreamBacklog  # noqa: E402
+from peers.raw import GROUP as RAW_GROUP  # noqa: E402
+from peers.raw import STREAM as RAW_STREAM  # noqa: E402
 from sync_enqueue import start_redis  # noqa: E402
 
 from benchmarks.cluster.tasks import registry  # noqa: E402
@@ -81,6 +90,54 @@ async def fill(url: str, n: int) -> None:
         await redis.aclose()
 
 
+def fill_raw(url: str, n: int) -> StreamBacklog:
+    """The raw loop's backlog: ``n`` INCR entries in its stream, its group at the start."""
+    r = sync_redis.Redis.from_url(url)
+    r.flushall()
+    r.xgroup_create(RAW_STREAM, RAW_GROUP, id="0", mkstream=True)
+    fields = {"t": "incr", "d": "{}"}
+    for start in range(0, n, 1000):
+        pipe = r.pipeline(transaction=False)
+        for _ in range(min(1000, n - start)):
+            pipe.xadd(RAW_STREAM, fields)
+        pipe.execute()
+    backlog = StreamBacklog(r, RAW_STREAM, RAW_GROUP)
+    backlog.snapshot()
+    return backlog
+
+
+def run_raw(url: str, processes: int, backlog: StreamBacklog, n: int) -> float:
+    """Start ``processes`` raw consumers; jobs/s from 10 % of the backlog done to all of it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QRUNNER_")}
+    env |= {"BENCH_REDIS_URL": url}
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-m", "peers", "raw", "worker", "--concurrency", "100"],
+            cwd=ROOT / "benchmarks",
+            env=env,
+        )
+        for _ in range(processes)
+    ]
+    try:
+        t0 = None
+        start_at = int(n * 0.9)
+        while (left := backlog.remaining()) > 0:
+            if t0 is None and left <= start_at:
+                t0, done0 = time.perf_counter(), n - left
+            if any(c.poll() is not None for c in children):
+                raise SystemExit("a raw consumer exited before the backlog was drained")
+            time.sleep(0.01)
+        t1 = time.perf_counter()
+    finally:
+        for c in children:
+            c.terminate()
+        for c in children:
+            c.wait()
+    if t0 is None:
+        raise SystemExit("the backlog drained within one poll: raise --jobs")
+    return (n - done0) / max(t1 - t0, 1e-3)
+
+
 def cpu_bound(processes: int, workers: list[float], redis: list[float]) -> float:
     """Jobs/s if the CPU were the only limit: each process uses at most a core, and all of them
     with Redis at most the machine's cores."""
@@ -93,50 +150,65 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=40_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--raw", action="store_true", help="add rows for the raw redis-py loop as 1 and 2 processes"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    sides = ("qrunner", "raw") if args.raw else ("qrunner",)
     proc, url, _folder = start_redis()
     load_before = os.getloadavg()[0]
-    rates: dict[int, list[float]] = {1: [], 2: []}
-    workers_us: dict[int, list[float]] = {1: [], 2: []}
-    redis_us: dict[int, list[float]] = {1: [], 2: []}
+    rates: dict[tuple[str, int], list[float]] = {(s, p): [] for s in sides for p in (1, 2)}
+    workers_us: dict[tuple[str, int], list[float]] = {k: [] for k in rates}
+    redis_us: dict[tuple[str, int], list[float]] = {k: [] for k in rates}
     try:
         for r in range(args.repeats):
-            for processes in (1, 2) if r % 2 == 0 else (2, 1):
-                asyncio.run(fill(url, 0))
-                empty = run_worker(url, processes)
-                asyncio.run(fill(url, args.jobs))
-                cpu0, redis0 = children_cpu_s(), redis_cpu_s(url)
-                took = run_worker(url, processes)
-                workers_us[processes].append((children_cpu_s() - cpu0) / args.jobs * 1e6)
-                redis_us[processes].append((redis_cpu_s(url) - redis0) / args.jobs * 1e6)
-                rates[processes].append(args.jobs / max(took - empty, 1e-3))
-                print(
-                    f"repeat {r + 1}: {processes} process(es): {rates[processes][-1]:,.0f} jobs/s",
-                    flush=True,
-                )
+            for side in sides:
+                for processes in (1, 2) if r % 2 == 0 else (2, 1):
+                    key = (side, processes)
+                    if side == "qrunner":
+                        asyncio.run(fill(url, 0))
+                        empty = run_worker(url, processes)
+                        asyncio.run(fill(url, args.jobs))
+                    else:
+                        backlog = fill_raw(url, args.jobs)
+                    cpu0, redis0 = children_cpu_s(), redis_cpu_s(url)
+                    if side == "qrunner":
+                        rate = args.jobs / max(run_worker(url, processes) - empty, 1e-3)
+                    else:
+                        rate = run_raw(url, processes, backlog, args.jobs)
+                    workers_us[key].append((children_cpu_s() - cpu0) / args.jobs * 1e6)
+                    redis_us[key].append((redis_cpu_s(url) - redis0) / args.jobs * 1e6)
+                    rates[key].append(rate)
+                    print(
+                        f"repeat {r + 1}: {side}, {processes} process(es): {rate:,.0f} jobs/s",
+                        flush=True,
+                    )
     finally:
         proc.terminate()
         proc.wait()
     load_after = os.getloadavg()[0]
-    one = statistics.median(rates[1])
     text = "\n".join(
         [
             "# One worker process against `--processes 2`",
             "",
-            f"`benchmarks/processes.py --jobs {args.jobs} --repeats {args.repeats}` on "
-            f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, one private redis-server "
-            "(which shares the cores); job: one awaited INCR; concurrency 100 per process. "
+            f"`benchmarks/processes.py --jobs {args.jobs} --repeats {args.repeats}"
+            f"{' --raw' if args.raw else ''}` on {os.cpu_count()} cores, Python "
+            f"{sys.version.split()[0]}, one private redis-server (which shares the cores); job: "
+            "one awaited INCR; concurrency 100 per process. "
             f"Load average before / after: {load_before:.2f} / {load_after:.2f}.",
             "",
-            "| processes | median jobs/s | min | max | vs 1 process | workers' CPU µs/job "
+            "| side | processes | median jobs/s | min | max | vs 1 process | workers' CPU µs/job "
             "| Redis CPU µs/job | bound: cores / CPU per job |",
-            "|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|",
             *(
-                f"| {p} | {statistics.median(rates[p]):,.0f} | {min(rates[p]):,.0f} | "
-                f"{max(rates[p]):,.0f} | {statistics.median(rates[p]) / one:.2f}x | "
-                f"{statistics.median(workers_us[p]):.1f} | {statistics.median(redis_us[p]):.1f} | "
-                f"{cpu_bound(p, workers_us[p], redis_us[p]):,.0f}/s |"
+                f"| {s} | {p} | {statistics.median(rates[s, p]):,.0f} | {min(rates[s, p]):,.0f} | "
+                f"{max(rates[s, p]):,.0f} | "
+                f"{statistics.median(rates[s, p]) / statistics.median(rates[s, 1]):.2f}x | "
+                f"{statistics.median(workers_us[s, p]):.1f} | "
+                f"{statistics.median(redis_us[s, p]):.1f} | "
+                f"{cpu_bound(p, workers_us[s, p], redis_us[s, p]):,.0f}/s |"
+                for s in sides
                 for p in (1, 2)
             ),
             "",
