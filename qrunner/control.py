@@ -29,7 +29,7 @@ from redis.exceptions import ResponseError
 
 from . import jobstatus, keys
 from .errors import ConfigError, JobNotFound
-from .faults import raise_if_conflict
+from .faults import error_code, raise_if_conflict
 from .job import Job, MalformedJob
 from .names import check_queue_name
 
@@ -379,7 +379,14 @@ class Control:
         if state in ("queued", "scheduled", "retrying", "delayed"):
             # Nothing runs it yet: the record says so now; the entry is acked as cancelled
             # when a worker takes it.
-            await self.redis.hset(keys.job(queue, job_id), "state", "cancelled")
+            try:
+                await self.redis.hset(keys.job(queue, job_id), "state", "cancelled")
+            except ResponseError as exc:
+                # A string under the job's key is the compact record of a job that succeeded
+                # at its first try (see lua/ack.lua): it finished since its state was read.
+                if error_code(exc) != "WRONGTYPE":
+                    raise
+                return "succeeded"
         await self._record("cancel", job_id, f"queue {queue}, was {state}")
         return "cancelled" if state != "running" else "cancelling"
 

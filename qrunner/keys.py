@@ -32,7 +32,8 @@ def uniq_prefix(queue: str) -> str:
 
 
 def job(queue: str, job_id: str) -> str:
-    """Status record of one job (JSON string with a TTL)."""
+    """Status record of one job, with a TTL: a hash, or for a job that succeeded at its first
+    try with nothing else recorded, one compact string (see ``lua/ack.lua``)."""
     return f"{PREFIX}:{{{queue}}}:job:{job_id}"
 
 

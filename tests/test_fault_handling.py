@@ -12,7 +12,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from qrunner import Client, Context, Registry, keys
+from qrunner import Client, Context, Registry, jobstatus, keys
 from qrunner.consumer import Consumer
 from qrunner.errors import (
     ConnectionLost,
@@ -268,8 +268,8 @@ async def test_status_times_come_from_the_redis_clock(redis: Redis) -> None:
     job_id = await client.enqueue("record", {})
     t0 = int((await redis.time())[0]) * 1000
     await Worker(redis, core_tasks.registry, burst=True, settings=FAST).run()
-    rec = await redis.hgetall(keys.job("default", job_id))
-    started, finished = int(rec[b"started_ms"]), int(rec[b"finished_ms"])
+    rec = await jobstatus.read(redis, "default", job_id)
+    started, finished = int(rec["started_ms"]), int(rec["finished_ms"])
     assert t0 - 1000 <= started <= finished
 
 

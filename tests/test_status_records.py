@@ -1,6 +1,7 @@
 """Status records that cost almost nothing: a job due now is written once at enqueue (its stream
-entry and one field of the queue's live index) and once when it ends (a compact status hash in
-the same script call as the ack). Its state in between is read from where its entry is."""
+entry and one field of the queue's live index) and once when it ends (a compact status record in
+the same script call as the ack: one string when nothing else was recorded for the job). Its
+state in between is read from where its entry is."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from qrunner import Client, JobSpec, Worker, keys
+from qrunner import Client, JobSpec, Worker, jobstatus, keys
+from qrunner.consumer import Consumer, Finish
 from qrunner.control import Control
 from qrunner.errors import JobNotFound
+from qrunner.scripts import Script
 from qrunner.settings import Settings
 from tests.helpers import core_tasks, ops_tasks
 from tests.helpers.waiting import wait_for
@@ -91,9 +94,9 @@ async def test_running_is_read_from_the_pending_entry_then_the_ack_writes_the_re
     assert done.finished_ms is not None and done.enqueued_ms is not None
     assert done.enqueued_ms <= done.finished_ms
     assert not await redis.hexists(keys.live("ops"), job_id)  # left the index with its entry
-    rec = await redis.hgetall(keys.job("ops", job_id))
-    assert rec[b"worker"] == worker.name.encode()
-    assert int(rec[b"started_ms"]) <= int(rec[b"finished_ms"])
+    rec = await jobstatus.read(redis, "ops", job_id)
+    assert rec["worker"] == worker.name.encode()
+    assert int(rec["started_ms"]) <= int(rec["finished_ms"])
     assert await redis.pttl(keys.job("ops", job_id)) > 0
 
 
@@ -107,6 +110,101 @@ async def test_retried_and_dead_jobs_leave_the_index_and_keep_their_task(redis: 
     assert (dead.state, dead.task, dead.attempt) == ("dead", "broken", 1)
     assert dead.dlq_id and dead.last_error
     assert await redis.hlen(keys.live("ops")) == 0
+
+
+async def test_a_first_try_success_leaves_one_compact_string_read_back_in_full(
+    redis: Redis,
+) -> None:
+    client = Client(redis, core_tasks.registry)
+    job_id = await client.enqueue("record", {"n": 5})
+    [(entry_id, _)] = await redis.xrange(keys.stream("default"))
+    await Worker(redis, core_tasks.registry, queues=["default"], burst=True, settings=FAST).run()
+    key = keys.job("default", job_id)
+    assert await redis.type(key) == b"string"
+    assert 0 < await redis.pttl(key) <= FAST.status_ttl_s * 1000
+    raw = await redis.get(key)
+    assert raw.startswith(b"1\t") and raw.endswith(b'\t{"n":5}')  # version first, result last
+    done = await client.status(job_id)
+    assert (done.state, done.task, done.attempt, done.result) == (
+        "succeeded",
+        "record",
+        1,
+        {"n": 5},
+    )
+    assert done.enqueued_ms == int(entry_id.split(b"-")[0])
+    assert done.finished_ms is not None and done.enqueued_ms <= done.finished_ms
+    rec = await jobstatus.read(redis, "default", job_id)
+    assert set(rec) == {
+        "state",
+        "task",
+        "attempt",
+        "enqueued_ms",
+        "started_ms",
+        "finished_ms",
+        "worker",
+        "result",
+    }
+    assert int(rec["started_ms"]) <= int(rec["finished_ms"])
+
+
+async def test_a_job_with_a_record_already_keeps_its_hash_and_fields_when_it_succeeds(
+    redis: Redis,
+) -> None:
+    client = Client(redis, ops_tasks.registry)
+    flaky = await client.enqueue("flaky", {})
+    await Worker(redis, ops_tasks.registry, queues=["ops"], burst=True, settings=FAST).run()
+    key = keys.job("ops", flaky)
+    assert await redis.type(key) == b"hash"  # written when it was retried
+    assert await redis.hget(key, "last_error")  # the retry's error stays
+    assert await redis.hget(key, "state") == b"succeeded"
+    assert await redis.pttl(key) > 0
+
+
+async def test_writes_meant_for_a_hash_keep_a_compact_success_record(redis: Redis) -> None:
+    """A late progress report, a cancel racing the ack, a retry or dead letter of another entry
+    under the same job id: none fails on the string, and the success record stays."""
+    client = Client(redis, core_tasks.registry)
+    job_id = await client.enqueue("record", {})
+    await Worker(redis, core_tasks.registry, queues=["default"], burst=True, settings=FAST).run()
+    key = keys.job("default", job_id)
+    before = await redis.get(key)
+    assert before is not None
+    wrote = await Script("progress")(redis, [key], ["0.5", "", "", FAST.status_ttl_s * 1000])
+    assert wrote == 0
+    # The job was read as queued, then succeeded before the cancel's write.
+    assert await Control(redis).cancel("default", job_id, "queued") == "succeeded"
+    # Other entries under the same id, dead-lettered, retried and cancelled by their owner.
+    consumer = Consumer(redis, "w-dup", ["default"])
+    await consumer.ensure_group("default")
+    envelope = orjson.dumps([job_id, "record", {}])
+    for _ in range(3):
+        await redis.xadd(keys.stream("default"), {"j": envelope})
+    dead, retried, cancelled = await consumer.read_available(["default"], 3)
+    ttl_ms = FAST.status_ttl_s * 1000
+    finishes = [
+        await consumer.deadletter(
+            dead, job_id, envelope, "boom", task="record", status_ttl_ms=ttl_ms
+        ),
+        await consumer.reschedule(
+            retried, job_id, envelope, 60_000, state="retrying", attempt=2, status_ttl_ms=ttl_ms
+        ),
+        await consumer.finish_cancelled(cancelled, job_id, 1, ttl_ms),
+    ]
+    assert finishes == [Finish.DONE] * 3
+    # Their own writes are done: the dead letter, the delayed retry, the acks.
+    assert await redis.xlen(keys.dlq("default")) == 1
+    assert await redis.zcard(keys.delayed("default")) == 1
+    assert await redis.xlen(keys.stream("default")) == 0
+    # And a replay of the dead letter puts it back in the stream.
+    [(dlq_id, _)] = await redis.xrange(keys.dlq("default"))
+    replayed = await Script("replay")(
+        redis,
+        [keys.dlq("default"), keys.stream("default"), key],
+        [dlq_id, envelope, ttl_ms, "record"],
+    )
+    assert replayed and await redis.xlen(keys.stream("default")) == 1
+    assert await redis.get(key) == before
+    assert (await client.status(job_id)).state == "succeeded"
 
 
 async def test_an_id_is_written_once_while_queued_and_after_it_ran(redis: Redis) -> None:

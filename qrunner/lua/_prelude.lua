@@ -9,13 +9,18 @@ local function qr_now(given)
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- The error reply for a failed redis.pcall, with the server's error code (OOM, NOGROUP, ...)
--- in front where clients read it: Redis 6.2 puts the script location first
--- ("@user_script: 3: -OOM ..."), Redis 7 and Valkey do not.
+-- The server's error code (OOM, NOGROUP, WRONGTYPE, ...) of a failed redis.pcall's message:
+-- Redis 6.2 puts the script location first ("@user_script: 3: -OOM ..."), Redis 7 and Valkey
+-- do not. Nil when the message carries none.
+local function qr_error_code(err)
+  return string.match(err, '^(%u+) ') or string.match(err, ': %-(%u+) ')
+end
+
+-- The error reply for a failed redis.pcall, with the server's error code in front where
+-- clients read it.
 local function qr_error(err)
   if string.match(err, '^%u+ ') then return redis.error_reply(err) end
-  local code = string.match(err, ': %-(%u+) ') or 'ERR'
-  return redis.error_reply(code .. ' ' .. err)
+  return redis.error_reply((qr_error_code(err) or 'ERR') .. ' ' .. err)
 end
 
 -- Integer maths for the token buckets, exact below 2^53 (a double quotient can be off by one).
@@ -116,4 +121,37 @@ end
 -- HSET key field value, unless value is missing or "" (optional ARGV of newer callers).
 local function qr_hset_given(key, field, value)
   if value ~= nil and value ~= '' then redis.call('HSET', key, field, value) end
+end
+
+-- HSET on a job's status record, unless the record is the compact one a job that succeeded at
+-- its first try leaves (a string, see ack.lua): that one is kept, nothing is written and false
+-- is returned. Any other failure is raised.
+local function qr_record_hset(key, ...)
+  local r = redis.pcall('HSET', key, ...)
+  if type(r) == 'table' and r.err then
+    if qr_error_code(r.err) == 'WRONGTYPE' then return false end
+    error(r)
+  end
+  return true
+end
+
+-- A job's status record as HGETALL would return it (field, value, ...). A hash is returned as
+-- it is; the compact record of a job that succeeded at its first try (see ack.lua), a string
+-- "1 <TAB> finished ms <TAB> worker <TAB> attempt <TAB> task <TAB> enqueued ms <TAB> run ms
+-- <TAB> result", is spelled out in the fields a hash would hold.
+local function qr_record_fields(key)
+  local rec = redis.pcall('HGETALL', key)
+  if not rec.err then return rec end
+  if qr_error_code(rec.err) ~= 'WRONGTYPE' then error(rec) end
+  local finished, worker, attempt, task, enqueued, run, result = string.match(
+    redis.call('GET', key), '^1\t(%d+)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(%d*)\t(.*)$')
+  if not finished then return {} end
+  local out = {'state', 'succeeded', 'task', task, 'attempt', attempt, 'enqueued_ms', enqueued,
+    'started_ms', string.format('%.0f', tonumber(finished) - (tonumber(run) or 0)),
+    'finished_ms', finished, 'worker', worker}
+  if result ~= '' then
+    out[#out + 1] = 'result'
+    out[#out + 1] = result
+  end
+  return out
 end

@@ -19,9 +19,15 @@ scanning its node: after the status write, it was the costliest command of an ac
 It is left for the entries of the batch above an older entry still running (a slow job holds
 the bound back), for small batches, and for a user whose ACL refuses XTRIM.
 
-The job leaves the queue's live index (qr:{q}:live) here, and its status hash is written once,
-compact: state, attempt, finish time, worker and result. Nothing was written for it when it
-started (see fetch.lua), so this is the only status write of a job that succeeds first time.
+The job leaves the queue's live index (qr:{q}:live) here, and its status record is written
+once. Nothing was written for it when it started (see fetch.lua), so this is the only status
+write of a job that succeeds at its first try; such a job has no record yet, and gets the
+compact one: one string, SET with its TTL in one call, "1 <TAB> finished ms <TAB> worker <TAB>"
+followed by the batch record's own attempt, task, enqueued ms, run ms and result, as the client
+sent them (qr_record_fields spells it out for job_status.lua). A hash with its fields and a
+PEXPIRE, two calls and a dozen arguments, cost Redis about twice as much per job. A job that
+already has a record (it was scheduled or retried, or reported progress) gets its fields
+written into that hash as before, so what the hash held (progress, last error) stays.
 
 KEYS[1]   stream   qr:{q}:stream
 ARGV[1]   consumer group
@@ -48,15 +54,16 @@ local marker_prefix = string.sub(prefix, 1, -5) .. 'id:'
 -- the status records are written after every ack. The batch is read by one pattern into
 -- parallel arrays (no table per job), and its lowest and highest entry ids are kept as
 -- numbers for the ownership check below.
-local ids, jobs, attempts, tasks, enqueued, runs, results, n = {}, {}, {}, {}, {}, {}, {}, 0
+-- A record's fields after the job id stay one string (`rests`): the compact status record
+-- takes them as they are, and only a job with a hash already needs them apart.
+local ids, jobs, rests, n = {}, {}, {}, 0
 local id_ms, id_seq = {}, {}
 local lo_ms, lo_seq, lo_id, hi_ms, hi_seq, hi_id
 local ranged = true
-for id, ms, seq, job, attempt, task, enq, run, result in string.gmatch(ARGV[6],
-    '(([^\t\n-]*)-?([^\t\n]*))\t([^\t\n]*)\t([^\t\n]*)\t([^\t\n]*)\t([^\t\n]*)\t([^\t\n]*)\t([^\n]*)') do
+for id, ms, seq, job, rest in string.gmatch(ARGV[6],
+    '(([^\t\n-]*)-?([^\t\n]*))\t([^\t\n]*)\t([^\n]*)') do
   n = n + 1
-  ids[n], jobs[n], attempts[n], tasks[n], enqueued[n], runs[n], results[n] =
-    id, job, attempt, task, enq, run, result
+  ids[n], jobs[n], rests[n] = id, job, rest
   if ranged then
     ms, seq = tonumber(ms), tonumber(seq)
     id_ms[n], id_seq[n] = ms, seq
@@ -147,20 +154,32 @@ end
 for i = 1, #deleting, 500 do
   redis.call('XDEL', stream, unpack(deleting, i, math.min(i + 499, #deleting)))
 end
+local head = '1\t' .. string.format('%.0f', now) .. '\t' .. consumer .. '\t'
 for _, i in ipairs(finished) do
   local job_id = jobs[i]
   if ttl > 0 then
-    local sk, result = prefix .. job_id, results[i]
-    if result ~= '' then
-      redis.call('HSET', sk, 'state', 'succeeded', 'task', tasks[i], 'attempt', attempts[i],
-        'enqueued_ms', enqueued[i], 'started_ms', now - tonumber(runs[i]), 'finished_ms', now,
-        'worker', consumer, 'result', result)
-    else
-      redis.call('HSET', sk, 'state', 'succeeded', 'task', tasks[i], 'attempt', attempts[i],
-        'enqueued_ms', enqueued[i], 'started_ms', now - tonumber(runs[i]), 'finished_ms', now,
-        'worker', consumer)
+    local sk, rec = prefix .. job_id, head .. rests[i]
+    if not redis.call('SET', sk, rec, 'PX', ttl, 'NX') then
+      -- The job has a record already: a hash (scheduled, retried, progress) takes the fields;
+      -- a compact record (the same job id acked twice: see qr_record_hset) is replaced.
+      local attempt, task, enq, run, result = string.match(rests[i],
+        '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$')
+      local started = string.format('%.0f', now - (tonumber(run) or 0))
+      local written
+      if result ~= '' then
+        written = qr_record_hset(sk, 'state', 'succeeded', 'task', task, 'attempt', attempt,
+          'enqueued_ms', enq, 'started_ms', started, 'finished_ms', now, 'worker', consumer,
+          'result', result)
+      else
+        written = qr_record_hset(sk, 'state', 'succeeded', 'task', task, 'attempt', attempt,
+          'enqueued_ms', enq, 'started_ms', started, 'finished_ms', now, 'worker', consumer)
+      end
+      if written then
+        redis.call('PEXPIRE', sk, ttl)
+      else
+        redis.call('SET', sk, rec, 'PX', ttl)
+      end
     end
-    redis.call('PEXPIRE', sk, ttl)
   elseif marker_ttl > 0 then
     redis.call('SET', marker_prefix .. job_id, 1, 'PX', marker_ttl)
   end

@@ -29,8 +29,9 @@ redis.call('HDEL', qr_live(KEYS[1]), qr_key_job_id(KEYS[3]) or '')
 local dlq_id = redis.call('XADD', KEYS[2], '*', 'j', ARGV[4], 'reason', ARGV[5], 'failed_ms', now,
   'task', ARGV[8], 'source_id', ARGV[3])
 local ttl = tonumber(ARGV[7])
-if ttl > 0 then
-  redis.call('HSET', KEYS[3], 'state', 'dead', 'finished_ms', now, 'last_error', ARGV[5], 'dlq_id', dlq_id)
+-- A job id that already has a success record (see qr_record_hset) keeps it.
+if ttl > 0 and qr_record_hset(KEYS[3], 'state', 'dead', 'finished_ms', now, 'last_error', ARGV[5],
+    'dlq_id', dlq_id) then
   qr_hset_given(KEYS[3], 'task', ARGV[8])
   qr_hset_given(KEYS[3], 'attempt', ARGV[9])
   qr_hset_given(KEYS[3], 'enqueued_ms', ARGV[10])

@@ -25,7 +25,9 @@ redis.call('XDEL', KEYS[1], ARGV[3])
 redis.call('HDEL', qr_live(KEYS[1]), qr_key_job_id(KEYS[2]) or '')
 local ttl = tonumber(ARGV[5])
 if ttl > 0 then
-  redis.call('HSET', KEYS[2], 'state', 'cancelled', 'attempt', ARGV[4], 'finished_ms', now)
+  if not qr_record_hset(KEYS[2], 'state', 'cancelled', 'attempt', ARGV[4], 'finished_ms', now) then
+    return 1  -- the job id already has a success record (see qr_record_hset): kept
+  end
   qr_hset_given(KEYS[2], 'task', ARGV[6])
   qr_hset_given(KEYS[2], 'enqueued_ms', ARGV[7])
   redis.call('PEXPIRE', KEYS[2], ttl)

@@ -5,16 +5,18 @@ stream entry id) and usually no status hash: its state is where its entry is. Th
 in the stream and pending for a consumer: running (on that consumer); in the stream, not
 pending: queued. The status hash is written when the job is scheduled, retried, cancelled or
 ends, and holds what the entry cannot tell (last error, progress, result). The caller merges
-the two (Client.status): a hash that says the job ended or was cancelled wins.
+the two (Client.status): a hash that says the job ended or was cancelled wins. A job that
+succeeded at its first try with nothing else recorded leaves a compact string instead of a
+hash (see ack.lua); it is returned spelled out as the hash's fields.
 
 KEYS[1]   stream        qr:{q}:stream
-KEYS[2]   status hash   qr:{q}:job:<id>
+KEYS[2]   status record qr:{q}:job:<id>
 ARGV[1]   consumer group
 ARGV[2]   job id
 Returns   {status hash as a flat array, envelope or false, consumer or false, stream entry id
           or false}
 ]]
-local rec = redis.call('HGETALL', KEYS[2])
+local rec = qr_record_fields(KEYS[2])
 local live = qr_live(KEYS[1])
 local v = redis.call('HGET', live, ARGV[2])
 if not v then return {rec, false, false} end

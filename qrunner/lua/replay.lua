@@ -16,7 +16,8 @@ end
 local sid = redis.call('XADD', KEYS[2], '*', 'j', ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[1])
 qr_live_add(qr_live(KEYS[2]), qr_key_job_id(KEYS[3]) or '', sid)
-redis.call('HSET', KEYS[3], 'state', 'queued', 'task', ARGV[4], 'attempt', 1)
-redis.call('HDEL', KEYS[3], 'finished_ms', 'dlq_id')
-redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[3]))
+if qr_record_hset(KEYS[3], 'state', 'queued', 'task', ARGV[4], 'attempt', 1) then
+  redis.call('HDEL', KEYS[3], 'finished_ms', 'dlq_id')
+  redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[3]))
+end
 return sid

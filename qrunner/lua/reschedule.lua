@@ -35,7 +35,9 @@ redis.call('HDEL', qr_live(KEYS[1]), qr_key_job_id(KEYS[3]) or '')
 redis.call('ZADD', KEYS[2], due, ARGV[4])
 local ttl = tonumber(ARGV[7])
 if ttl > 0 then
-  redis.call('HSET', KEYS[3], 'state', ARGV[8], 'attempt', ARGV[9], 'not_before_ms', due)
+  if not qr_record_hset(KEYS[3], 'state', ARGV[8], 'attempt', ARGV[9], 'not_before_ms', due) then
+    return due  -- the job id already has a success record (see qr_record_hset): kept
+  end
   if ARGV[10] ~= '' then
     redis.call('HSET', KEYS[3], 'last_error', ARGV[10])
   end
