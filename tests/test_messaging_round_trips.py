@@ -218,6 +218,8 @@ async def test_a_redelivered_welcome_email_is_a_duplicate(env: Env) -> None:
     job = await env.enqueue("send_welcome_email", payload)
     assert (await env.finished(job)).result["status"] == "sent"
     # When the same job (same id) is delivered again, as a reclaim or a replay would
+    # Its record says queued again (a success leaves a string record: replaced, not edited).
+    await env.redis.delete(keys.job("default", job))
     await env.redis.hset(keys.job("default", job), mapping={"state": "queued", "result": ""})
     redelivered = Job(id=job, task="send_welcome_email", payload=payload, queue="default")
     await env.redis.xadd(keys.stream("default"), {"j": redelivered.encode()})

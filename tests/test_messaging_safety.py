@@ -189,6 +189,8 @@ async def _redeliver(
 ) -> None:
     """Puts the job back on its stream with its id, as a reclaim or a DLQ replay would."""
     job = Job(id=job_id, task=task, payload=payload, queue=queue)
+    # Its record says queued again (a success leaves a string record: replaced, not edited).
+    await env.redis.delete(keys.job(queue, job_id))
     await env.redis.hset(keys.job(queue, job_id), mapping={"state": "queued", "result": ""})
     await env.redis.xadd(keys.stream(queue), {"j": job.encode()})
 

@@ -430,6 +430,8 @@ def test_tokens_are_masked() -> None:
 async def _redeliver(env: Env, job_id: str, payload: dict[str, object]) -> None:
     """Puts the job back on its stream with its id, as a reclaim or a DLQ replay would."""
     job = Job(id=job_id, task="send_push", payload=payload, queue="default")
+    # Its record says queued again (a success leaves a string record: replaced, not edited).
+    await env.redis.delete(keys.job("default", job_id))
     await env.redis.hset(keys.job("default", job_id), mapping={"state": "queued", "result": ""})
     await env.redis.xadd(keys.stream("default"), {"j": job.encode()})
 
