@@ -207,6 +207,39 @@ async def test_writes_meant_for_a_hash_keep_a_compact_success_record(redis: Redi
     assert (await client.status(job_id)).state == "succeeded"
 
 
+async def test_an_ack_record_short_of_fields_still_acks_and_marks_an_existing_record(
+    redis: Redis,
+) -> None:
+    """The script acks before it writes records: a record missing its fields (no client sends
+    one) must not make it fail after the acks, leaving the job's hash unfinished."""
+    consumer = Consumer(redis, "w-short", ["default"])
+    await consumer.ensure_group("default")
+    job_id = "short-record-job"
+    await redis.xadd(keys.stream("default"), {"j": orjson.dumps([job_id, "record", {}])})
+    [entry] = await consumer.read_available(["default"], 1)
+    key = keys.job("default", job_id)
+    await redis.hset(key, mapping={"state": "running", "progress": "0.5"})
+    ttl_ms = FAST.status_ttl_s * 1000
+    res = await Script("ack")(
+        redis,
+        [keys.stream("default")],
+        [
+            keys.GROUP,
+            "w-short",
+            "",
+            ttl_ms,
+            keys.job_prefix("default"),
+            f"{entry.entry_id}\t{job_id}\t1",
+            keys.ID_MARKER_TTL_MS,
+        ],
+    )
+    assert [int(x) for x in res] == [1]
+    assert (await redis.xpending(keys.stream("default"), keys.GROUP))["pending"] == 0
+    assert await redis.hget(key, "state") == b"succeeded"
+    assert await redis.hget(key, "progress") == b"0.5"  # what the hash held stays
+    assert 0 < await redis.pttl(key) <= ttl_ms
+
+
 async def test_an_id_is_written_once_while_queued_and_after_it_ran(redis: Redis) -> None:
     client = Client(redis, core_tasks.registry)
     first = await client.enqueue("record", {}, job_id="fixed-id")

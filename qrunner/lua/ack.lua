@@ -164,6 +164,11 @@ for _, i in ipairs(finished) do
       -- a compact record (the same job id acked twice: see qr_record_hset) is replaced.
       local attempt, task, enq, run, result = string.match(rests[i],
         '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$')
+      if attempt == nil then
+        -- A record short of fields (the client always sends them all): the entries are acked
+        -- already, so the record must still be written rather than the script fail here.
+        attempt, task, enq, run, result = string.match(rests[i], '^([^\t]*)'), '', '', '', ''
+      end
       local started = string.format('%.0f', now - (tonumber(run) or 0))
       local written
       if result ~= '' then
