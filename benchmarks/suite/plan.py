@@ -31,6 +31,11 @@ class Sizes:
     backlogs: tuple[int, ...] = (10_000, 100_000, 1_000_000)
     delayed_n: int = 1_000_000
     concurrencies: tuple[int, ...] = (1, 10, 100, 1000)
+    #: How the main table's processing rows are timed: ``--window`` arguments, or () for
+    #: first finished job to last. The full run times every peer between 30 % and 90 % of the
+    #: backlog done: timed from the first job, the raw loop's 20,000 no-op jobs took under a
+    #: fifth of a second, much of it the worker warming up, and the rate moved with it.
+    main_window: tuple[str, ...] = ()
 
 
 #: The part of the backlog the worker-process rows are timed over (fractions done).
@@ -60,6 +65,7 @@ FULL = Sizes(
     rate=500,
     process_cap_s=60,
     latency_cap_s=30,
+    main_window=("--window", WORKERS_WINDOW),
 )
 
 
@@ -84,70 +90,87 @@ def _prefill_s(n: int) -> float:
 
 
 def main_steps(sizes: Sizes, peers: dict[str, list[str]]) -> list[Step]:
-    """peers: name -> worker variants, as the adapters' ``info`` reported them."""
+    """peers: name -> worker variants, as the adapters' ``info`` reported them.
+
+    Within a repeat, qrunner and the raw loop take turns step by step (qrunner's no-op
+    processing, then the raw loop's, and so on), so that each ratio to the raw loop compares
+    two measurements taken seconds apart, not minutes: on a host whose speed moves by a
+    quarter within minutes, the report's paired ratio is then the median of those pairs."""
     steps: list[Step] = []
     for rep in range(sizes.repeats):
-        for peer, variants in peers.items():
-            steps += [
-                Step(
-                    peer,
-                    None,
-                    "enqueue_single",
-                    ("enqueue-single", str(sizes.enqueue_single_n)),
-                    120 + sizes.enqueue_single_n / 200,
-                    rep,
-                ),
-                Step(
-                    peer,
-                    None,
-                    "enqueue_bulk",
-                    ("enqueue-bulk", str(sizes.enqueue_bulk_n)),
-                    120 + sizes.enqueue_bulk_n / 500,
-                    rep,
-                ),
-                Step(
-                    peer,
-                    None,
-                    "memory",
-                    ("memory", str(sizes.memory_n)),
-                    _prefill_s(sizes.memory_n),
-                    rep,
-                ),
-            ]
-            for variant in variants:
-                for body in ("noop", "redis"):
-                    steps.append(
-                        _process(
-                            peer,
-                            variant,
-                            f"process_{body}",
-                            sizes.process_n,
-                            body,
-                            sizes.process_cap_s,
-                            rep,
-                        )
-                    )
-                steps.append(
-                    Step(
-                        peer,
-                        variant,
-                        "latency",
-                        (
-                            "latency",
-                            "--rate",
-                            str(sizes.rate),
-                            "--seconds",
-                            str(sizes.latency_s),
-                            "--variant",
-                            variant,
-                            "--cap",
-                            str(sizes.latency_cap_s),
-                        ),
-                        sizes.latency_s + 2 * sizes.latency_cap_s + 60,
-                        rep,
-                    )
-                )
+        lists = {peer: _peer_steps(sizes, peer, variants, rep) for peer, variants in peers.items()}
+        q, r = lists.get("qrunner"), lists.get("raw")
+        for peer, mine in lists.items():
+            if q is not None and r is not None and len(q) == len(r) and peer in ("qrunner", "raw"):
+                if peer == "qrunner":
+                    steps += [s for pair in zip(q, r, strict=True) for s in pair]
+                continue
+            steps += mine
     return [replace(s, label=_label(s, sizes.repeats)) for s in steps]
+
+
+def _peer_steps(sizes: Sizes, peer: str, variants: list[str], rep: int) -> list[Step]:
+    steps = [
+        Step(
+            peer,
+            None,
+            "enqueue_single",
+            ("enqueue-single", str(sizes.enqueue_single_n)),
+            120 + sizes.enqueue_single_n / 200,
+            rep,
+        ),
+        Step(
+            peer,
+            None,
+            "enqueue_bulk",
+            ("enqueue-bulk", str(sizes.enqueue_bulk_n)),
+            120 + sizes.enqueue_bulk_n / 500,
+            rep,
+        ),
+        Step(
+            peer,
+            None,
+            "memory",
+            ("memory", str(sizes.memory_n)),
+            _prefill_s(sizes.memory_n),
+            rep,
+        ),
+    ]
+    for variant in variants:
+        for body in ("noop", "redis"):
+            steps.append(
+                _process(
+                    peer,
+                    variant,
+                    f"process_{body}",
+                    sizes.process_n,
+                    body,
+                    sizes.process_cap_s,
+                    rep,
+                    sizes.main_window,
+                )
+            )
+        steps.append(
+            Step(
+                peer,
+                variant,
+                "latency",
+                (
+                    "latency",
+                    "--rate",
+                    str(sizes.rate),
+                    "--seconds",
+                    str(sizes.latency_s),
+                    "--variant",
+                    variant,
+                    "--cap",
+                    str(sizes.latency_cap_s),
+                ),
+                sizes.latency_s + 2 * sizes.latency_cap_s + 60,
+                rep,
+            )
+        )
+    return steps
 
 
 def _process(

@@ -154,7 +154,13 @@ def main_table(info: dict[str, Any], stats: Stats) -> list[str]:
     return lines
 
 
-def ceiling_lines(info: dict[str, Any], stats: Stats) -> list[str]:
+def ceiling_lines(
+    info: dict[str, Any], stats: Stats, records: list[dict[str, Any]] | None = None
+) -> list[str]:
+    """qrunner's medians as shares of the raw loop's, and with ``records`` each repeat's own
+    share (the two steps ran one right after the other, see ``plan.main_steps``) and the
+    median of those: the ratio of the medians can set one repeat's qrunner against another
+    repeat's raw loop, minutes apart on a host whose speed drifts."""
     if "qrunner" not in info or "raw" not in info:
         return []
     qv = next(iter(info["qrunner"]["variants"]))
@@ -171,11 +177,37 @@ def ceiling_lines(info: dict[str, Any], stats: Stats) -> list[str]:
         r = _lookup(stats, "raw", rv, metric)
         if q and r and q.median and r.median:
             share = 100 * q.median / r.median
-            out.append(
+            line = (
                 f"- {text}: qrunner {_num(q.median)}/s = **{share:.0f}%** "
                 f"of the raw {_num(r.median)}/s"
             )
+            paired = paired_shares(records or [], metric)
+            if len(paired) > 1:
+                each = ", ".join(f"{100 * x:.0f}%" for x in paired)
+                line += (
+                    f"; each repeat's pair: {each}, median "
+                    f"**{100 * statistics.median(paired):.0f}%**"
+                )
+            out.append(line)
     return out
+
+
+def paired_shares(records: list[dict[str, Any]], metric: str) -> list[float]:
+    """qrunner's rate over the raw loop's for ``metric``, repeat by repeat (main section)."""
+    rate: dict[str, dict[int, float]] = {"qrunner": {}, "raw": {}}
+    field_name = PRIMARY[metric][0]
+    for rec in records:
+        res = rec["result"]
+        if (
+            rec["section"] == "main"
+            and rec["metric"] == metric
+            and rec["peer"] in rate
+            and field_name in res
+            and "error" not in res
+        ):
+            rate[rec["peer"]][rec.get("rep", 0)] = float(res[field_name])
+    q, r = rate["qrunner"], rate["raw"]
+    return [q[k] / r[k] for k in sorted(q) if r.get(k)]
 
 
 def details_table(info: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
@@ -374,7 +406,7 @@ def write(
     lines += [*main_table(info, stats), ""]
     if chart_name:
         lines += [f"![chart]({chart_name})", ""]
-    ceiling = ceiling_lines(info, stats)
+    ceiling = ceiling_lines(info, stats, records)
     if ceiling:
         lines += [
             "## qrunner against the raw Redis Streams ceiling (one Python process)",
