@@ -24,6 +24,7 @@ from .connection import (
     connection_class_for,
 )
 from .errors import BackendUnavailable, ConfigError
+from .pool import LEAN, LeanConnectionPool
 from .redis_url import RedisTarget, parse_redis_url
 from .settings import Settings
 from .task import Registry
@@ -105,7 +106,9 @@ def _build(
         "password": target.password,
     }
     if target.kind == "single":
-        client: Redis = aioredis.from_url(
+        # What aioredis.from_url does, with the lean pool (qrunner.pool) where redis-py has
+        # its hooks; the client owns the pool and closes it with itself, as from_url's does.
+        pool = (LeanConnectionPool if LEAN else aioredis.ConnectionPool).from_url(
             url,
             max_connections=max_connections,
             connection_class=connection_class_for(url),
@@ -113,6 +116,8 @@ def _build(
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
             **{k: v for k, v in common.items() if k not in ("username", "password")},
         )
+        client: Redis = aioredis.Redis(connection_pool=pool)
+        client.auto_close_connection_pool = True
         return client
     guarded = GuardedSSLConnection if target.tls else GuardedConnection
     if target.kind == "cluster":
