@@ -111,30 +111,20 @@ def main_steps(sizes: Sizes, peers: dict[str, list[str]]) -> list[Step]:
 
 def _peer_steps(sizes: Sizes, peer: str, variants: list[str], rep: int) -> list[Step]:
     steps = [
-        Step(
-            peer,
-            None,
-            "enqueue_single",
-            ("enqueue-single", str(sizes.enqueue_single_n)),
-            120 + sizes.enqueue_single_n / 200,
-            rep,
-        ),
-        Step(
-            peer,
-            None,
-            "enqueue_bulk",
-            ("enqueue-bulk", str(sizes.enqueue_bulk_n)),
-            120 + sizes.enqueue_bulk_n / 500,
-            rep,
-        ),
-        Step(
-            peer,
-            None,
-            "memory",
-            ("memory", str(sizes.memory_n)),
-            _prefill_s(sizes.memory_n),
-            rep,
-        ),
+        Step(peer, None, metric, args, timeout_s, rep)
+        for metric, args, timeout_s in (
+            (
+                "enqueue_single",
+                ("enqueue-single", str(sizes.enqueue_single_n)),
+                120 + sizes.enqueue_single_n / 200,
+            ),
+            (
+                "enqueue_bulk",
+                ("enqueue-bulk", str(sizes.enqueue_bulk_n)),
+                120 + sizes.enqueue_bulk_n / 500,
+            ),
+            ("memory", ("memory", str(sizes.memory_n)), _prefill_s(sizes.memory_n)),
+        )
     ]
     for variant in variants:
         for body in ("noop", "redis"):
