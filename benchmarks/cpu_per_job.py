@@ -21,6 +21,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,8 @@ BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import redis  # noqa: E402
-from sync_enqueue import start_redis  # noqa: E402
+from suite.server import RedisServer  # noqa: E402
+from suite.steps import peers_env  # noqa: E402
 
 WINDOW = (0.3, 0.9)
 POLL_S = 0.005
@@ -67,17 +69,11 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _env(url: str, qrunner_root: Path) -> dict[str, str]:
-    env = dict(os.environ, BENCH_REDIS_URL=url)
-    env["PYTHONPATH"] = os.pathsep.join([str(BENCH), str(qrunner_root), env.get("PYTHONPATH", "")])
-    return env
-
-
 def drain(url: str, peer: str, root: Path, n: int, body: str) -> dict[str, float]:
     """One step: fill ``n`` jobs, start one worker, time the window; rate and CPU per job."""
     r = redis.Redis.from_url(url)
     r.flushall()
-    env = _env(url, root)
+    env = peers_env(url, root)
     subprocess.run(
         [sys.executable, "-c", _FILL.format(peer=peer), body, str(n)],
         cwd=BENCH,
@@ -154,10 +150,12 @@ def main() -> None:
     sides += [(f"base {b.name}", "qrunner", b.resolve()) for b in args.base]
     if args.raw:
         sides.append(("raw", "raw", ROOT))
-    proc, url, _folder = start_redis()
     load = os.getloadavg()[0]
     got: dict[str, list[dict[str, float]]] = {label: [] for label, _, _ in sides}
-    try:
+    with tempfile.TemporaryDirectory() as folder, RedisServer(Path(folder)) as srv:
+        url = srv.url
+        with redis.Redis.from_url(url) as r:
+            version = r.info("server")["redis_version"]
         for k in range(args.rounds):
             order = sides if k % 2 == 0 else sides[::-1]
             for label, peer, root in order:
@@ -168,17 +166,14 @@ def main() -> None:
                     f"{m['worker_us']:.1f} µs/job, Redis {m['redis_us']:.1f} µs/job",
                     flush=True,
                 )
-    finally:
-        proc.terminate()
-        proc.wait()
-    server = redis_version()
     lines = [
         f"# CPU per job, {args.body} body, sides alternated",
         "",
         f"`benchmarks/cpu_per_job.py --body {args.body} --n {args.n} --rounds {args.rounds}"
         + "".join(" --base DIR" for _ in args.base)
         + (" --raw" if args.raw else "")
-        + f"` on {os.cpu_count()} cores, Python {platform.python_version()}, {server}. "
+        + f"` on {os.cpu_count()} cores, Python {platform.python_version()}, Redis {version} "
+        "(private, persistence off). "
         f"Load average before / after: {load:.2f} / {os.getloadavg()[0]:.2f}. One worker "
         "process, concurrency 100, timed between 30 % and 90 % of the backlog done.",
         "",
@@ -210,13 +205,6 @@ def _spread(values: list[float], fmt: str) -> str:
         f"{fmt.format(statistics.median(values))} "
         f"({fmt.format(min(values))} to {fmt.format(max(values))})"
     )
-
-
-def redis_version() -> str:
-    binary = os.environ.get("QRUNNER_TEST_REDIS_SERVER") or "redis-server"
-    out = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
-    version = next((w.split("=", 1)[1] for w in out.split() if w.startswith("v=")), "?")
-    return f"Redis {version} (private, persistence off)"
 
 
 if __name__ == "__main__":

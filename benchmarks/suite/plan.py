@@ -100,11 +100,10 @@ def main_steps(sizes: Sizes, peers: dict[str, list[str]]) -> list[Step]:
     for rep in range(sizes.repeats):
         lists = {peer: _peer_steps(sizes, peer, variants, rep) for peer, variants in peers.items()}
         q, r = lists.get("qrunner"), lists.get("raw")
-        for peer, mine in lists.items():
-            if q is not None and r is not None and len(q) == len(r) and peer in ("qrunner", "raw"):
-                if peer == "qrunner":
-                    steps += [s for pair in zip(q, r, strict=True) for s in pair]
-                continue
+        if q is not None and r is not None and len(q) == len(r):
+            lists["qrunner"] = [s for pair in zip(q, r, strict=True) for s in pair]
+            del lists["raw"]
+        for mine in lists.values():
             steps += mine
     return [replace(s, label=_label(s, sizes.repeats)) for s in steps]
 
