@@ -4,8 +4,10 @@ that each await one Redis INCR, drained by a burst worker with 1 and with 2 proc
 qrunner's time runs from the supervisor's start to its exit, less the same command's time on
 an empty queue (interpreter start, connecting, the burst check), so the rows compare job
 throughput. Medians of ``--repeats``, process counts alternated; one private redis-server. CPU
-per job: the worker processes' (supervisor included) from the children's rusage, Redis' from
-INFO cpu, both over the whole loaded run: with Redis on the same cores, N processes can at best
+per job: the worker processes' (supervisor included) from the children's rusage, less what
+the same command used on an empty queue (each interpreter's start-up and imports, which a
+second process pays again; for the raw loop, its start on an empty stream), and Redis' from
+INFO cpu over the whole loaded run: with Redis on the same cores, N processes can at best
 reach cores / (worker + Redis CPU per job).
 
 ``--raw`` adds the same rows for the suite's raw redis-py Streams loop (``peers/raw.py``: no
@@ -106,11 +108,10 @@ def fill_raw(url: str, n: int) -> StreamBacklog:
     return backlog
 
 
-def run_raw(url: str, processes: int, backlog: StreamBacklog, n: int) -> float:
-    """Start ``processes`` raw consumers; jobs/s from 10 % of the backlog done to all of it."""
+def raw_children(url: str, processes: int) -> list[subprocess.Popen[bytes]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("QRUNNER_")}
     env |= {"BENCH_REDIS_URL": url}
-    children = [
+    return [
         subprocess.Popen(
             [sys.executable, "-m", "peers", "raw", "worker", "--concurrency", "100"],
             cwd=ROOT / "benchmarks",
@@ -118,6 +119,25 @@ def run_raw(url: str, processes: int, backlog: StreamBacklog, n: int) -> float:
         )
         for _ in range(processes)
     ]
+
+
+def raw_startup_cpu_s(url: str, processes: int) -> float:
+    """CPU the raw consumers use to start and sit on an empty stream for a second: taken off
+    their loaded run's CPU, as qrunner's empty-queue run is."""
+    fill_raw(url, 0)
+    cpu0 = children_cpu_s()
+    children = raw_children(url, processes)
+    time.sleep(1.0)
+    for c in children:
+        c.terminate()
+    for c in children:
+        c.wait()
+    return children_cpu_s() - cpu0
+
+
+def run_raw(url: str, processes: int, backlog: StreamBacklog, n: int) -> float:
+    """Start ``processes`` raw consumers; jobs/s from 10 % of the backlog done to all of it."""
+    children = raw_children(url, processes)
     try:
         t0 = None
         start_at = int(n * 0.9)
@@ -166,18 +186,23 @@ def main() -> int:
             for side in sides:
                 for processes in (1, 2) if r % 2 == 0 else (2, 1):
                     key = (side, processes)
+                    empty_cpu = 0.0
                     if side == "qrunner":
                         asyncio.run(fill(url, 0))
+                        cpu0 = children_cpu_s()
                         empty = run_worker(url, processes)
+                        empty_cpu = children_cpu_s() - cpu0
                         asyncio.run(fill(url, args.jobs))
                     else:
+                        empty_cpu = raw_startup_cpu_s(url, processes)
                         backlog = fill_raw(url, args.jobs)
                     cpu0, redis0 = children_cpu_s(), redis_cpu_s(url)
                     if side == "qrunner":
                         rate = args.jobs / max(run_worker(url, processes) - empty, 1e-3)
                     else:
                         rate = run_raw(url, processes, backlog, args.jobs)
-                    workers_us[key].append((children_cpu_s() - cpu0) / args.jobs * 1e6)
+                    used = children_cpu_s() - cpu0 - empty_cpu
+                    workers_us[key].append(used / args.jobs * 1e6)
                     redis_us[key].append((redis_cpu_s(url) - redis0) / args.jobs * 1e6)
                     rates[key].append(rate)
                     print(
