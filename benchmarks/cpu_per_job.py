@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import redis  # noqa: E402
+from suite.report import median_range  # noqa: E402
 from suite.server import RedisServer  # noqa: E402
 from suite.steps import peers_env  # noqa: E402
 
@@ -183,9 +183,9 @@ def main() -> None:
     ]
     for label, runs in got.items():
         lines.append(
-            f"| {label} | {_spread([m['rate'] for m in runs], '{:,.0f}')} | "
-            f"{_spread([m['worker_us'] for m in runs], '{:.1f}')} | "
-            f"{_spread([m['redis_us'] for m in runs], '{:.1f}')} |"
+            f"| {label} | {median_range([m['rate'] for m in runs], '{:,.0f}')} | "
+            f"{median_range([m['worker_us'] for m in runs], '{:.1f}')} | "
+            f"{median_range([m['redis_us'] for m in runs], '{:.1f}')} |"
         )
     lines += ["", "Each round:", ""]
     for k in range(args.rounds):
@@ -198,13 +198,6 @@ def main() -> None:
     print(text)
     if args.out:
         args.out.write_text(text, encoding="utf-8")
-
-
-def _spread(values: list[float], fmt: str) -> str:
-    return (
-        f"{fmt.format(statistics.median(values))} "
-        f"({fmt.format(min(values))} to {fmt.format(max(values))})"
-    )
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import redis  # noqa: E402
+from suite.report import median_range  # noqa: E402
 from suite.server import RedisServer  # noqa: E402
 from suite.steps import peers_step  # noqa: E402
 
@@ -57,10 +58,6 @@ def step(url: str, peer: str, n: int, qrunner_root: Path, kind: str = "enqueue")
     if "error" in result:
         raise SystemExit(f"{peer}: {result['error']}")
     return float(result["jobs_per_s"])
-
-
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.3f} ({min(values):.3f} to {max(values):.3f})"
 
 
 def main() -> int:
@@ -104,11 +101,11 @@ def main() -> int:
         ratios = [v / raw for v, raw in zip(values, rates["raw"], strict=True)]
         lines.append(
             f"| {label} | {statistics.median(values):,.0f} | {min(values):,.0f} | "
-            f"{max(values):,.0f} | {spread(ratios)} |"
+            f"{max(values):,.0f} | {median_range(ratios)} |"
         )
     if args.base is not None:
         ratios = [a / b for a, b in zip(rates["qrunner"], rates["base"], strict=True)]
-        lines += ["", f"qrunner against base, each pair: {spread(ratios)}."]
+        lines += ["", f"qrunner against base, each pair: {median_range(ratios)}."]
     lines += ["", "Each pair, jobs/s:", ""]
     lines += [
         f"- {i + 1}: " + ", ".join(f"{label} {rates[label][i]:,.0f}" for label, _, _ in sides)

@@ -186,7 +186,6 @@ def main() -> int:
             for side in sides:
                 for processes in (1, 2) if r % 2 == 0 else (2, 1):
                     key = (side, processes)
-                    empty_cpu = 0.0
                     if side == "qrunner":
                         asyncio.run(fill(url, 0))
                         cpu0 = children_cpu_s()

@@ -272,6 +272,14 @@ def scaling_lines(records: list[dict[str, Any]]) -> list[str]:
     return lines + workers_ratio_lines(scal)
 
 
+def median_range(values: list[float], fmt: str = "{:.3f}") -> str:
+    """``median (min to max)``, each formatted with ``fmt``: the benchmark scripts' cells."""
+    return (
+        f"{fmt.format(statistics.median(values))} "
+        f"({fmt.format(min(values))} to {fmt.format(max(values))})"
+    )
+
+
 def _spread(values: list[float], unit: str) -> str:
     """``median unit``, and with more than one value its range and half-range in percent."""
     m = statistics.median(values)
