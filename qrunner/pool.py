@@ -17,9 +17,9 @@ them, so no other task can interleave. What keeps a connection safe to use is ke
   answering the next command with the previous one's reply. redis-py 8 skips that second
   check whenever its maintenance notifications are enabled, and they are by default
   ("auto"): with its own pool, a reply left on an idle connection answers the next command.
-  Over RESP2, which qrunner speaks, nothing but a stale reply
-  can be waiting on an idle connection, so this pool always checks; over RESP3, where the
-  server may push notifications, it leaves the check to redis-py;
+  Over RESP2, which qrunner speaks, nothing but a stale reply can be waiting on an idle
+  connection, so this pool always checks; over RESP3, where the server may push
+  notifications, it leaves the check to redis-py;
 - a connection marked for reconnect is disconnected when it comes back;
 - a pool with no idle connection goes through redis-py's own path, which opens one and keeps
   the ``max_connections`` cap.
@@ -53,6 +53,11 @@ _CAN_READ = "can_read" if hasattr(AbstractConnection, "can_read") else "can_read
 class LeanConnectionPool(ConnectionPool):
     """``ConnectionPool`` with the hand-out and the return reduced to what keeps them safe."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: The protocol is the pool's for its life: read once, not at every hand-out.
+        self._resp3 = str(self.connection_kwargs.get("protocol", 2)) == "3"
+
     async def get_connection(self, *args: Any, **options: Any) -> AbstractConnection:
         idle: list[AbstractConnection] = self._available_connections
         if not idle:
@@ -71,7 +76,7 @@ class LeanConnectionPool(ConnectionPool):
         return connection
 
     async def ensure_connection(self, connection: AbstractConnection) -> None:
-        if str(self.connection_kwargs.get("protocol", 2)) == "3":
+        if self._resp3:
             await super().ensure_connection(connection)
             return
         await connection.connect()  # type: ignore[no-untyped-call]
