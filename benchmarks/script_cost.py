@@ -20,9 +20,10 @@ flushed. Variants, each adding one thing to the one before:
 
 And what finishing a job costs, per job, in batches of 100 read and acked by one consumer (the
 worker's own calls, through ``Consumer``): the raw loop's ``XREADGROUP`` + ``XACK``; qrunner's
-fetch script; its ack script with status records off (ack, delete the entry, drop it from the
-live index, keep an id marker) and on (the default: a status record written per job). Then
-where the ack's time goes, with status records on: the script cut short after each of its
+read (a plain ``XREADGROUP``; a script before ``Consumer._read_one``); its ack script with
+status records off (ack, delete the entry, drop it from the live index, keep an id marker)
+and on (the default: a status record written per job). Then where the ack's time goes, with
+status records on: the script cut short after each of its
 steps (parsing the packed batch; the ownership check; XACK and the live index; the trim), and
 the whole script. With ``--deep N``, the fetch and the whole ack again when N jobs are
 queued, then also with N status records of finished jobs kept (as after a drain of N): does a
@@ -201,7 +202,7 @@ def measure_finish(url: str, n: int, per_call: int = 100, deep: int = 0) -> dict
             for _ in range(0, n, per_call):
                 r.config_resetstat()
                 entries = await consumer.read_available(["bench"], per_call)
-                fetch_us += float(r.info("commandstats")["cmdstat_evalsha"]["usec"])
+                fetch_us += float(r.info("commandstats")["cmdstat_xreadgroup"]["usec"])
                 done = [
                     Completion(
                         e.entry_id,

@@ -94,9 +94,33 @@ def parse_read(reply: Any) -> list[Entry]:
         for entry_id, fields in messages:
             body = None
             if fields:
-                body = fields.get(b"j") if isinstance(fields, dict) else None
-            out.append(Entry(queue, _s(entry_id), body))
+                body = fields.get(b"j") if isinstance(fields, dict) else _field(fields, b"j")
+            out.append(Entry(queue, _s(entry_id), body or None))
     return out
+
+
+def entries_of(queue: str, reply: Any) -> list[Entry]:
+    """Entries of one queue from XREADGROUP's reply as the server sent it, before redis-py's
+    response callback: nil when nothing is new, else RESP2's ``[[stream, [[id, [field, value,
+    ...]], ...]]]`` or RESP3's ``{stream: [...]}``. The callback would build a tuple and a dict
+    per entry only for this to pick one field out of it. An entry without a 'j' field (or an
+    empty one) gets ``body`` None and is dead-lettered by the worker."""
+    if not reply:
+        return []
+    messages = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
+    out: list[Entry] = []
+    for entry_id, fields in messages:
+        body = fields[1] if fields and fields[0] == b"j" else _field(fields, b"j")
+        out.append(Entry(queue, entry_id.decode(), body or None))
+    return out
+
+
+def _field(fields: Any, name: bytes) -> Any:
+    """The value of ``name`` in a flat ``[field, value, ...]`` list, or None."""
+    for i in range(0, len(fields or ()) - 1, 2):
+        if fields[i] == name:
+            return fields[i + 1]
+    return None
 
 
 def queue_of(stream_key: str) -> str:
@@ -116,7 +140,6 @@ class Consumer:
     _release = Script("release_consumer")
     _promote = Script("promote")
     _finish_cancelled = Script("finish_cancelled")
-    _fetch = Script("fetch")
     _ensure_group = Script("ensure_group")
     _group_consumers = Script("group_consumers")
 
@@ -126,6 +149,14 @@ class Consumer:
         self.queues = list(queues)
         #: A Redis Cluster client: reads must not span slots.
         self.cluster = hasattr(redis, "nodes_manager")
+        #: The non-blocking read's client: the same pool (and so the same connections), with
+        #: no response callback for XREADGROUP, so its reply reaches :func:`entries_of` as the
+        #: server sent it. A cluster client routes through per-node clients of its own, so
+        #: there the read takes redis-py's parsed reply (:func:`parse_read`).
+        self._reader: Redis | None = None
+        if not self.cluster:
+            self._reader = Redis(connection_pool=redis.connection_pool)
+            self._reader.response_callbacks.pop("XREADGROUP", None)
 
     async def ensure_group(self, queue: str) -> bool:
         """Create the stream and group if missing; True when it had to create the group."""
@@ -160,12 +191,7 @@ class Consumer:
             if want <= 0:
                 break
             try:
-                async with translated(q):
-                    flat = await self._fetch(
-                        self.redis,
-                        [keys.stream(q)],
-                        [keys.GROUP, self.name, want],
-                    )
+                got += await self._read_one(q, want)
             except RedisFault as fault:
                 if faults is None or (isinstance(fault, ConnectionLost) and not got):
                     raise
@@ -173,10 +199,22 @@ class Consumer:
                 if isinstance(fault, ConnectionLost):
                     break  # every queue is out of reach: keep what was read, try no more
                 continue
-            for i in range(0, len(flat), 2):
-                body = flat[i + 1]
-                got.append(Entry(q, _s(flat[i]), body if body else None))
         return got
+
+    async def _read_one(self, queue: str, count: int) -> list[Entry]:
+        """Up to ``count`` new entries of one queue, without waiting: one XREADGROUP.
+
+        Nothing is written per job: a job is running while its entry is pending (job_status.lua
+        reads it there), so starting a job costs no status write. The read needs no memory,
+        so it works when Redis is out of memory. NOGROUP (the stream or group is missing)
+        becomes :class:`StreamMissing`, and the worker recreates them."""
+        streams: dict[Any, Any] = {keys.stream(queue): ">"}
+        async with translated(queue):
+            if self._reader is None:
+                reply = await self.redis.xreadgroup(keys.GROUP, self.name, streams, count)
+                return parse_read(reply)
+            reply = await self._reader.xreadgroup(keys.GROUP, self.name, streams, count)
+        return entries_of(queue, reply)
 
     async def read_blocking(self, queues: Sequence[str], count: int, block_ms: int) -> list[Entry]:
         """Wait up to ``block_ms`` for an entry on any of the queues.

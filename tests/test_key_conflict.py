@@ -193,15 +193,15 @@ async def test_a_connection_lost_mid_read_keeps_what_was_read_and_tries_no_furth
     for q in ("good", ODD, "third"):
         await consumer.ensure_group(q)
     fetched: list[str] = []
-    real = consumer._fetch.__call__
+    real = consumer._read_one
 
-    async def lost_after_first(r: Any, ks: Any, args: Any) -> Any:
-        fetched.append(ks[0])
+    async def lost_after_first(queue: str, count: int) -> Any:
+        fetched.append(keys.stream(queue))
         if len(fetched) > 1:
             raise ConnectionLost("reset")
-        return await real(r, ks, args)
+        return await real(queue, count)
 
-    consumer._fetch = lost_after_first  # type: ignore[assignment, method-assign]
+    consumer._read_one = lost_after_first  # type: ignore[method-assign]
     faults: list[tuple[str, Any]] = []
     entries = await consumer.read_available(["good", ODD, "third"], 10, faults)
     assert [e.queue for e in entries] == ["good"]

@@ -16,6 +16,7 @@ from redis.asyncio.cluster import RedisCluster
 from qrunner import Client, Context, Permanent, Registry, Retry, keys
 from qrunner.consumer import Consumer
 from qrunner.deadletter import DeadLetters
+from qrunner.runtime import connect_redis
 from qrunner.worker import Worker
 from tests.helpers import core_tasks
 from tests.helpers.waiting import wait_for
@@ -252,6 +253,42 @@ async def test_malformed_entries_dead_lettered_and_work_continues(redis: Redis) 
         "consumers": [],
     }
     assert (await client.status(ok)).state == "succeeded"
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+async def test_a_read_finds_the_envelope_wherever_the_entry_keeps_it(
+    redis: Redis, redis_url: str, protocol: int
+) -> None:
+    """Given entries written by hand: the envelope first, after another field, empty, missing.
+    When the worker's consumer reads them (without a script, over RESP2 and RESP3)
+    Then each comes back in stream order with its envelope, or with none where it has none
+    (the worker dead-letters those), and the read holds every one of them pending."""
+    if protocol == 3 and isinstance(redis, RedisCluster):
+        pytest.skip("the cluster client is built by connect_redis with its own protocol")
+    stream = keys.stream("default")
+    setup = Consumer(redis, "setup", ["default"])
+    await setup.ensure_group("default")
+    written = [
+        await redis.xadd(stream, {"j": b"first"}),
+        await redis.xadd(stream, {"x": b"1", "j": b"second"}),
+        await redis.xadd(stream, {"j": b""}),
+        await redis.xadd(stream, {"other": b"x"}),
+    ]
+    client = redis
+    if protocol == 3:
+        sep = "&" if "?" in redis_url else "?"
+        client = await connect_redis(f"{redis_url}{sep}protocol=3")
+    try:
+        consumer = Consumer(client, "c1", ["default"])
+        entries = await consumer.read_available(["default"], 10)
+        assert await consumer.read_available(["default"], 10) == []  # nothing new is left
+    finally:
+        if client is not redis:
+            await client.aclose()
+    assert [e.entry_id for e in entries] == [w.decode() for w in written]
+    assert [e.body for e in entries] == [b"first", b"second", None, None]
+    assert {e.queue for e in entries} == {"default"}
+    assert (await redis.xpending(stream, keys.GROUP))["pending"] == 4
 
 
 async def test_graceful_shutdown_finishes_in_flight_jobs(redis: Redis) -> None:
