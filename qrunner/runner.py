@@ -76,6 +76,10 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+#: The outcome of every handler that returns None: immutable, so one serves every job.
+SUCCEEDED_EMPTY = Succeeded(b"")
+
+
 def _encode_result(value: Any) -> bytes:
     if value is None:
         return b""
@@ -307,4 +311,4 @@ class Runner:
             if tick is not None and me is not None:
                 self._deadlines.remove(tick, me)
                 self._expired.discard(me)
-        return Succeeded(_encode_result(value))
+        return SUCCEEDED_EMPTY if value is None else Succeeded(_encode_result(value))

@@ -682,7 +682,7 @@ class Worker:
                     cancelled = True
                 else:
                     try:
-                        outcome = await self._run(entry, job)
+                        outcome = await self.runner.run(entry, job)
                     except asyncio.CancelledError:
                         if key not in self._cancelling:
                             raise
@@ -690,9 +690,12 @@ class Worker:
                         if current is not None:
                             current.uncancel()
                         cancelled = True
+                    except Exception as exc:
+                        self._not_judged(job, exc)  # the entry stays pending, runs again
                 if isinstance(outcome, DeadLettered) and entry.deliveries > 1:
                     outcome = await self._with_stall_note(entry.queue, job, outcome)
-                outcome = await self._after_run(job, outcome)
+                if job.flow or job.id in self._progress:  # else _after_run has nothing to do
+                    outcome = await self._after_run(job, outcome)
         finally:
             self._active -= 1
             self._slot_free.set()
@@ -737,27 +740,25 @@ class Worker:
         if outcome is not None:
             await asyncio.shield(self._apply(entry, job, task_name, outcome, duration))
 
-    async def _run(self, entry: Entry, job: Job) -> Outcome | None:
-        """The job's outcome; None when it could not be judged here (the entry then stays
-        pending and is redelivered after its lease)."""
-        try:
-            return await self.runner.run(entry, job)
-        except RedisFault as fault:  # the rate-limit gate could not reach Redis
+    def _not_judged(self, job: Job, exc: Exception) -> None:
+        """Logs why a job's outcome could not be judged here: its entry then stays pending and
+        is redelivered after its lease. Called from _process (inline there: a coroutine of its
+        own per job cost the hot path)."""
+        if isinstance(exc, RedisFault):  # the rate-limit gate could not reach Redis
             log.warning(
                 "%s %s: could not be admitted (%s); it is redelivered after its lease",
                 job.task,
                 job.id,
-                fault,
+                exc,
             )
-        except Exception:
-            log.error(
-                "%s %s: unexpected error while running it; it is redelivered after its lease "
-                "(and dead-lettered after max_deliveries)\n%s",
-                job.task,
-                job.id,
-                mask(traceback.format_exc()),
-            )
-        return None
+            return
+        log.error(
+            "%s %s: unexpected error while running it; it is redelivered after its lease "
+            "(and dead-lettered after max_deliveries)\n%s",
+            job.task,
+            job.id,
+            mask("".join(traceback.format_exception(exc))),
+        )
 
     async def _with_stall_note(self, queue: str, job: Job, outcome: DeadLettered) -> DeadLettered:
         """A redelivered job dead-lettered as poison says so when it blocked the event loop."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from typing import Any
 
 import orjson
@@ -16,6 +17,7 @@ from redis.asyncio.cluster import RedisCluster
 from qrunner import Client, Context, Permanent, Registry, Retry, keys
 from qrunner.consumer import Consumer
 from qrunner.deadletter import DeadLetters
+from qrunner.errors import ConnectionLost
 from qrunner.runtime import connect_redis
 from qrunner.worker import Worker
 from tests.helpers import core_tasks
@@ -289,6 +291,48 @@ async def test_a_read_finds_the_envelope_wherever_the_entry_keeps_it(
     assert [e.body for e in entries] == [b"first", b"second", None, None]
     assert {e.queue for e in entries} == {"default"}
     assert (await redis.xpending(stream, keys.GROUP))["pending"] == 4
+
+
+async def test_an_error_outside_the_handler_leaves_the_entry_pending_and_is_logged(
+    redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a worker whose runner fails around the handler, not in it: a rate-limit gate that
+    cannot reach Redis, or any other error
+    When those jobs are read, with a good one after them
+    Then each is logged by task and id, its entry stays pending (not acked, not dead-lettered:
+    it runs again after its lease), and the worker goes on to the good job."""
+    caplog.set_level(logging.WARNING, logger="qrunner.worker")
+    client = Client(redis, core_tasks.registry)
+    async with running_worker(redis, core_tasks.registry) as worker:
+        real = worker.runner.run
+
+        async def run(entry: Any, job: Any) -> Any:
+            if job.payload["tag"] == "broken":
+                raise RuntimeError("the runner broke")
+            if job.payload["tag"] == "gate":
+                raise ConnectionLost("the gate's Redis is unreachable")
+            return await real(entry, job)
+
+        worker.runner.run = run  # type: ignore[method-assign]
+        broken = await client.enqueue("record", {"tag": "broken"})
+        gate = await client.enqueue("record", {"tag": "gate"})
+        good = await client.enqueue("record", {"tag": "ok"})
+
+        async def good_done() -> bool:
+            return (await client.status(good)).state == "succeeded"
+
+        await wait_for(good_done, what="the good job to succeed")
+        pending = await redis.xpending(keys.stream("default"), keys.GROUP)
+        assert pending["pending"] == 2
+        assert (await client.status(broken)).state == "running"
+        assert (await client.status(gate)).state == "running"
+    assert await redis.lrange("log:default", 0, -1) == [good.encode()]
+    assert await DeadLetters(redis).list(["default"]) == []
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and f"record {broken}: unexpected error" in errors[0].getMessage()
+    assert "RuntimeError: the runner broke" in errors[0].getMessage()
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"record {gate}: could not be admitted" in m for m in warned)
 
 
 async def test_graceful_shutdown_finishes_in_flight_jobs(redis: Redis) -> None:
