@@ -30,7 +30,7 @@ BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import redis  # noqa: E402
-from suite.report import median_range  # noqa: E402
+from suite.report import emit, median_range  # noqa: E402
 from suite.server import RedisServer  # noqa: E402
 from suite.steps import peers_env  # noqa: E402
 
@@ -194,10 +194,7 @@ def main() -> None:
             for label, runs in got.items()
         )
         lines.append(f"- {k + 1}: {each}")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text, encoding="utf-8")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

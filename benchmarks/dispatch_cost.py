@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
-from suite.report import median_range  # noqa: E402
+from suite.report import emit, median_range  # noqa: E402
 
 #: Runs in a subprocess per side (qrunner imported from argv[1]); prints µs per job.
 _MEASURE = """
@@ -121,10 +121,7 @@ def main() -> None:
     lines += ["", "Each round:", ""]
     for k in range(args.rounds):
         lines.append(f"- {k + 1}: " + "; ".join(f"{label} {v[k]:.3f}" for label, v in got.items()))
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text, encoding="utf-8")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -272,6 +272,14 @@ def scaling_lines(records: list[dict[str, Any]]) -> list[str]:
     return lines + workers_ratio_lines(scal)
 
 
+def emit(lines: list[str], out: Path | None) -> None:
+    """Print a benchmark script's report and, with ``out``, write it there: the scripts' tail."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out:
+        out.write_text(text, encoding="utf-8")
+
+
 def median_range(values: list[float], fmt: str = "{:.3f}") -> str:
     """``median (min to max)``, each formatted with ``fmt``: the benchmark scripts' cells."""
     return (
