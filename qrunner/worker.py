@@ -155,6 +155,9 @@ class Worker:
         ]
         #: Progress reporters of running jobs, flushed when each job ends.
         self._progress: dict[str, RedisProgress] = {}
+        # A subclass that extends _after_run (qrunner.testing records outcomes there) sees
+        # every job; the base one is skipped when it has nothing to do.
+        self._after_every_run = type(self)._after_run is not Worker._after_run
         #: Follow-ups and group callbacks are enqueued with a registry-less client: the spec
         #: names its queue, and its task may be one only another worker knows.
         self.follow_ups = FollowUps(
@@ -694,7 +697,7 @@ class Worker:
                         self._not_judged(job, exc)  # the entry stays pending, runs again
                 if isinstance(outcome, DeadLettered) and entry.deliveries > 1:
                     outcome = await self._with_stall_note(entry.queue, job, outcome)
-                if job.flow or job.id in self._progress:  # else _after_run has nothing to do
+                if job.flow or job.id in self._progress or self._after_every_run:
                     outcome = await self._after_run(job, outcome)
         finally:
             self._active -= 1
