@@ -22,10 +22,9 @@ the bound back), for small batches, and for a user whose ACL refuses XTRIM.
 The job leaves the queue's live index (qr:{q}:live) here, and its status record is written
 once. Nothing was written for it when it started (a plain XREADGROUP: Consumer._read_one),
 so this is the only status write of a job that succeeds at its first try; it has no record
-yet, and gets the
-compact one: one string, SET with its TTL in one call, "1 <TAB> finished ms <TAB> worker <TAB>"
-followed by the batch record's own attempt, task, enqueued ms, run ms and result, as the client
-sent them (qr_record_fields spells it out for job_status.lua). A hash with its fields and a
+yet, and gets the compact one: one string, SET with its TTL in one call, "1 <TAB> finished ms
+<TAB> worker <TAB>" followed by the batch record's own attempt, task, enqueued ms, run ms and
+result, as the client sent them (qr_record_fields spells it out for job_status.lua). A hash with its fields and a
 PEXPIRE, two calls and a dozen arguments, cost Redis about twice as much per job. A job that
 already has a record (it was scheduled or retried, or reported progress) gets its fields
 written into that hash as before, so what the hash held (progress, last error) stays.
