@@ -9,6 +9,10 @@ Each side enqueues ``--n`` jobs one at a time, awaiting each reply, against a fr
 
     .venv/bin/pip install -r benchmarks/requirements/huey.txt   # huey, once
     .venv/bin/python benchmarks/sync_enqueue.py --n 10000 --repeats 5 --out FILE.md
+
+``--loop uvloop`` runs the async sides on uvloop. Each row also gives, per job, this process's
+CPU, Redis's CPU, and the time this process spent off the CPU (waiting for a reply and being
+woken for it).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +74,41 @@ def start_redis() -> tuple[subprocess.Popen[bytes], str, Path]:
     return proc, f"redis://127.0.0.1:{port}/0", folder
 
 
-def timed(run: Callable[[int], None], n: int) -> float:
+#: How the async sides run their event loop: asyncio's own, or uvloop's with ``--loop uvloop``
+#: (as the worker and the suite run theirs).
+run_loop: Callable[[Coroutine[Any, Any, None]], None] = asyncio.run
+
+
+@dataclass(frozen=True)
+class Timed:
+    """One side's run: its rate, and the CPU the client (this process) and Redis spent per job."""
+
+    rate: float
+    client_us: float
+    redis_us: float
+
+    @property
+    def idle_us(self) -> float:
+        """Per job, the time this process was off the CPU: waiting for Redis's reply, and
+        being woken when it came."""
+        return max(0.0, 1e6 / self.rate - self.client_us)
+
+
+def redis_cpu_s(server: sync_redis.Redis) -> float:
+    info = server.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def timed(run: Callable[[int], None], n: int, server: sync_redis.Redis) -> Timed:
     run(50)  # warm the connection and load scripts
+    redis0 = redis_cpu_s(server)
+    c0 = time.process_time()
     t0 = time.perf_counter()
     run(n)
-    return n / (time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    client = time.process_time() - c0
+    redis = redis_cpu_s(server) - redis0
+    return Timed(n / wall, client / n * 1e6, redis / n * 1e6)
 
 
 def qrunner_sync(url: str) -> Callable[[int], None]:
@@ -130,7 +165,7 @@ def floor_async(url: str) -> Callable[[int], None]:
                 await redis.evalsha(sha, 2, "floor:astream", "floor:alive", str(i), FLOOR_ENVELOPE)
             await redis.aclose()
 
-        asyncio.run(go())
+        run_loop(go())
 
     return run
 
@@ -159,7 +194,7 @@ def qrunner_async(url: str) -> Callable[[int], None]:
                 await client.enqueue("noop", {"i": i})
             await redis.aclose()
 
-        asyncio.run(go())
+        run_loop(go())
 
     return run
 
@@ -172,7 +207,7 @@ def raw_async(url: str) -> Callable[[int], None]:
                 await redis.xadd("raw:astream", {"j": b'{"i":%d}' % i})
             await redis.aclose()
 
-        asyncio.run(go())
+        run_loop(go())
 
     return run
 
@@ -182,7 +217,13 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
     args = parser.parse_args()
+    global run_loop
+    if args.loop == "uvloop":
+        import uvloop
+
+        run_loop = uvloop.run
     proc, url, folder = start_redis()
     load_before = os.getloadavg()
     sides: dict[str, Callable[[int], None] | None] = {
@@ -194,27 +235,30 @@ def main() -> int:
         "floor: XADD + id record in one script (sync)": floor_sync(url),
         "floor: XADD + id record in one script (awaited)": floor_async(url),
     }
-    runs: dict[str, list[float]] = {name: [] for name, fn in sides.items() if fn is not None}
+    timings: dict[str, list[Timed]] = {name: [] for name, fn in sides.items() if fn is not None}
+    server = sync_redis.Redis.from_url(url)
     try:
-        names = list(runs)
+        names = list(timings)
         for r in range(args.repeats):
             for name in names[r % len(names) :] + names[: r % len(names)]:
                 fn = sides[name]
                 assert fn is not None
-                sync_redis.Redis.from_url(url).flushall()
-                runs[name].append(timed(fn, args.n))
-                print(f"repeat {r + 1}: {name}: {runs[name][-1]:,.0f} jobs/s", flush=True)
+                server.flushall()
+                timings[name].append(timed(fn, args.n, server))
+                print(f"repeat {r + 1}: {name}: {timings[name][-1].rate:,.0f} jobs/s", flush=True)
     finally:
         proc.terminate()
         proc.wait()
         shutil.rmtree(folder, ignore_errors=True)
     load_after = os.getloadavg()
+    runs = {name: [t.rate for t in v] for name, v in timings.items()}
     med = {name: statistics.median(v) for name, v in runs.items()}
     lines = [
         "# Single-job enqueue from synchronous code",
         "",
         f"One run of `benchmarks/sync_enqueue.py --n {args.n} --repeats {args.repeats}` on this "
-        f"machine ({os.cpu_count()} cores), Python {sys.version.split()[0]}, one private "
+        f"machine ({os.cpu_count()} cores), Python {sys.version.split()[0]}, async sides on "
+        f"the {args.loop} event loop, one private "
         "redis-server without persistence. Each row enqueues jobs one at a time and waits for "
         "each reply. Load average before / after: "
         f"{load_before[0]:.2f} / {load_after[0]:.2f}.",
@@ -223,8 +267,13 @@ def main() -> int:
         "no client work: the ceiling, on this machine, for any enqueue that keeps an id record "
         "(status by id, a retried enqueue written once).",
         "",
-        "| side | median jobs/s | min | max | vs huey | vs raw XADD of its kind | vs floor |",
-        "|---|---|---|---|---|---|---|",
+        "The last three columns are medians per job: this process's CPU (the client's work,"
+        " system calls included), Redis's CPU (INFO cpu), and the time this process was off"
+        " the CPU (1 / rate less its CPU: waiting for the reply, and being woken for it).",
+        "",
+        "| side | median jobs/s | min | max | vs huey | vs raw XADD of its kind | vs floor "
+        "| client CPU µs | Redis CPU µs | off CPU µs |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     huey = med.get("huey (RedisHuey, task call)")
     for name, value in med.items():
@@ -232,9 +281,14 @@ def main() -> int:
         raw = med[f"raw redis-py XADD ({kind})"]
         floor = med[f"floor: XADD + id record in one script ({kind})"]
         vs_huey = f"{value / huey:.2f}x" if huey else "-"
+        per_job = timings[name]
+        client_us = statistics.median(t.client_us for t in per_job)
+        redis_us = statistics.median(t.redis_us for t in per_job)
+        idle_us = statistics.median(t.idle_us for t in per_job)
         lines.append(
             f"| {name} | {value:,.0f} | {min(runs[name]):,.0f} | {max(runs[name]):,.0f} | "
-            f"{vs_huey} | {value / raw:.2f}x | {value / floor:.2f}x |"
+            f"{vs_huey} | {value / raw:.2f}x | {value / floor:.2f}x | {client_us:.1f} | "
+            f"{redis_us:.1f} | {idle_us:.1f} |"
         )
     text = "\n".join(lines) + "\n"
     print(text)
