@@ -211,6 +211,21 @@ def _text(value: Any) -> str | None:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+#: At most this many (task, queue) plans per client: task names come from code, but a client
+#: without a registry takes any name.
+_MAX_PLANS = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What every plain enqueue of one task to one queue sends (see :meth:`Client._plan`)."""
+
+    queue: str
+    stream_keys: list[str]
+    #: The task's payload model check, or None when it has none.
+    validate: Callable[[Mapping[str, Any]], Any] | None
+
+
 class EnqueueRetries:
     """The retry policy of an enqueue, shared by :class:`Client` and the synchronous client:
     lost connections and busy servers are retried with a doubling pause (safe: every job id
@@ -277,6 +292,8 @@ class Client:
         self.wait_timeout_ms = wait_timeout_ms
         self._known_queues: set[str] = set()
         self._node_clients: dict[str, Redis] = {}
+        #: (task, queue as given) -> what its plain enqueues look like (see _plan).
+        self._plans: dict[tuple[str, str | None], _Plan] = {}
 
     async def enqueue(
         self,
@@ -297,9 +314,44 @@ class Client:
         ``on_success`` / ``on_failure`` name a follow-up job, enqueued once when this job
         succeeds / is dead-lettered; it reads this job's outcome from ``ctx.upstream``.
         """
+        if (
+            delay_s is None
+            and at is None
+            and key is None
+            and key_ttl_s is None
+            and job_id is None
+            and on_success is None
+            and on_failure is None
+            and (payload is None or type(payload) is dict)
+        ):
+            plan = self._plans.get((task, queue))
+            if plan is not None and self.wait_replicas == 0:
+                return await self._enqueue_planned(plan, task, payload)
         queue_name, job_keys, args = self._prepare_parts(
             task, payload, queue, delay_s, at, key, key_ttl_s, job_id, on_success, on_failure, None
         )
+        res = await self._send_one(queue_name, job_keys, args)
+        if (
+            delay_s is None
+            and at is None
+            and key is None
+            and key_ttl_s is None
+            and job_id is None
+            and on_success is None
+            and on_failure is None
+        ):
+            self._plan(task, queue, queue_name)
+        return _text(res[0]) or ""
+
+    async def _send_one(
+        self,
+        queue_name: str,
+        job_keys: list[str],
+        args: list[Any],
+        failed: Exception | None = None,
+    ) -> Any:
+        """Send one prepared job (:meth:`_prepare_parts`), with the enqueue's retries;
+        ``failed``: how a first send of it already failed."""
 
         async def send() -> Any:
             script, script_keys, argv = self._call_for(queue_name, [(job_keys, args)])
@@ -310,7 +362,61 @@ class Client:
                     return await self._durable(script_keys, argv, script)
                 return await script(self.redis, script_keys, argv)
 
-        res = await self._send([args[0]], send)
+        return await self._send([args[0]], send, failed)
+
+    def _plan(self, task_name: str, given_queue: str | None, queue_name: str) -> None:
+        """After an enqueue of ``task_name`` due now with no key, id or follow-up has gone
+        through: remember what every such enqueue of it will be, so the next ones skip the
+        checks and look-ups that came out the same (:meth:`_enqueue_planned`).
+
+        Not for a task with a fairness key (its jobs take another script). Tasks are frozen
+        and registered once, so what is remembered stays true."""
+        if len(self._plans) >= _MAX_PLANS:
+            return
+        validate = None
+        if self.registry is not None:
+            spec = self.registry.get(task_name)
+            if spec.fair_key is not None:
+                return
+            if spec.payload_model is not None:
+                validate = spec.validate
+        self._plans[(task_name, given_queue)] = _Plan(
+            queue_name, [keys.stream(queue_name)], validate
+        )
+
+    async def _enqueue_planned(
+        self, plan: _Plan, task_name: str, payload: dict[str, Any] | None
+    ) -> str:
+        """:meth:`enqueue` of a job due now with no key, id or follow-up, for a task and queue
+        enqueued to before (:meth:`_plan`): the task name, the queue and its registration were
+        checked then, so this validates the payload, draws the id, builds the envelope and
+        calls the script. That runs between round trips, where each call costs several times
+        what it costs in a loop (benchmarks/results/2026-12-04-enqueue-steps.md).
+
+        A failure of the call (a lost connection, a busy or full server, a key of the wrong
+        type) goes to the general path as its first failed attempt: that path sends the same
+        job again with the same id (written at most once) and handles it as every enqueue
+        does."""
+        data = payload if payload is not None else {}
+        if plan.validate is not None:
+            plan.validate(data)
+        job_id = new_job_id()
+        envelope = encode_envelope(job_id, task_name, data, None, 0)
+        if len(envelope) > self.max_payload_bytes:
+            raise PayloadTooLarge(len(envelope), self.max_payload_bytes)
+        try:
+            res = await self._enqueue_now(self.redis, plan.stream_keys, ["1", job_id, envelope])
+        except Exception as exc:
+            queue = plan.queue
+            fault = classify(exc)  # Script raises Redis failures as faults already
+            if fault is None:
+                raise  # not a Redis fault: as the general path, raised as it is
+            failed = name_queue(fault, queue)
+            id_key = (
+                keys.job(queue, job_id) if self.status_ttl_ms > 0 else keys.id_marker(queue, job_id)
+            )
+            args = [job_id, envelope, "", "", "", task_name, True]
+            res = await self._send_one(queue, [id_key, id_key], args, failed)
         return _text(res[0]) or ""
 
     def _call_for(
@@ -410,10 +516,19 @@ class Client:
     def _script_head(self) -> list[Any]:
         return ["", self.status_ttl_ms, ID_MARKER_TTL_MS]
 
-    async def _send(self, job_ids: list[str], send: Callable[[], Awaitable[Any]]) -> Any:
+    async def _send(
+        self,
+        job_ids: list[str],
+        send: Callable[[], Awaitable[Any]],
+        failed: Exception | None = None,
+    ) -> Any:
         """Run an enqueue, retrying lost connections and busy servers (safe: every job id is
-        written at most once), and turn what remains into qrunner errors."""
+        written at most once), and turn what remains into qrunner errors. ``failed``: the
+        failure of a first send made before this call, counted as the first attempt."""
         policy = None  # made on the first failure: most enqueues never need one
+        if failed is not None:
+            policy = EnqueueRetries(job_ids, _where(self.redis))
+            await asyncio.sleep(policy.after(failed))
         while True:
             try:
                 return await send()
