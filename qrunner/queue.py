@@ -314,7 +314,7 @@ class Client:
         ``on_success`` / ``on_failure`` name a follow-up job, enqueued once when this job
         succeeds / is dead-lettered; it reads this job's outcome from ``ctx.upstream``.
         """
-        if (
+        plain = (
             delay_s is None
             and at is None
             and key is None
@@ -322,8 +322,8 @@ class Client:
             and job_id is None
             and on_success is None
             and on_failure is None
-            and (payload is None or type(payload) is dict)
-        ):
+        )
+        if plain and (payload is None or type(payload) is dict):
             plan = self._plans.get((task, queue))
             if plan is not None and self.wait_replicas == 0:
                 return await self._enqueue_planned(plan, task, payload)
@@ -331,15 +331,7 @@ class Client:
             task, payload, queue, delay_s, at, key, key_ttl_s, job_id, on_success, on_failure, None
         )
         res = await self._send_one(queue_name, job_keys, args)
-        if (
-            delay_s is None
-            and at is None
-            and key is None
-            and key_ttl_s is None
-            and job_id is None
-            and on_success is None
-            and on_failure is None
-        ):
+        if plain:
             self._plan(task, queue, queue_name)
         return _text(res[0]) or ""
 

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from qrunner import Client, Context, Registry, keys
 from qrunner.errors import InvalidPayload, KeyConflict, PayloadTooLarge
+from tests.helpers.script_sends import count_enqueue_sends
 
 registry = Registry()
 
@@ -142,14 +143,7 @@ async def test_a_repeated_enqueue_onto_a_conflicting_key_raises_once_naming_the_
     await client.enqueue("ping", {"n": 1})
     await redis.delete(keys.stream("plans"))
     await redis.set(keys.stream("plans"), "not a stream")
-    sends: list[int] = []
-    original = client._enqueue_now.__call__
-
-    async def counted(r: Any, ks: Any, args: Any) -> Any:
-        sends.append(1)
-        return await original(r, ks, args)
-
-    client._enqueue_now = counted  # type: ignore[assignment, method-assign]
+    sends = count_enqueue_sends(client)
     # When it enqueues the task again
     with pytest.raises(KeyConflict) as raised:
         await client.enqueue("ping", {"n": 2})

@@ -22,6 +22,7 @@ from qrunner.faults import classify, translated
 from qrunner.metrics import Metrics
 from qrunner.settings import Settings
 from qrunner.worker import Worker
+from tests.helpers.script_sends import count_enqueue_sends
 from tests.test_cli import qrunner
 from tests.test_dashboard import BEARER, TOKEN, endpoint
 from tests.worker_fixtures import running_worker
@@ -90,14 +91,7 @@ async def test_an_enqueue_onto_a_conflicting_key_raises_once_and_writes_nothing(
 ) -> None:
     await break_queue(redis)
     client = Client(redis, registry)
-    sends: list[int] = []
-    original = client._enqueue_now.__call__
-
-    async def counted(r: Any, ks: Any, args: Any) -> Any:
-        sends.append(1)
-        return await original(r, ks, args)
-
-    client._enqueue_now = counted  # type: ignore[assignment, method-assign]
+    sends = count_enqueue_sends(client)
     with pytest.raises(KeyConflict) as single:
         await client.enqueue("odd_job", {"tag": "never"})
     assert_names_the_queue(single.value)
