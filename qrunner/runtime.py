@@ -132,7 +132,7 @@ def _build(
         return cast(Redis, cluster)
     from redis.asyncio.sentinel import Sentinel
 
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]  # typed from redis-py 8.2
         list(target.nodes),
         sentinel_kwargs={
             "socket_connect_timeout": 5,
