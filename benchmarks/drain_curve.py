@@ -14,6 +14,7 @@ before any job was done. One private redis-server with persistence off.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -51,11 +52,13 @@ def tenths(samples: list[tuple[float, int]], n: int) -> list[float]:
     return [n / 10 / (marks[k] - marks[k - 1]) for k in passed]
 
 
-def one_drain(r: redis.Redis, url: str, n: int, interval: float) -> list[float]:
+def one_drain(r: redis.Redis, url: str, n: int, interval: float, pin: bool) -> list[float]:
     r.flushall()
     uvloop.run(backlog.fill(url, n))
     stream = keys.stream(QUEUE)
-    proc = subprocess.Popen([sys.executable, "-c", DRAIN, url])
+    cmd = [sys.executable, "-c", DRAIN, url]
+    # --pin: the worker on CPU 1 (Redis was put on CPU 0), so neither waits for the other's core
+    proc = subprocess.Popen(["taskset", "-c", "1", *cmd] if pin else cmd)
     samples: list[tuple[float, int]] = []
     t0 = time.perf_counter()
     while proc.poll() is None:
@@ -72,14 +75,19 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=300_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--interval", type=float, default=0.05, help="seconds between samples")
+    parser.add_argument(
+        "--pin", action="store_true", help="Redis on CPU 0 and each worker on CPU 1 (Linux)"
+    )
     args = parser.parse_args()
     heads = " | ".join(f"{10 * k}-{10 * k + 10} %" for k in range(10))
     print(f"| drain | {heads} |")
     print(f"|---|{'---|' * 10}")
     with tempfile.TemporaryDirectory() as folder, RedisServer(Path(folder)) as srv:
         r = redis.Redis.from_url(srv.url)
+        if args.pin:
+            os.sched_setaffinity(int(r.info("server")["process_id"]), {0})
         for rep in range(1, args.repeats + 1):
-            rates = one_drain(r, srv.url, args.jobs, args.interval)
+            rates = one_drain(r, srv.url, args.jobs, args.interval, args.pin)
             print(f"| {rep} | {' | '.join(f'{x:,.0f}' for x in rates)} |", flush=True)
 
 
