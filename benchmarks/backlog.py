@@ -12,7 +12,10 @@ redis-server with persistence off, as in ``bin/bench``.
 ``--raw`` runs the suite's raw redis-py loop (``peers/raw.py``) on the same backlogs, right
 after each qrunner step: its rate at each size says how much of a change across sizes is the
 server's and the host's (it moves the raw loop too) and how much is qrunner's (it moves the
-ratio).
+ratio). With ``--raw`` each repeat also gives a pair (qrunner's rate over the raw loop's, run
+back to back), and the report adds the median of those pairs to the ratio of the medians.
+``--sizes`` picks other backlog sizes: ``--sizes 100000 --repeats 9 --raw`` is nine long
+no-op pairs at one size.
 
     benchmarks/.venvs/qrunner/bin/python benchmarks/backlog.py --repeats 3 --raw --out FILE.md
 """
@@ -95,17 +98,23 @@ def main() -> int:
         "--raw", action="store_true", help="also drain each backlog with the raw redis-py loop"
     )
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--sizes",
+        default=",".join(str(n) for n in SIZES),
+        help="backlog sizes, comma-separated (default: %(default)s)",
+    )
     args = parser.parse_args()
+    sizes = tuple(int(x) for x in args.sizes.split(","))
     load_before = os.getloadavg()[0]
-    rates: dict[int, list[float]] = {n: [] for n in SIZES}
-    raw_rates: dict[int, list[float]] = {n: [] for n in SIZES}
+    rates: dict[int, list[float]] = {n: [] for n in sizes}
+    raw_rates: dict[int, list[float]] = {n: [] for n in sizes}
     server: dict[int, dict[str, float]] = {}
-    memory: dict[int, list[float]] = {n: [] for n in SIZES}
+    memory: dict[int, list[float]] = {n: [] for n in sizes}
     with tempfile.TemporaryDirectory() as folder, RedisServer(Path(folder)) as srv:
         r = redis.Redis.from_url(srv.url)
         version = r.info("server")["redis_version"]
         for rep in range(args.repeats):
-            for n in SIZES if rep % 2 == 0 else tuple(reversed(SIZES)):
+            for n in sizes if rep % 2 == 0 else tuple(reversed(sizes)):
                 rates[n].append(process_rate(r, srv.url, "qrunner", n))
                 raw_note = ""
                 if args.raw:
@@ -121,7 +130,7 @@ def main() -> int:
                 )
         # Server time per job: one more drain per size, by a burst worker in this process,
         # statistics reset once the backlog is full.
-        for n in SIZES:
+        for n in sizes:
             r.flushall()
             uvloop.run(fill(srv.url, n))
             r.config_resetstat()
@@ -129,25 +138,31 @@ def main() -> int:
             server[n] = server_us_per_job(r, n)
         r.close()
     load_after = os.getloadavg()[0]
-    base_rate = statistics.median(rates[SIZES[0]])
-    base_mem = statistics.median(memory[SIZES[0]])
+    base_rate = statistics.median(rates[sizes[0]])
+    base_mem = statistics.median(memory[sizes[0]])
+    first = f"vs {sizes[0]:,}"
     lines = [
         "# Throughput and bytes per job across backlog sizes (status records on)",
         "",
-        f"`benchmarks/backlog.py --repeats {args.repeats}{' --raw' if args.raw else ''}` on "
+        f"`benchmarks/backlog.py --repeats {args.repeats}{' --raw' if args.raw else ''}"
+        f"{'' if sizes == SIZES else ' --sizes ' + args.sizes}` on "
         f"{os.cpu_count()} cores, "
         f"Python {platform.python_version()}, Redis {version} (private, persistence off). "
         "Job: no-op; one worker process, concurrency 100, uvloop, timed between 30 % and 90 % "
         "done (the suite's `scaling.backlog.N` step). Load average before / after: "
         f"{load_before:.2f} / {load_after:.2f}.",
         "",
-        "| queued | median jobs/s | min | max | vs 10k | bytes/job | vs 10k | "
+        f"| queued | median jobs/s | min | max | {first} | bytes/job | {first} | "
         "Redis µs/job (scripts) |"
-        + (" raw loop jobs/s | vs 10k | qrunner / raw |" if args.raw else ""),
-        "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if args.raw else ""),
+        + (
+            f" raw loop jobs/s | {first} | qrunner / raw | each repeat's pair: median (range) |"
+            if args.raw
+            else ""
+        ),
+        "|---|---|---|---|---|---|---|---|" + ("---|---|---|---|" if args.raw else ""),
     ]
-    raw_base = statistics.median(raw_rates[SIZES[0]]) if args.raw else 0.0
-    for n in SIZES:
+    raw_base = statistics.median(raw_rates[sizes[0]]) if args.raw else 0.0
+    for n in sizes:
         rate, mem = statistics.median(rates[n]), statistics.median(memory[n])
         row = (
             f"| {n:,} | {rate:,.0f} | {min(rates[n]):,.0f} | {max(rates[n]):,.0f} | "
@@ -156,7 +171,11 @@ def main() -> int:
         )
         if args.raw:
             raw = statistics.median(raw_rates[n])
-            row += f" {raw:,.0f} | {raw / raw_base:.2f}x | {rate / raw:.0%} |"
+            pairs = [q / w for q, w in zip(rates[n], raw_rates[n], strict=True)]
+            row += (
+                f" {raw:,.0f} | {raw / raw_base:.2f}x | {rate / raw:.0%} | "
+                f"{statistics.median(pairs):.0%} ({min(pairs):.0%} to {max(pairs):.0%}) |"
+            )
         lines.append(row)
     lines.append("")
     text = "\n".join(lines)
