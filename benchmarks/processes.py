@@ -16,6 +16,13 @@ burst mode, so its rate is timed from the first 10 % of the backlog done to the 
 acked, polled every 10 ms. Its rows are the limit for this job on this host: what the cores
 allow a consumer that adds nothing to the body's own Redis round trip.
 
+``--raw-autopipe`` adds rows for the same raw loop with the bodies' INCRs auto-pipelined
+(``peers.raw.AutoPipeline``: the commands issued in one turn of the event loop go out as one
+write). It asks what batching the bodies' commands would save Redis and the workers per job,
+and whether that would leave a second process more to add. qrunner's worker auto-pipelines its
+handlers' commands by default (``qrunner.autopipe``); ``--plain`` adds rows for it with
+``QRUNNER_AUTOPIPELINE=0``, each command on a connection of its own.
+
     .venv/bin/python benchmarks/processes.py --jobs 40000 --repeats 3 --raw --out FILE.md
 """
 
@@ -57,9 +64,11 @@ def children_cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def run_worker(url: str, processes: int) -> float:
+def run_worker(url: str, processes: int, side: str = "qrunner") -> float:
     env = {k: v for k, v in os.environ.items() if not k.startswith("QRUNNER_")}
     env |= {"QRUNNER_REDIS_URL": url, "QRUNNER_LOG_LEVEL": "WARNING"}
+    if side == "qrunner-plain":
+        env["QRUNNER_AUTOPIPELINE"] = "0"
     t0 = time.perf_counter()
     subprocess.run(
         [
@@ -108,12 +117,23 @@ def fill_raw(url: str, n: int) -> StreamBacklog:
     return backlog
 
 
-def raw_children(url: str, processes: int) -> list[subprocess.Popen[bytes]]:
+#: The raw loop with its bodies' INCRs auto-pipelined (``peers.raw.AutoPipeline``).
+AUTOPIPE = (
+    "from peers.adapter import run_async; from peers.raw import _consume; "
+    "run_async(_consume(100, autopipe=True))"
+)
+
+
+def raw_children(url: str, processes: int, side: str = "raw") -> list[subprocess.Popen[bytes]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("QRUNNER_")}
     env |= {"BENCH_REDIS_URL": url}
+    if side == "raw":
+        cmd = [sys.executable, "-m", "peers", "raw", "worker", "--concurrency", "100"]
+    else:
+        cmd = [sys.executable, "-c", AUTOPIPE]
     return [
         subprocess.Popen(
-            [sys.executable, "-m", "peers", "raw", "worker", "--concurrency", "100"],
+            cmd,
             cwd=ROOT / "benchmarks",
             env=env,
         )
@@ -121,12 +141,12 @@ def raw_children(url: str, processes: int) -> list[subprocess.Popen[bytes]]:
     ]
 
 
-def raw_startup_cpu_s(url: str, processes: int) -> float:
+def raw_startup_cpu_s(url: str, processes: int, side: str) -> float:
     """CPU the raw consumers use to start and sit on an empty stream for a second: taken off
     their loaded run's CPU, as qrunner's empty-queue run is."""
     fill_raw(url, 0)
     cpu0 = children_cpu_s()
-    children = raw_children(url, processes)
+    children = raw_children(url, processes, side)
     time.sleep(1.0)
     for c in children:
         c.terminate()
@@ -135,9 +155,9 @@ def raw_startup_cpu_s(url: str, processes: int) -> float:
     return children_cpu_s() - cpu0
 
 
-def run_raw(url: str, processes: int, backlog: StreamBacklog, n: int) -> float:
+def run_raw(url: str, processes: int, backlog: StreamBacklog, n: int, side: str) -> float:
     """Start ``processes`` raw consumers; jobs/s from 10 % of the backlog done to all of it."""
-    children = raw_children(url, processes)
+    children = raw_children(url, processes, side)
     try:
         t0 = None
         start_at = int(n * 0.9)
@@ -173,9 +193,24 @@ def main() -> int:
     parser.add_argument(
         "--raw", action="store_true", help="add rows for the raw redis-py loop as 1 and 2 processes"
     )
+    parser.add_argument(
+        "--raw-autopipe",
+        action="store_true",
+        help="add rows for the raw loop with its INCRs auto-pipelined (one write per loop turn)",
+    )
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="add rows for qrunner with QRUNNER_AUTOPIPELINE=0 (each handler command on its own)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    sides = ("qrunner", "raw") if args.raw else ("qrunner",)
+    sides = (
+        "qrunner",
+        *(["qrunner-plain"] if args.plain else []),
+        *(["raw"] if args.raw else []),
+        *(["raw-autopipe"] if args.raw_autopipe else []),
+    )
     proc, url, _folder = start_redis()
     load_before = os.getloadavg()[0]
     rates: dict[tuple[str, int], list[float]] = {(s, p): [] for s in sides for p in (1, 2)}
@@ -186,20 +221,20 @@ def main() -> int:
             for side in sides:
                 for processes in (1, 2) if r % 2 == 0 else (2, 1):
                     key = (side, processes)
-                    if side == "qrunner":
+                    if side.startswith("qrunner"):
                         asyncio.run(fill(url, 0))
                         cpu0 = children_cpu_s()
-                        empty = run_worker(url, processes)
+                        empty = run_worker(url, processes, side)
                         empty_cpu = children_cpu_s() - cpu0
                         asyncio.run(fill(url, args.jobs))
                     else:
-                        empty_cpu = raw_startup_cpu_s(url, processes)
+                        empty_cpu = raw_startup_cpu_s(url, processes, side)
                         backlog = fill_raw(url, args.jobs)
                     cpu0, redis0 = children_cpu_s(), redis_cpu_s(url)
-                    if side == "qrunner":
-                        rate = args.jobs / max(run_worker(url, processes) - empty, 1e-3)
+                    if side.startswith("qrunner"):
+                        rate = args.jobs / max(run_worker(url, processes, side) - empty, 1e-3)
                     else:
-                        rate = run_raw(url, processes, backlog, args.jobs)
+                        rate = run_raw(url, processes, backlog, args.jobs, side)
                     used = children_cpu_s() - cpu0 - empty_cpu
                     workers_us[key].append(used / args.jobs * 1e6)
                     redis_us[key].append((redis_cpu_s(url) - redis0) / args.jobs * 1e6)
@@ -217,7 +252,9 @@ def main() -> int:
             "# One worker process against `--processes 2`",
             "",
             f"`benchmarks/processes.py --jobs {args.jobs} --repeats {args.repeats}"
-            f"{' --raw' if args.raw else ''}` on {os.cpu_count()} cores, Python "
+            f"{' --raw' if args.raw else ''}"
+            f"{' --raw-autopipe' if args.raw_autopipe else ''}"
+            f"{' --plain' if args.plain else ''}` on {os.cpu_count()} cores, Python "
             f"{sys.version.split()[0]}, one private redis-server (which shares the cores); job: "
             "one awaited INCR; concurrency 100 per process. "
             f"Load average before / after: {load_before:.2f} / {load_after:.2f}.",

@@ -108,6 +108,9 @@ class Settings(SettingsModel):
     #: While a worker runs, Python's young-generation GC threshold (700 by default) and
     #: start-up objects frozen out of collections (see qrunner.gctune); 0 = leave it.
     gc_young_threshold: int = Field(20_000, ge=0)
+    #: The handlers' ``ctx.redis`` sends the commands issued in one turn of the event loop as
+    #: one pipelined write (see qrunner.autopipe); ``QRUNNER_AUTOPIPELINE=0`` turns it off.
+    autopipeline: bool = True
     log_level: str = "INFO"
     log_format: str = "text"
     uvloop: bool = True

@@ -33,7 +33,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from . import fairness, gctune, keys
+from . import autopipe, fairness, gctune, keys
 from .consumer import Completion, Consumer, Entry, Finish
 from .context import Context
 from .control import HISTORY_LENGTH, attempt_record
@@ -127,6 +127,8 @@ class Worker:
             status_ttl_s=self.settings.status_ttl_s,
         )
         self.consumer = Consumer(redis, self.name, self.queues)
+        #: What handlers get as ``ctx.redis``: ``redis``, or auto-pipelined over its pool.
+        self.handler_redis = autopipe.for_handlers(redis, self.settings.autopipeline)
         self.runner = Runner(
             registry, self._context, gate, max_payload_bytes=self.settings.max_payload_bytes
         )
@@ -244,7 +246,7 @@ class Worker:
         # Positional, and the bound method made once: this runs for every job.
         return Context(
             job,
-            self.redis,
+            self.handler_redis,
             self.client,
             self.state,
             self.settings,

@@ -45,7 +45,7 @@ class Peer(Adapter):
     dist = "qrunner"
     asynchronous = True
     bulk_label = "Client.enqueue_many (pipelined)"
-    variants = {"default": f"concurrency={CONCURRENCY}, uvloop"}
+    variants = {"default": f"concurrency={CONCURRENCY}, uvloop, handlers' commands auto-pipelined"}
 
     def __init__(self) -> None:
         super().__init__()

@@ -1,0 +1,138 @@
+"""Auto-pipelining of the handlers' Redis client (qrunner.autopipe) against a real
+redis-server: commands issued in one turn go out as one batch, each caller gets its own reply
+or error, blocking commands are never held in a batch, and a worker hands its handlers the
+auto-pipelined client unless ``QRUNNER_AUTOPIPELINE=0``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ResponseError
+
+from qrunner import Client, Context, Registry
+from qrunner.autopipe import AutoPipelinedRedis, for_handlers
+from qrunner.runtime import connect_redis
+from qrunner.settings import load_settings
+from qrunner.worker import Worker
+from tests.worker_fixtures import FAST
+
+
+@pytest.fixture
+async def base(redis_url: str) -> AsyncIterator[Redis]:
+    made = await connect_redis(redis_url)
+    yield made
+    await made.aclose()
+
+
+async def test_commands_issued_in_one_turn_go_out_as_one_batch_each_with_its_reply(
+    base: Redis,
+) -> None:
+    piped = AutoPipelinedRedis(base)
+    replies = await asyncio.gather(
+        *(piped.incr("ap:n") for _ in range(50)),
+        piped.hset("ap:h", mapping={"a": "1", "b": "2"}),
+        piped.set("ap:s", "v"),
+        piped.hgetall("ap:h"),
+        piped.get("ap:s"),
+    )
+    assert piped.batches == 1
+    assert sorted(replies[:50]) == list(range(1, 51))  # one reply per INCR, none shared
+    assert replies[50:] == [2, True, {b"a": b"1", b"b": b"2"}, b"v"]  # parsed as usual
+    assert await base.get("ap:n") == b"50"
+
+
+async def test_an_error_reaches_only_the_command_that_caused_it(base: Redis) -> None:
+    piped = AutoPipelinedRedis(base)
+    await base.set("ap:text", "not a number")
+    bad, good = await asyncio.gather(
+        piped.incr("ap:text"), piped.incr("ap:n"), return_exceptions=True
+    )
+    assert piped.batches == 1
+    assert isinstance(bad, ResponseError)
+    assert good == 1
+
+
+async def test_a_blocking_command_is_not_batched_and_holds_no_other_reply(base: Redis) -> None:
+    piped = AutoPipelinedRedis(base)
+    popped = asyncio.ensure_future(piped.blpop(["ap:list"], timeout=30))
+    counted = asyncio.ensure_future(piped.incr("ap:n"))  # issued in the same turn
+    assert await counted == 1  # answered while the BLPOP still waits on its own connection
+    assert not popped.done()
+    await base.rpush("ap:list", "x")
+    assert list(await popped) == [b"ap:list", b"x"]
+    assert piped.batches == 1  # the INCR alone
+
+
+async def test_a_caller_that_stops_waiting_leaves_the_others_their_replies(base: Redis) -> None:
+    piped = AutoPipelinedRedis(base)
+    first = asyncio.ensure_future(piped.incr("ap:n"))
+    second = asyncio.ensure_future(piped.incr("ap:n"))
+    await asyncio.sleep(0)  # both commands are queued for the batch
+    first.cancel()
+    assert await second in (1, 2)
+    assert await base.get("ap:n") == b"2"  # the cancelled caller's command was still sent once
+    assert await piped.incr("ap:n") == 3  # the connection came back clean
+
+
+async def test_batches_after_the_server_dropped_every_connection_reconnect(
+    base: Redis, redis_url: str
+) -> None:
+    piped = AutoPipelinedRedis(base)
+    assert await asyncio.gather(piped.incr("ap:n"), piped.incr("ap:n")) in ([1, 2], [2, 1])
+    admin = Redis.from_url(redis_url)
+    try:
+        assert await admin.client_kill_filter(_type="normal", skipme=True) >= 1
+    finally:
+        await admin.aclose()
+    assert sorted(await asyncio.gather(piped.incr("ap:n"), piped.incr("ap:n"))) == [3, 4]
+
+
+async def test_closing_it_leaves_the_shared_pool_open(base: Redis) -> None:
+    piped = AutoPipelinedRedis(base)
+    await piped.incr("ap:n")
+    await piped.aclose()
+    assert await base.incr("ap:n") == 2
+
+
+def test_only_plain_clients_are_wrapped_and_only_when_enabled(base: Redis) -> None:
+    assert for_handlers(base, False) is base
+    wrapped = for_handlers(base, True)
+    assert isinstance(wrapped, AutoPipelinedRedis)
+    assert wrapped.connection_pool is base.connection_pool
+    assert for_handlers(wrapped, True) is wrapped
+    cluster = RedisCluster(host="127.0.0.1", port=7000)  # not connected: only its type matters
+    assert for_handlers(cluster, True) is cluster
+
+
+def test_the_setting_is_on_by_default_and_turned_off_from_the_environment() -> None:
+    assert load_settings({}).autopipeline is True
+    assert load_settings({"QRUNNER_AUTOPIPELINE": "0"}).autopipeline is False
+
+
+async def test_a_worker_batches_its_handlers_commands_by_default(base: Redis) -> None:
+    registry = Registry()
+    seen: set[type[Any]] = set()
+
+    @registry.task("count", max_retries=0)
+    async def count(ctx: Context[Any], payload: dict[str, Any]) -> None:
+        seen.add(type(ctx.redis))
+        await ctx.redis.incr("ap:jobs")
+
+    await Client(base, registry).enqueue_many([("count", {"i": i}) for i in range(300)])
+    worker = Worker(base, registry, burst=True, concurrency=100, settings=FAST)
+    await worker.run()
+    assert await base.get("ap:jobs") == b"300"  # every job's command ran once
+    assert seen == {AutoPipelinedRedis}
+    assert isinstance(worker.handler_redis, AutoPipelinedRedis)
+    assert worker.handler_redis.batches < 300  # commands of jobs started together shared writes
+
+
+async def test_a_worker_with_it_off_hands_handlers_its_own_client(base: Redis) -> None:
+    off = FAST.model_copy(update={"autopipeline": False})
+    worker = Worker(base, Registry(), burst=True, settings=off)
+    assert worker.handler_redis is base
