@@ -19,7 +19,8 @@ What is never batched, and runs as a plain command on a connection of its own:
 ``ctx.redis.pipeline()`` and ``pubsub()`` are the client's own, unchanged. A batch whose write
 or read fails (a reset connection, a time-out) fails every command in it with that error,
 after the pool's retry policy, as each command would have failed alone; a command is sent at
-most as often as without auto-pipelining. A command issued alone goes out one turn of the
+most as often as without auto-pipelining, and not at all when its caller was cancelled before
+the batch was written. A command issued alone goes out one turn of the
 event loop later than it would have, in a batch of one. Cluster clients are not wrapped: their
 commands go to the node that holds each key, which a single pipeline cannot follow.
 
@@ -108,6 +109,11 @@ class AutoPipelinedRedis(Redis):
         task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[_Pending]) -> None:
+        # A caller that stopped waiting before the write (cancelled, timed out) has its command
+        # left out, as a plain client would never have sent it.
+        batch = [pending for pending in batch if not pending[2].done()]
+        if not batch:
+            return
         self.batches += 1
         pipe = self.pipeline(transaction=False)
         for args, options, _ in batch:

@@ -21,6 +21,26 @@ from qrunner.settings import load_settings
 from qrunner.worker import Worker
 from tests.worker_fixtures import FAST
 
+#: A script that returns after 20 ms of the server's time.
+SPIN_20MS = """
+local function now() local t = redis.call('TIME'); return t[1] * 1000000 + t[2] end
+local start = now()
+while now() - start < 20000 do end
+return 1
+"""
+
+
+class _Noted(AutoPipelinedRedis):
+    """Says when a batch is taken for writing (its pipeline is made)."""
+
+    def __init__(self, redis: Redis) -> None:
+        super().__init__(redis)
+        self.writing = asyncio.Event()
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        self.writing.set()
+        return super().pipeline(*args, **kwargs)
+
 
 @pytest.fixture
 async def base(redis_url: str) -> AsyncIterator[Redis]:
@@ -68,15 +88,45 @@ async def test_a_blocking_command_is_not_batched_and_holds_no_other_reply(base: 
     assert piped.batches == 1  # the INCR alone
 
 
-async def test_a_caller_that_stops_waiting_leaves_the_others_their_replies(base: Redis) -> None:
+async def test_a_caller_cancelled_before_the_write_sends_nothing_and_leaves_the_others_theirs(
+    base: Redis,
+) -> None:
     piped = AutoPipelinedRedis(base)
     first = asyncio.ensure_future(piped.incr("ap:n"))
     second = asyncio.ensure_future(piped.incr("ap:n"))
-    await asyncio.sleep(0)  # both commands are queued for the batch
+    await asyncio.sleep(0)  # both commands are queued for the batch, not yet written
     first.cancel()
-    assert await second in (1, 2)
-    assert await base.get("ap:n") == b"2"  # the cancelled caller's command was still sent once
-    assert await piped.incr("ap:n") == 3  # the connection came back clean
+    assert await second == 1
+    assert first.cancelled()
+    assert await base.get("ap:n") == b"1"  # the cancelled caller's INCR never reached Redis
+    assert piped.batches == 1
+    assert await piped.incr("ap:n") == 2  # the connection came back clean
+
+
+async def test_a_batch_whose_every_caller_was_cancelled_is_not_written(base: Redis) -> None:
+    piped = AutoPipelinedRedis(base)
+    calls = [asyncio.ensure_future(piped.incr("ap:n")) for _ in range(3)]
+    await asyncio.sleep(0)
+    for call in calls:
+        call.cancel()
+    await asyncio.gather(*calls, return_exceptions=True)
+    assert await piped.get("ap:n") is None
+    assert piped.batches == 1  # only the GET's
+
+
+async def test_a_caller_cancelled_after_the_write_leaves_the_others_their_replies(
+    base: Redis,
+) -> None:
+    piped = _Noted(base)
+    # The first command holds the batch's replies on the server for 20 ms (a script that
+    # spins), so the cancel below lands after the write and before the replies.
+    first = asyncio.ensure_future(piped.eval(SPIN_20MS, 0))
+    second = asyncio.ensure_future(piped.incr("ap:n"))
+    await piped.writing.wait()  # the batch is taken for writing
+    first.cancel()
+    assert await second == 1
+    assert first.cancelled()
+    assert await piped.incr("ap:n") == 2  # the connection came back clean
 
 
 async def test_batches_after_the_server_dropped_every_connection_reconnect(
