@@ -48,7 +48,7 @@ class Finisher:
         self.observer = observer
         self.status_ttl_ms = status_ttl_ms
         self.result_ttl_ms = result_ttl_ms
-        #: ``release(queue, entry_id)``: the worker stops holding (and renewing) the entry.
+        #: ``release(queue, entry_ids)``: the worker stops holding (and renewing) the entries.
         self._release = release
         #: ``recover(StreamMissing)``: recreate the group and raise the alarm.
         self._recover = recover
@@ -119,8 +119,7 @@ class Finisher:
         self._release_all(queue, done)
 
     def _release_all(self, queue: str, done: list[Completion]) -> None:
-        for c in done:
-            self._release(queue, c.entry_id)
+        self._release(queue, [c.entry_id for c in done])
 
     # -- other outcomes, one by one -----------------------------------------------------------
 

@@ -310,5 +310,6 @@ class Runner:
         finally:
             if tick is not None and me is not None:
                 self._deadlines.remove(tick, me)
-                self._expired.discard(me)
+                if self._expired:  # timed out, and its handler went on anyway
+                    self._expired.discard(me)
         return SUCCEEDED_EMPTY if value is None else Succeeded(_encode_result(value))

@@ -147,7 +147,7 @@ class Worker:
             self.observer,
             status_ttl_ms=self.status_ttl_ms,
             result_ttl_ms=self.result_ttl_ms,
-            release=self._release_entry,
+            release=self._release_entries,
             recover=self._recover,
         )
         self._held: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -655,8 +655,10 @@ class Worker:
         if self._ended_early:  # it gave up its hold inside _spawn (eager start)
             self._held.pop(self._ended_early.pop(), None)
 
-    def _release_entry(self, queue: str, entry_id: str) -> None:
-        self._held.pop((queue, entry_id), None)
+    def _release_entries(self, queue: str, entry_ids: list[str]) -> None:
+        held = self._held
+        for entry_id in entry_ids:
+            held.pop((queue, entry_id), None)
 
     # -- running one job --------------------------------------------------------------------
 
@@ -706,8 +708,9 @@ class Worker:
             self._slot_free.set()
             self.running.pop(key, None)
             started_ms = self.started_at.pop(key, None)
-            self._cancelling.discard(key)
-            if job is not None:
+            if self._cancelling:
+                self._cancelling.discard(key)
+            if job is not None and self._progress:
                 self._progress.pop(job.id, None)
             if outcome is None:  # cancelled, or not admitted: the entry stays pending
                 if self._starting == key:
