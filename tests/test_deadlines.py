@@ -199,3 +199,46 @@ async def test_long_timeouts_share_coarser_slots_never_early_at_most_a_thousandt
 def test_a_tick_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         Deadlines(lambda task: None, tick_s=0)
+
+
+async def test_deadlines_added_back_to_back_each_stay_within_their_bounds() -> None:
+    """Jobs with the same timeout share the slot found last while it still fits: each one's
+    deadline is never before its own start plus its timeout, and at most a step after."""
+    loop = asyncio.get_running_loop()
+    deadlines = Deadlines(lambda task: None, tick_s=0.01)
+    task = asyncio.create_task(_sleeper())
+    slots: set[float] = set()
+    start = loop.time()
+    while loop.time() - start < 0.05:  # across several ticks
+        now = loop.time()
+        when = deadlines.add(task, 0.2)
+        after = loop.time()
+        assert now + 0.2 - 1e-9 <= when <= after + 0.2 + 0.01
+        deadlines.remove(when, task)
+        slots.add(when)
+        await asyncio.sleep(0)
+    assert 2 <= len(slots) <= deadlines.slots
+    task.cancel()
+
+
+async def test_a_slot_that_fired_is_not_given_to_a_later_deadline() -> None:
+    loop = asyncio.get_running_loop()
+    expired: list[asyncio.Task[Any]] = []
+    deadlines = Deadlines(expired.append, tick_s=0.01)
+    first = asyncio.create_task(_sleeper())
+    when = deadlines.add(first, 0.001)
+    done = loop.create_future()
+    loop.call_at(when, done.set_result, None)
+    await done
+    await asyncio.sleep(0)
+    assert expired == [first]
+    later = asyncio.create_task(_sleeper())
+    again = deadlines.add(later, 0.001)
+    assert again > when
+    done = loop.create_future()
+    loop.call_at(again, done.set_result, None)
+    await done
+    await asyncio.sleep(0)
+    assert expired == [first, later]  # its own slot fired for it
+    first.cancel()
+    later.cancel()
