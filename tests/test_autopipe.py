@@ -6,7 +6,7 @@ auto-pipelined client unless ``QRUNNER_AUTOPIPELINE=0``."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -21,25 +21,28 @@ from qrunner.settings import load_settings
 from qrunner.worker import Worker
 from tests.worker_fixtures import FAST
 
-#: A script that returns after 20 ms of the server's time.
-SPIN_20MS = """
-local function now() local t = redis.call('TIME'); return t[1] * 1000000 + t[2] end
-local start = now()
-while now() - start < 20000 do end
-return 1
-"""
-
 
 class _Noted(AutoPipelinedRedis):
-    """Says when a batch is taken for writing (its pipeline is made)."""
+    """Runs ``after_write`` once a batch's pipeline has been written and answered, before its
+    callers get their replies."""
 
     def __init__(self, redis: Redis) -> None:
         super().__init__(redis)
-        self.writing = asyncio.Event()
+        self.after_write: Callable[[], object] | None = None
 
     def pipeline(self, *args: Any, **kwargs: Any) -> Any:
-        self.writing.set()
-        return super().pipeline(*args, **kwargs)
+        pipe = super().pipeline(*args, **kwargs)
+        hook = self.after_write
+        if hook is not None:
+            execute = pipe.execute
+
+            async def execute_then_hook(*a: Any, **k: Any) -> Any:
+                replies = await execute(*a, **k)
+                hook()
+                return replies
+
+            pipe.execute = execute_then_hook
+        return pipe
 
 
 @pytest.fixture
@@ -118,14 +121,12 @@ async def test_a_caller_cancelled_after_the_write_leaves_the_others_their_replie
     base: Redis,
 ) -> None:
     piped = _Noted(base)
-    # The first command holds the batch's replies on the server for 20 ms (a script that
-    # spins), so the cancel below lands after the write and before the replies.
-    first = asyncio.ensure_future(piped.eval(SPIN_20MS, 0))
+    first = asyncio.ensure_future(piped.incr("ap:first"))
     second = asyncio.ensure_future(piped.incr("ap:n"))
-    await piped.writing.wait()  # the batch is taken for writing
-    first.cancel()
+    piped.after_write = first.cancel  # between the batch's replies and its callers
     assert await second == 1
     assert first.cancelled()
+    assert await base.get("ap:first") == b"1"  # written before the cancel: it ran, once
     assert await piped.incr("ap:n") == 2  # the connection came back clean
 
 
