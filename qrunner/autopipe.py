@@ -20,9 +20,9 @@ What is never batched, and runs as a plain command on a connection of its own:
 or read fails (a reset connection, a time-out) fails every command in it with that error,
 after the pool's retry policy, as each command would have failed alone; a command is sent at
 most as often as without auto-pipelining, and not at all when its caller was cancelled before
-the batch was written. A command issued alone goes out one turn of the
-event loop later than it would have, in a batch of one. Cluster clients are not wrapped: their
-commands go to the node that holds each key, which a single pipeline cannot follow.
+the batch was written. A command issued alone goes out one turn of the event loop later than
+it would have, in a batch of one. Cluster clients are not wrapped: their commands go to the
+node that holds each key, which a single pipeline cannot follow.
 
 ``benchmarks/processes.py --plain`` measures it: with jobs that each await one INCR, one
 worker process ran 1.54x as many jobs per second with it, Redis spent about half the CPU per

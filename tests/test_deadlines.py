@@ -202,8 +202,8 @@ def test_a_tick_must_be_positive() -> None:
 
 
 async def test_deadlines_added_back_to_back_each_stay_within_their_bounds() -> None:
-    """Jobs with the same timeout share the slot found last while it still fits: each one's
-    deadline is never before its own start plus its timeout, and at most a step after."""
+    """Jobs with the same timeout started back to back share slots, and each one's deadline is
+    never before its own start plus its timeout, and at most a step after."""
     loop = asyncio.get_running_loop()
     deadlines = Deadlines(lambda task: None, tick_s=0.01)
     task = asyncio.create_task(_sleeper())

@@ -89,10 +89,12 @@ class Templates:
         (that merge was about half of an email's rendering time)."""
         return template.new_context({**self._globals, **values}, shared=True)
 
-    def _render(self, template: Template, values: dict[str, Any]) -> str:
-        """What ``template.render(**values)`` returns, errors included."""
+    def _render(self, template: Template, values: dict[str, Any], block: str | None = None) -> str:
+        """What ``template.render(**values)`` returns (or, with ``block``, that block of the
+        template alone), errors included."""
+        render = template.root_render_func if block is None else template.blocks[block]
         try:
-            return self._env.concat(template.root_render_func(self._context(template, values)))
+            return self._env.concat(render(self._context(template, values)))
         except Exception:
             self._env.handle_exception()
 
@@ -103,13 +105,9 @@ class Templates:
 
     def email(self, name: str, /, **context: Any) -> RenderedEmail:
         text_template = self._template(f"email/{name}.txt")
-        subject_block = text_template.blocks.get("subject")
-        if subject_block is None:
+        if "subject" not in text_template.blocks:
             raise LookupError(f"email/{name}.txt has no subject block")
-        try:
-            subject = "".join(subject_block(self._context(text_template, context))).strip()
-        except Exception:
-            self._env.handle_exception()
+        subject = self._render(text_template, context, "subject").strip()
         values = {**context, "subject": subject}
         html = self._render(self._template(f"email/{name}.html"), values)
         text = self._render(text_template, values).strip() + "\n"
