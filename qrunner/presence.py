@@ -41,8 +41,8 @@ class Presence:
     def record(self) -> bytes:
         w = self.worker
         running = [
-            {"queue": q, "job_id": job_id, "task": task, "started_ms": w.started_at.get((q, e), 0)}
-            for (q, e), (task, job_id) in list(w.running.items())
+            {"queue": q, "job_id": job_id, "task": task, "started_ms": started_ms}
+            for (q, _entry_id), (task, job_id, started_ms) in list(w.running.items())
         ]
         return orjson.dumps(
             {

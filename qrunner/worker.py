@@ -34,7 +34,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from . import autopipe, fairness, gctune, keys
-from .consumer import Completion, Consumer, Entry, Finish
+from .consumer import Consumer, Entry, Finish, completion
 from .context import Context
 from .control import HISTORY_LENGTH, attempt_record
 from .errors import ConnectionLost, KeyConflict, QrunnerError, RedisFault, StreamMissing
@@ -171,11 +171,10 @@ class Worker:
             ),
             self.status_ttl_ms,
         )
-        #: (task, job id) of every job whose handler is running, for the watchdog's reports.
-        #: Plain data only: the watchdog thread reads it while the loop may be blocked.
-        self.running: dict[tuple[str, str], tuple[str, str]] = {}
-        #: Wall-clock start (ms) of each running job, for the presence record and history.
-        self.started_at: dict[tuple[str, str], int] = {}
+        #: (task, job id, wall-clock start in ms) of every job whose handler is running, for
+        #: the watchdog's reports, the presence record and the attempt history. Plain data
+        #: only: the watchdog thread reads it while the loop may be blocked.
+        self.running: dict[tuple[str, str], tuple[str, str, int]] = {}
         #: Operator control (qrunner.control): queues not to read, jobs to cancel.
         self.paused: set[str] = set()
         self.cancel_ids: set[str] = set()
@@ -311,7 +310,7 @@ class Worker:
         guard = self._stall_guard()
         watchdog = self.watchdog = LoopWatchdog.from_settings(
             self.settings,
-            describe=lambda: list(self.running.values()),
+            describe=lambda: [(task, job_id) for task, job_id, _ in list(self.running.values())],
             on_stall=guard.renew,
             on_stall_after_s=self.settings.lease_ms / 3000,
             on_limit=guard.record,
@@ -636,24 +635,23 @@ class Worker:
         return not self._held and not self.finisher.backlog and not any(counts)
 
     async def _dispatch(self, entries: list[Entry]) -> None:
+        decode = self.runner.decode
         for e in entries:
             if e.decoded is None:
-                e.decoded = self.runner.decode(e)
-        for entry in entries:
-            self._start(entry)
-
-    def _start(self, entry: Entry) -> None:
-        key = (entry.queue, entry.entry_id)
-        if key in self._held:
-            return
-        self._active += 1
-        self._starting = key
-        try:
-            self._held[key] = _spawn(self._process(entry))
-        finally:
-            self._starting = None
-        if self._ended_early:  # it gave up its hold inside _spawn (eager start)
-            self._held.pop(self._ended_early.pop(), None)
+                e.decoded = decode(e)
+        held, ended_early, process = self._held, self._ended_early, self._process
+        for entry in entries:  # start each (one loop, no call per job: this runs per job)
+            key = (entry.queue, entry.entry_id)
+            if key in held:
+                continue
+            self._active += 1
+            self._starting = key
+            try:
+                held[key] = _spawn(process(entry, key))
+            finally:
+                self._starting = None
+            if ended_early:  # it gave up its hold inside _spawn (eager start)
+                held.pop(ended_early.pop(), None)
 
     def _release_entries(self, queue: str, entry_ids: list[str]) -> None:
         held = self._held
@@ -662,8 +660,7 @@ class Worker:
 
     # -- running one job --------------------------------------------------------------------
 
-    async def _process(self, entry: Entry) -> None:
-        key = (entry.queue, entry.entry_id)
+    async def _process(self, entry: Entry, key: tuple[str, str]) -> None:
         outcome: Outcome | None = None
         job: Job | None = None
         task_name = "?"
@@ -676,9 +673,9 @@ class Worker:
             else:
                 job = decoded
                 task_name = job.task
-                self.running[key] = (task_name, job.id)
                 now_ms = int(time.time() * 1000)
-                self.started_at[key] = self._attempt_started[job.id] = now_ms
+                self.running[key] = (task_name, job.id, now_ms)
+                self._attempt_started[job.id] = now_ms
                 wait_ms = now_ms - job.enqueued_ms if job.enqueued_ms else None
                 self.observer.job_started(task_name, entry.queue, wait_ms)
                 # Every log line from here on in this task (the handler's too) names the job.
@@ -706,8 +703,8 @@ class Worker:
         finally:
             self._active -= 1
             self._slot_free.set()
-            self.running.pop(key, None)
-            started_ms = self.started_at.pop(key, None)
+            running = self.running.pop(key, None)
+            started_ms = running[2] if running is not None else None
             if self._cancelling:
                 self._cancelling.discard(key)
             if job is not None and self._progress:
@@ -730,7 +727,7 @@ class Worker:
                 self._attempt_started.pop(job.id, None)
             self.finisher.succeeded(
                 entry.queue,
-                Completion(
+                completion(
                     entry.entry_id,
                     job.id,
                     job.attempt,
@@ -885,7 +882,7 @@ class Worker:
 
     def cancel_running(self, job_ids: set[str]) -> None:
         """Cancel the running jobs among ``job_ids`` (the handler sees CancelledError)."""
-        for key, (_task, job_id) in list(self.running.items()):
+        for key, (_task, job_id, _started) in list(self.running.items()):
             if job_id in job_ids and key not in self._cancelling:
                 held = self._held.get(key)
                 if held is not None and not held.done():
