@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .consumer import Completion, Consumer, Entry, Finish
@@ -43,6 +43,7 @@ class Finisher:
         result_ttl_ms: int,
         release: Any,
         recover: Any,
+        read_first: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.consumer = consumer
         self.observer = observer
@@ -52,6 +53,9 @@ class Finisher:
         self._release = release
         #: ``recover(StreamMissing)``: recreate the group and raise the alarm.
         self._recover = recover
+        #: Awaited before each round of acks: the worker lets a read go out first (see
+        #: Worker._read_first).
+        self._read_first = read_first
         self._done: dict[str, list[Completion]] = {}
         self._wake = asyncio.Event()
         self.processed = 0
@@ -78,6 +82,8 @@ class Finisher:
                 return None
             await self._wake.wait()
             self._wake.clear()
+            if self._read_first is not None:
+                await self._read_first()
         batches, self._done = self._done, {}
         try:
             while batches:

@@ -63,6 +63,9 @@ log = logging.getLogger(__name__)
 #: (batched refills: one read per several finished jobs instead of one per job).
 REFILL_WAIT_S = 0.002
 
+#: The longest a batch's ack waits for the read that its freed slots call for (_read_first).
+READ_FIRST_S = 0.001
+
 #: A queue a loop fails on while it works for the others is logged at most this often.
 QUEUE_FAULT_LOG_S = 60.0
 
@@ -80,6 +83,11 @@ def _spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         return asyncio.create_task(coro)
     task: asyncio.Task[None] = _Task(coro, loop=asyncio.get_running_loop(), eager_start=True)
     return task
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 ExtraLoop = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
@@ -149,6 +157,7 @@ class Worker:
             result_ttl_ms=self.result_ttl_ms,
             release=self._release_entries,
             recover=self._recover,
+            read_first=self._read_first,
         )
         self._held: dict[tuple[str, str], asyncio.Task[None]] = {}
         #: Queues this worker reads that hold tasks with a fairness key (qrunner.fairness).
@@ -184,6 +193,9 @@ class Worker:
         self.presence = Presence(self)
         self._active = 0
         self._slot_free = asyncio.Event()
+        #: The fetch loop waits for slots to free up; the ack waiting for its read (_read_first).
+        self._waiting_slots = False
+        self._read_due: asyncio.Future[None] | None = None
         #: The entry _start is spawning, and the one whose task gave up its hold before _start
         #: recorded it (an eager start runs a task up to its first wait inside _spawn).
         self._starting: tuple[str, str] | None = None
@@ -476,7 +488,7 @@ class Worker:
         free = self.concurrency - self._active
         if free <= 0:
             self._slot_free.clear()
-            await self._wait_any(self._slot_free)
+            await self._wait_slots()
             return 0.0
         # Refill in batches: with most slots busy, wait briefly for more to free up rather
         # than paying one read per finished job. Never longer than REFILL_WAIT_S, so slow jobs
@@ -487,7 +499,7 @@ class Worker:
                 self._refill_by = now + REFILL_WAIT_S
             if now < self._refill_by:
                 self._slot_free.clear()
-                await self._wait_any(self._slot_free, self._refill_by - now)
+                await self._wait_slots(self._refill_by - now)
                 return 0.0
         self._refill_by = None
         for q in self._fair_queues:
@@ -498,6 +510,10 @@ class Worker:
                 self._stop.set()
                 return None
             return CONTROL_INTERVAL_S
+        due = self._read_due
+        if due is not None and not due.done():
+            # Woken in the next turn: by then this read is written (no wait before the write).
+            due.set_result(None)
         sent = time.monotonic()
         faults: list[tuple[str, RedisFault]] = []
         if self.gate is None:
@@ -614,6 +630,31 @@ class Worker:
                 "y" if len(lost) == 1 else "ies",
             )
         return [e for e in entries if (e.queue, e.entry_id) not in lost]
+
+    async def _wait_slots(self, within: float | None = None) -> None:
+        self._waiting_slots = True
+        try:
+            await self._wait_any(self._slot_free, within)
+        finally:
+            self._waiting_slots = False
+
+    async def _read_first(self) -> None:
+        """Before a round of acks: when the jobs just finished freed enough slots for the fetch
+        loop to read at once, let that read reach Redis first (at most :data:`READ_FIRST_S`).
+        Redis then answers the read before it runs the ack script, and the worker starts the
+        jobs read while Redis acks the last ones, instead of waiting for both; an ack sent
+        first held the read behind it (one process of one-INCR jobs: 59,039 against 46,312
+        jobs/s in benchmarks/processes.py)."""
+        if not self._waiting_slots or self.concurrency - self._active < self._refill_batch:
+            return
+        loop = asyncio.get_running_loop()
+        due = self._read_due = loop.create_future()
+        timer = loop.call_later(READ_FIRST_S, _settle, due)
+        try:
+            await due
+        finally:
+            timer.cancel()
+            self._read_due = None
 
     async def _wait_any(self, event: asyncio.Event, within: float | None = None) -> None:
         waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._stop.wait())]
