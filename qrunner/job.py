@@ -230,11 +230,9 @@ class Job:
             )
         if not (type(queue) is str and queue):
             queue = _text_field({"queue": queue}, "queue")
-        try:  # _entry_ms inline for the usual str id (this runs once per job)
-            enqueued_ms = int(entry_id.partition("-")[0])  # type: ignore[union-attr, arg-type]
-        except (AttributeError, TypeError, ValueError):
-            enqueued_ms = _entry_ms(entry_id)
-        return _assemble(cls, job_id, task, payload, queue, 1, enqueued_ms, 0, None, (), None)
+        return _assemble(
+            cls, job_id, task, payload, queue, 1, _entry_ms(entry_id), 0, None, (), None
+        )
 
     def failed(self, record: ErrorRecord) -> Job:
         """The envelope for the next attempt: attempt + 1 and the error appended to the history."""

@@ -196,8 +196,8 @@ class Worker:
         #: The fetch loop waits for slots to free up; the ack waiting for its read (_read_first).
         self._waiting_slots = False
         self._read_due: asyncio.Future[None] | None = None
-        #: The entry _start is spawning, and the one whose task gave up its hold before _start
-        #: recorded it (an eager start runs a task up to its first wait inside _spawn).
+        #: The entry _dispatch is spawning, and the one whose task gave up its hold before
+        #: _dispatch recorded it (an eager start runs a task up to its first wait inside _spawn).
         self._starting: tuple[str, str] | None = None
         self._ended_early: list[tuple[str, str]] = []
         #: Free slots worth a read while most are busy (see _fetch_step).
@@ -235,7 +235,7 @@ class Worker:
 
     def _held_now(self) -> list[tuple[str, str]]:
         """Entries this worker holds (watchdog thread), the one being started included: an
-        eager start runs the job inside _spawn, before _start records its task."""
+        eager start runs the job inside _spawn, before _dispatch records its task."""
         starting = self._starting
         held = list(self._held)
         return [*held, starting] if starting is not None and starting not in held else held
@@ -510,10 +510,11 @@ class Worker:
                 self._stop.set()
                 return None
             return CONTROL_INTERVAL_S
-        due = self._read_due
-        if due is not None and not due.done():
-            # Woken in the next turn: by then this read is written (no wait before the write).
-            due.set_result(None)
+        if self._read_due is not None:
+            # The ack round goes on in the next turn. Without a rate-limit gate nothing is
+            # awaited before the read's write, so by then the read is written; with one, the
+            # gate's own call goes first.
+            _settle(self._read_due)
         sent = time.monotonic()
         faults: list[tuple[str, RedisFault]] = []
         if self.gate is None:
