@@ -15,7 +15,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from qrunner import Client, Context, Registry
-from qrunner.autopipe import AutoPipelinedRedis, for_handlers
+from qrunner.autopipe import AutoPipelinedCluster, AutoPipelinedRedis, for_handlers
 from qrunner.runtime import connect_redis
 from qrunner.settings import load_settings
 from qrunner.worker import Worker
@@ -150,14 +150,15 @@ async def test_closing_it_leaves_the_shared_pool_open(base: Redis) -> None:
     assert await base.incr("ap:n") == 2
 
 
-def test_only_plain_clients_are_wrapped_and_only_when_enabled(base: Redis) -> None:
+def test_clients_are_wrapped_once_and_only_when_enabled(base: Redis) -> None:
     assert for_handlers(base, False) is base
     wrapped = for_handlers(base, True)
     assert isinstance(wrapped, AutoPipelinedRedis)
     assert wrapped.connection_pool is base.connection_pool
     assert for_handlers(wrapped, True) is wrapped
     cluster = RedisCluster(host="127.0.0.1", port=7000)  # not connected: only its type matters
-    assert for_handlers(cluster, True) is cluster
+    assert isinstance(for_handlers(cluster, True), AutoPipelinedCluster)
+    assert for_handlers(cluster, False) is cluster
 
 
 def test_the_setting_is_on_by_default_and_turned_off_from_the_environment() -> None:

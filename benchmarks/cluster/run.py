@@ -35,12 +35,14 @@ from tests.cluster_support import LocalCluster
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _workers(url: str, n: int) -> list[subprocess.Popen[bytes]]:
+def _workers(url: str, n: int, plain: bool = False) -> list[subprocess.Popen[bytes]]:
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("QRUNNER_")},
         "QRUNNER_REDIS_URL": url,
         "QRUNNER_LOG_LEVEL": "WARNING",
     }
+    if plain:  # each handler command on its own, not auto-pipelined
+        env["QRUNNER_AUTOPIPELINE"] = "0"
     return [
         subprocess.Popen(
             [
@@ -70,14 +72,14 @@ async def _done(redis: Redis) -> int:
     return total
 
 
-async def measure(url: str, flush: object, n_workers: int, jobs: int) -> float:
+async def measure(url: str, flush: object, n_workers: int, jobs: int, plain: bool = False) -> float:
     flush()  # type: ignore[operator]
     redis = await connect_redis(url)
     try:
         client = Client(redis, registry)
         specs = [JobSpec(f"incr_{QUEUES[i % 3]}", {}) for i in range(jobs)]
         await client.enqueue_many(specs)
-        procs = _workers(url, n_workers)
+        procs = _workers(url, n_workers, plain)
         try:
             first = None
             while True:
@@ -139,6 +141,14 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=30_000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--binary", default=os.environ.get("QRUNNER_TEST_REDIS_SERVER"))
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument(
+        "--plain",
+        action="store_true",
+        help="add rows with QRUNNER_AUTOPIPELINE=0 (each handler command on its own)",
+    )
+    ap.add_argument("--no-durable", action="store_true", help="leave out the enqueue rows")
+    ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="qrunner-cluster-bench-"))
     single = RedisProcess(folder / "single", appendonly=False, binary=args.binary)
@@ -147,15 +157,21 @@ def main() -> None:
     load_before = os.getloadavg()
     results: dict[tuple[str, int], list[float]] = {}
     try:
-        for _ in range(args.repeats):
-            for n in (1, 2, 3):
-                for name, url, flush in (
-                    ("single", single.url, lambda: single_flush(single.url)),
-                    ("cluster", cluster.cluster_url, cluster.flushall),
-                ):
-                    rate = asyncio.run(measure(url, flush, n, args.jobs))
-                    results.setdefault((name, n), []).append(rate)
-                    print(f"{name} workers={n}: {rate:,.0f} jobs/s", flush=True)
+        sides = [
+            (name, url, flush, plain)
+            for plain in ((False, True) if args.plain else (False,))
+            for name, url, flush in (
+                ("single", single.url, lambda: single_flush(single.url)),
+                ("cluster", cluster.cluster_url, cluster.flushall),
+            )
+        ]
+        for rep in range(args.repeats):
+            for n in args.workers:
+                for name, url, flush, plain in sides if rep % 2 == 0 else sides[::-1]:
+                    label = f"{name}, not auto-pipelined" if plain else name
+                    rate = asyncio.run(measure(url, flush, n, args.jobs, plain))
+                    results.setdefault((label, n), []).append(rate)
+                    print(f"{label} workers={n}: {rate:,.0f} jobs/s", flush=True)
     finally:
         cluster.stop()
         single.stop()
@@ -164,23 +180,24 @@ def main() -> None:
     lines = [
         f"# qrunner on a 3-master Redis Cluster ({dt.date.today().isoformat()})",
         "",
-        f"`python -m benchmarks.cluster.run --jobs {args.jobs} --repeats {args.repeats}` on "
+        f"`python -m benchmarks.cluster.run --jobs {args.jobs} --repeats {args.repeats} "
+        f"--workers {' '.join(map(str, args.workers))}{' --plain' if args.plain else ''}` on "
         f"{os.cpu_count()} cores; server `{single.binary}` ({single.version}); load average "
         f"{load_before[0]:.2f} before, {load_after[0]:.2f} after. Job: one awaited INCR; three "
-        "queues (three masters on the cluster); status records on. Median of the repeats, "
-        "± half the min-max range; ratio to one worker on the single node.",
+        "queues (three masters on the cluster); status records on; the handlers' commands "
+        "auto-pipelined unless the row says not (`QRUNNER_AUTOPIPELINE=0`). Median of the "
+        "repeats, ± half the min-max range; ratio to one worker on the single node.",
         "",
         "| topology | workers | jobs/s | ratio |",
         "|---|---|---|---|",
     ]
-    for (name, n), rates in sorted(
-        results.items(), key=lambda kv: (kv[0][0] != "single", kv[0][1])
-    ):
+    for (name, n), rates in sorted(results.items(), key=lambda kv: (kv[0][0], kv[0][1])):
         med = statistics.median(rates)
         spread = (max(rates) - min(rates)) / 2
         lines.append(f"| {name} | {n} | {med:,.0f} ± {spread:,.0f} | {med / base:.2f}x |")
-    lines += durable_rows(folder, args.binary, args.repeats)
-    out = ROOT / "benchmarks" / "results" / f"{dt.date.today().isoformat()}-cluster.md"
+    if not args.no_durable:
+        lines += durable_rows(folder, args.binary, args.repeats)
+    out = args.out or ROOT / "benchmarks" / "results" / f"{dt.date.today().isoformat()}-cluster.md"
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
