@@ -202,6 +202,10 @@ class AutoPipelinedCluster(_Batches, RedisCluster):  # type: ignore[misc]
         self._init_batches()
         #: Until when (event-loop time) commands go out one by one after a batch failed.
         self._alone_until = 0.0
+        #: Commands sent to the cluster client as they are, and the first words of the
+        #: two-word ones among them (``SCRIPT LOAD``), worked out once rather than per command.
+        self._direct = PASS_THROUGH | frozenset(cluster.command_flags)
+        self._two_word = frozenset(name.split(" ", 1)[0] for name in self._direct if " " in name)
 
     def __getattr__(self, name: str) -> Any:
         cluster = self.__dict__.get("_cluster")
@@ -217,12 +221,14 @@ class AutoPipelinedCluster(_Batches, RedisCluster):  # type: ignore[misc]
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         name = _command_name(args)
-        flags = self._cluster.command_flags
         if (
-            name in PASS_THROUGH
+            name in self._direct
             or "target_nodes" in kwargs
-            or name in flags
-            or (len(args) > 1 and f"{name} {_command_name(args[1:])}" in flags)
+            or (
+                name in self._two_word
+                and len(args) > 1
+                and f"{name} {_command_name(args[1:])}" in self._direct
+            )
             or (self._alone_until and self._sent_alone())
         ):
             return await self._cluster.execute_command(*args, **kwargs)
