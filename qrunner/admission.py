@@ -37,7 +37,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from .errors import ConfigError
-from .ratelimit import Admission, LineView, RateLimiter, RateLimitSpec
+from .ratelimit import Admission, LineView, RateLimiter, RateLimitSpec, Verdict
 from .task import Registry, Task
 
 log = logging.getLogger(__name__)
@@ -192,10 +192,9 @@ class TokenBucketGate:
 
     # -- admission -------------------------------------------------------------------------
 
-    async def admit(
-        self, task: Task, payload: Any, job_id: str | None = None
-    ) -> tuple[float, str | None]:
-        """Seconds until this job may run (0.0: run now) and the bucket judged.
+    async def admit(self, task: Task, payload: Any, job_id: str | None = None) -> Verdict:
+        """Seconds until this job may run (0.0: run now), the bucket judged and when the job's
+        token became its own (on the Redis clock).
 
         Returns 0.0 after waiting in place when the job's turn is within ``hold_s``. Give
         ``job_id`` so a deferred job finds its own turn when it comes back; without it, a
@@ -203,7 +202,7 @@ class TokenBucketGate:
         """
         spec = self.specs.get(task.name)
         if spec is None or task.rate_limit is None:
-            return 0.0, None
+            return Verdict(0.0, None)
         cost = task.rate_limit.cost(payload) if task.rate_limit.cost else 1
         bucket = bucket_name(task, payload)
         gate = self._gated.get(task.queue)
@@ -226,14 +225,14 @@ class TokenBucketGate:
                 if paused is not None:
                     left = paused - self.clock()
                     if left > 0:
-                        return left, bucket
+                        return Verdict(left, bucket)
                     del self._paused[bucket]
         finally:
             if may_hold:
                 self.holding -= 1
         if admission.runs_now or admission.kind == "hold":
-            return 0.0, bucket
-        return admission.wait_ms / 1000, bucket
+            return Verdict(0.0, bucket, admission.turn_at_ms)
+        return Verdict(admission.wait_ms / 1000, bucket)
 
     async def _reserve(
         self,

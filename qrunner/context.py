@@ -48,6 +48,10 @@ class Context(Generic[S]):
     #: Makes :attr:`reporter` on the first :meth:`progress` call (a worker's: most jobs never
     #: report, and a reporter per job is not free).
     open_reporter: Callable[[Job], ProgressSink] | None = None
+    #: For a task with a rate limit: when this run's token became its own, on the Redis clock
+    #: (ms since epoch), i.e. when it was granted, or when the turn it waited for in place
+    #: came. What a provider may count against the limit starts here. None for other tasks.
+    turn_ms: int | None = None
 
     @property
     def job_id(self) -> str:

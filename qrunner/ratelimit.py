@@ -33,6 +33,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -187,10 +188,24 @@ class Admission:
     waiting: int
     #: Milliseconds until the earliest recorded turn (0 if due); -1 when none, or not looked up.
     next_turn_ms: int
+    #: When the job's token is its own, on the Redis clock (ms since epoch): the moment it was
+    #: judged for ``granted`` and ``claimed``, the end of the wait for ``hold``; None otherwise.
+    turn_at_ms: int | None = None
 
     @property
     def runs_now(self) -> bool:
         return self.kind in ("granted", "claimed")
+
+
+class Verdict(NamedTuple):
+    """What a worker's rate gate decided for one job."""
+
+    #: Seconds until the job may ask again (0.0: it runs now).
+    wait_s: float
+    #: The bucket judged; None for a task without a limit.
+    bucket: str | None
+    #: When the job's token became its own, on the Redis clock (ms); None unless it runs now.
+    turn_ms: int | None = None
 
 
 _ADMISSION_KINDS = {1: "granted", 2: "claimed", 3: "hold", 4: "deferred", 5: "refused"}
@@ -313,11 +328,13 @@ class RateLimiter:
             if "QRCOSTOVERCAPACITY" in str(exc) or "QRBADARGS" in str(exc):
                 raise ConfigError(f"rate limit {bucket!r}: {exc}") from exc
             raise
-        waiting, next_ms = int(reply[-2]), int(reply[-1])
-        return [
-            Admission(_ADMISSION_KINDS[int(reply[2 * i])], int(reply[2 * i + 1]), waiting, next_ms)
-            for i in range(len(jobs))
-        ]
+        waiting, next_ms, judged_at = int(reply[-3]), int(reply[-2]), int(reply[-1])
+        answers = []
+        for i in range(len(jobs)):
+            code, wait = int(reply[2 * i]), int(reply[2 * i + 1])
+            turn_at = judged_at + wait if code <= 3 else None
+            answers.append(Admission(_ADMISSION_KINDS[code], wait, waiting, next_ms, turn_at))
+        return answers
 
     async def allowance(
         self,

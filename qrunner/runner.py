@@ -34,7 +34,7 @@ from .task import Registry, Task
 
 if TYPE_CHECKING:
     from .admission import ReadPlan
-    from .ratelimit import LineView
+    from .ratelimit import LineView, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,10 @@ OVERSIZED_KEEP_BYTES = 4096
 class RateGate(Protocol):
     """Admission control for rate-limited tasks (implemented over Redis token buckets)."""
 
-    async def admit(
-        self, task: Task, payload: Any, job_id: str | None = None
-    ) -> tuple[float, str | None]:
-        """Seconds to wait before this job may run (0.0 = go now) and the bucket judged; the
-        job id lets a deferred job find the turn it was given when it comes back."""
+    async def admit(self, task: Task, payload: Any, job_id: str | None = None) -> Verdict:
+        """Seconds to wait before this job may run (0.0 = go now), the bucket judged and when
+        the job's token became its own; the job id lets a deferred job find the turn it was
+        given when it comes back."""
         ...
 
     async def throttle(self, task: Task, payload: Any, bucket: str | None, seconds: float) -> None:
@@ -273,10 +272,13 @@ class Runner:
         except InvalidPayload as exc:
             return DeadLettered(str(exc), job.with_error(error_record(exc, job.attempt, now_ms())))
         if self.gate is not None and task.rate_limit is not None:
-            wait_s, bucket = await self.gate.admit(task, arg, job.id)
+            wait_s, bucket, turn_ms = await self.gate.admit(task, arg, job.id)
             if wait_s > 0:
                 return Deferred(int(wait_s * 1000) + 1, job, "rate limited", bucket)
-        ctx = self.make_context(job, entry.deliveries)
+            ctx = self.make_context(job, entry.deliveries)
+            ctx.turn_ms = turn_ms
+        else:
+            ctx = self.make_context(job, entry.deliveries)
         me = asyncio.current_task()
         tick = None
         if task.timeout_s is not None and me is not None:

@@ -61,7 +61,7 @@ async def test_reserve_turn_schedules_as_the_pure_maths_says(redis: Redis) -> No
         for key in window_keys:
             pipe.hmget(key, ["credit", "ts"])
             pipe.pttl(key)
-        (code, wait, waiting, _), *readback = await pipe.execute()
+        (code, wait, waiting, _, judged_at), *readback = await pipe.execute()
 
         # Then its turn, the charge and the keys' lifetimes are the pure maths'
         expected = schedule(limits, states, now_ms, cost, blocked)
@@ -69,6 +69,7 @@ async def test_reserve_turn_schedules_as_the_pure_maths_says(redis: Redis) -> No
         assert wait == expected.turn_ms - now_ms, case
         assert code == (1 if wait == 0 else 3), case
         assert waiting == -1, case  # a grant or a wait in place leaves the line as it was
+        assert judged_at == now_ms, case
         stored = [WindowState(int(c), int(t)) for c, t in readback[::2]]
         assert stored == list(expected.states), case
         for ttl, lim, state in zip(readback[1::2], limits, expected.states, strict=True):
@@ -437,7 +438,7 @@ async def test_gate_runs_the_burst_holds_near_turns_and_defers_later_ones(redis:
     task = registry.get("mixed_limited")
 
     async def admit(i: int) -> float:
-        wait, _ = await gate.admit(task, {}, f"j{i}")
+        wait, _, _ = await gate.admit(task, {}, f"j{i}")
         return wait
 
     loop = asyncio.get_running_loop()
@@ -466,7 +467,7 @@ async def test_gate_holds_no_more_than_max_holding_at_once(redis: Redis) -> None
 
     results = await asyncio.gather(*(gate.admit(task, {}, f"j{i}") for i in range(6)))
 
-    assert sum(1 for wait, _ in results if wait == 0.0) == 3
+    assert sum(1 for wait, _, _ in results if wait == 0.0) == 3
     assert gate.holding == 0
 
 
@@ -530,12 +531,33 @@ async def test_gated_jobs_are_refused_rather_than_recorded(redis: Redis) -> None
 
     first = await gate.admit(task, {}, "j0")
     later = await asyncio.gather(gate.admit(task, {}, "j1"), gate.admit(task, {}, "j2"))
-    waits = [first[0], *sorted(wait for wait, _ in later)]
+    waits = [first[0], *sorted(wait for wait, _, _ in later)]
 
     assert waits[:2] == [0.0, 0.0]  # granted, then waited 100 ms in place
     assert 0.1 <= waits[2] <= 0.2  # refused: asks again later, nothing charged for it
     assert gate.counts["limited"].refused == 1
     assert await redis.zcard(turns_key(bucket_name(task, {}))) == 0
+
+
+async def test_the_gate_says_when_each_run_got_its_token_on_the_redis_clock(redis: Redis) -> None:
+    """Given a bucket of 10/s with burst 1: the first job is granted now, the second waits in
+    place for its turn 100 ms later, a third is refused; the first two are told the Redis time
+    their token became theirs (what the limit holds for), the refused one is told none."""
+    registry = limited_registry(rate="10/s", burst=1)
+    gate = TokenBucketGate(redis, registry, hold_s=0.15)
+    task = registry.get("limited")
+    await gate.plan_reads(["limited"], 10)
+    sec, usec = await redis.time()
+    before = int(sec) * 1000 + int(usec) // 1000
+
+    first = await gate.admit(task, {}, "j0")
+    held, refused = await asyncio.gather(gate.admit(task, {}, "j1"), gate.admit(task, {}, "j2"))
+
+    sec, usec = await redis.time()
+    after = int(sec) * 1000 + int(usec) // 1000
+    assert first.turn_ms is not None and before <= first.turn_ms <= after
+    assert held.wait_s == 0.0 and held.turn_ms == first.turn_ms + 100
+    assert refused.wait_s > 0 and refused.turn_ms is None
 
 
 async def test_a_gated_queue_read_without_plan_reads_records_turns_as_usual(
@@ -549,7 +571,7 @@ async def test_a_gated_queue_read_without_plan_reads_records_turns_as_usual(
     later = await asyncio.gather(gate.admit(task, {}, "j1"), gate.admit(task, {}, "j2"))
 
     assert first[0] == 0.0
-    assert sorted(wait for wait, _ in later)[0] == 0.0
+    assert sorted(wait for wait, _, _ in later)[0] == 0.0
     assert gate.counts["limited"].deferred == 1
     assert await redis.zcard(turns_key(bucket_name(task, {}))) == 1
 
@@ -563,7 +585,7 @@ async def test_gate_throttle_pauses_the_task_bucket(redis: Redis) -> None:
 
     await gate.throttle(task, {}, None, 30)
 
-    wait, bucket = await gate.admit(task, {}, "c")
+    wait, bucket, _ = await gate.admit(task, {}, "c")
     assert 29.5 < wait <= 30.3
     assert await redis.hget(line_key(bucket or ""), "shift") is not None
 
@@ -583,7 +605,7 @@ async def test_jobs_waiting_in_place_ask_again_after_a_throttle_of_this_process(
     await gate.throttle(task, {}, None, 2)
 
     # Then none of them runs now: each asks again when the pause is over
-    waits = [wait for wait, _ in await asyncio.gather(*waiting)]
+    waits = [wait for wait, _, _ in await asyncio.gather(*waiting)]
     assert all(1.5 < wait <= 2.0 for wait in waits), waits
 
 

@@ -1,4 +1,9 @@
-"""Rate limits across real worker processes (Redis token buckets), judged on the Redis clock."""
+"""Rate limits across real worker processes (Redis token buckets), judged on the Redis clock.
+
+A run's time is when the limiter made its token the run's own (``ctx.turn_ms``), not when the
+handler got round to reading the clock: on two loaded cores a worker can be tens of milliseconds
+late, and a late stamp on an early run can put 41 runs into a second the limiter gave 40.
+"""
 
 from __future__ import annotations
 
@@ -167,10 +172,6 @@ async def test_a_worker_killed_while_holding_turns_leaves_no_gap_longer_than_a_l
     after = [g for g in grants if g >= killed_ms - 1_000]
     longest_pause = max(b - a for a, b in itertools.pairwise(after))
     assert longest_pause <= 1_000, longest_pause
-    # What this test is for is the gap above. Around the kill one second has been seen to hold
-    # one grant over rate + burst (41 of 40, in about 3 of 10 runs under load; the cause, lag in
-    # the handler's stamps or a lapsed in-place turn granted again, is not settled), so the bound
-    # here is rate + burst + 1; the runs without a kill hold rate + burst exactly.
-    assert most_in_one_second(grants) <= 41
+    assert most_in_one_second(grants) <= 40
     bucket = bucket_name(limited_tasks.registry.get("mixed_limited"), {})
     assert await redis.zcard(turns_key(bucket)) == 0

@@ -39,7 +39,7 @@
                  caller's to wait for in place: charged, not recorded)
     ARGV[7+2m..] for window i = 0..n-1: tokens, period_ms, capacity (as take_tokens.lua)
 
-  Output: {code_1, wait_1, ..., code_m, wait_m, waiting, next_ms}, per job:
+  Output: {code_1, wait_1, ..., code_m, wait_m, waiting, next_ms, now}, per job:
     code 1  run now: granted, tokens taken now
     code 2  run now: the job's recorded turn (anonymous: the earliest recorded turn) is due
     code 3  wait wait_ms in place, then run: the turn is within hold_ms (nothing recorded)
@@ -49,6 +49,8 @@
   only ones that look at or change the recorded turns):
     waiting  turns recorded (jobs deferred to their turn)
     next_ms  ms until the earliest recorded turn (0 if due), or -1 when none is recorded
+  and now, the time the call was judged at (ms since epoch): a job with code 1 or 2 was given its
+  token then, one with code 3 at now + wait_ms.
 
   Errors:
     QRBADARGS            KEYS/ARGV counts disagree, or a number is missing or out of range
@@ -245,4 +247,5 @@ else
   out[#out + 1] = -1
   out[#out + 1] = -1
 end
+out[#out + 1] = now
 return out
