@@ -340,7 +340,7 @@ class TokenBucketGate:
                 soonest = held if soonest is None else min(soonest, held)
                 continue
             count, first_ms, busy_ms = await self.limiter.allowance(
-                gate.bucket, gate.spec, self.read_ahead_ms, settle_ms=self.settle_ms
+                gate.bucket, gate.spec, self.read_ahead_ms, settle_ms=self.settle_ms, most=free
             )
             now = self.clock()
             if count <= 0:

@@ -310,7 +310,12 @@ class RateLimiter:
         hold_ms)``, in one round trip; judged in order, as separate calls would judge them."""
         spec.check_cost(cost)
         bucket_keys = self._window_keys(bucket, spec)
-        bucket_keys += [keys.ratelimit_block(bucket), turns_key(bucket), line_key(bucket)]
+        bucket_keys += [
+            keys.ratelimit_block(bucket),
+            turns_key(bucket),
+            line_key(bucket),
+            reads_key(bucket),
+        ]
         args: list[int | str] = [
             cost,
             "" if now_ms is None else now_ms,
@@ -343,13 +348,16 @@ class RateLimiter:
         horizon_ms: int,
         *,
         settle_ms: int = 0,
+        most: int = 0,
         now_ms: int | None = None,
     ) -> tuple[int, int, int]:
-        """``(count, first_ms, busy_ms)``: how many one-token jobs a reader may fetch now, whose
-        turns would all be within ``horizon_ms``; the ms until the first such turn; and, when
-        the count is 0 only because other readers were just allowed those turns, the ms until
-        their share lapses. What a reader is allowed is set aside for ``settle_ms`` (time for
-        its jobs to be admitted and charged); the bucket itself is only read.
+        """``(count, first_ms, busy_ms)``: how many one-token jobs a reader may fetch now (at
+        most ``most`` when above 0), whose turns would all be within ``horizon_ms``; the ms
+        until the first such turn; and, when the count is 0 only because other readers were
+        just allowed those turns, the ms until their share lapses. What a reader is allowed is
+        set aside for ``settle_ms`` or until its jobs are admitted (:meth:`reserve_many` with
+        ``reserve=False`` takes them out), whichever comes first; the bucket itself is only
+        read.
         """
         bucket_keys = [
             *self._window_keys(bucket, spec),
@@ -360,6 +368,7 @@ class RateLimiter:
             "" if now_ms is None else now_ms,
             max(0, horizon_ms),
             max(0, settle_ms),
+            max(0, most),
             *self._window_args(spec),
         ]
         count, first_ms, busy_ms = await self._allowance(self._redis, bucket_keys, args)

@@ -53,7 +53,12 @@ async def test_reserve_turn_schedules_as_the_pure_maths_says(redis: Redis) -> No
         args: list[int | str] = [cost, now_ms, 1, 0, 3_600_000, 1, "", 2**50]
         for lim in limits:
             args += [lim.tokens, lim.period_ms, lim.capacity]
-        line = [keys.ratelimit_block(bucket), turns_key(bucket), line_key(bucket)]
+        line = [
+            keys.ratelimit_block(bucket),
+            turns_key(bucket),
+            line_key(bucket),
+            reads_key(bucket),
+        ]
 
         # When a job asks at now_ms (read back in the same transaction: tiny windows expire)
         pipe = redis.pipeline(transaction=True)
@@ -87,7 +92,7 @@ async def test_bucket_allowance_counts_as_the_pure_maths_says(redis: Redis) -> N
         if blocked is not None:
             await redis.set(keys.ratelimit_block(bucket), blocked)
         horizon = (index * 37) % 5_000
-        args: list[int | str] = [now_ms, horizon, 0]
+        args: list[int | str] = [now_ms, horizon, 0, 0]
         for lim in limits:
             args += [lim.tokens, lim.period_ms, lim.capacity]
         bucket_keys = [*window_keys, keys.ratelimit_block(bucket), reads_key(bucket)]
@@ -108,6 +113,39 @@ async def test_an_allowance_is_shared_out_among_readers_asking_together(redis: R
     # Then a second reader asking at once is told to wait until the first one's share lapses
     assert second[0] == 0 and 0 < second[2] <= 200
     assert await read_window(redis, keys.ratelimit("q", "20per1000ms")) is None  # only read
+
+
+async def test_a_reader_is_set_aside_only_what_it_will_read(redis: Redis) -> None:
+    limiter = RateLimiter(redis)
+
+    # Given a full 20/s bucket (40 turns within the next second) and a reader with 10 free slots
+    first = await limiter.allowance("q", SPEC_20, 1_000, settle_ms=200, most=10, now_ms=T0)
+    # Then it is allowed 10, and a second reader asking at once the other 30
+    second = await limiter.allowance("q", SPEC_20, 1_000, settle_ms=200, now_ms=T0)
+    assert (first[0], second[0]) == (10, 30)
+
+
+async def test_readers_taking_turns_within_the_settle_time_keep_the_full_rate(
+    redis: Redis,
+) -> None:
+    """Given a gated 20/s bucket (burst 20) drained, and two readers that each ask for an
+    allowance every 100 ms in turns (within one settle time of each other, so the reads key
+    never lapses) and admit every job they were allowed at once: over 3 s they are allowed
+    and admitted 20 jobs a second, not half that. Jobs admitted leave the reads key; counted
+    both there and in the windows' credit, each allowance came out one job a turn short."""
+    limiter = RateLimiter(redis)
+    drained = [(f"d{i}", 0) for i in range(20)]
+    await limiter.reserve_many("g", SPEC_20, drained, reserve=False, now_ms=T0)
+    admitted = 0
+    for step in range(1, 31):
+        now = T0 + 100 * step
+        count, _, _ = await limiter.allowance("g", SPEC_20, 500, settle_ms=200, now_ms=now)
+        if count:
+            jobs = [(f"r{step}-{i}", 500) for i in range(count)]
+            answers = await limiter.reserve_many("g", SPEC_20, jobs, reserve=False, now_ms=now)
+            admitted += sum(1 for a in answers if a.kind != "refused")
+    # 3 s of turns at 20/s, plus the 500 ms read ahead of the last reader
+    assert 60 <= admitted <= 70, admitted
 
 
 # --- turns ------------------------------------------------------------------------------------

@@ -6,7 +6,10 @@
   The count mirrors qrunner/tokenbucket.py allowance(); change both together. The bucket's
   windows are only read: the jobs read are charged when they are admitted (reserve_turn.lua).
   Until then, what one worker was allowed is set aside for settle_ms, so that workers asking at
-  the same moment share the turns instead of each reading all of them.
+  the same moment share the turns instead of each reading all of them. Only what the worker
+  will read is set aside (at most `most`), and admission takes its jobs out again
+  (reserve_turn.lua): set aside beyond that, turns would go unread until the key lapsed, which
+  it never does while workers keep asking within settle_ms.
 
   Input:
     KEYS[1..n]   window hashes, as in take_tokens.lua
@@ -15,7 +18,8 @@
     ARGV[1]      now, ms since epoch; empty string -> Redis TIME (G7, one clock)
     ARGV[2]      horizon, ms (integer >= 0)
     ARGV[3]      settle_ms: how long an allowance is set aside (0 = nothing set aside)
-    ARGV[4+3i..] for window i = 0..n-1: tokens, period_ms, capacity
+    ARGV[4]      most: the most jobs the caller will read (0 = no cap)
+    ARGV[5+3i..] for window i = 0..n-1: tokens, period_ms, capacity
 
   Output: {count, first_ms, busy_ms}
     count      jobs this caller may read: those joining the line now, one after the other,
@@ -28,8 +32,8 @@
 ]]
 
 local nwin = #KEYS - 2
-if nwin < 1 or #ARGV ~= 3 + 3 * nwin then
-  return redis.error_reply("QRBADARGS want n window keys + 2 and 3 + 3n args, got " ..
+if nwin < 1 or #ARGV ~= 4 + 3 * nwin then
+  return redis.error_reply("QRBADARGS want n window keys + 2 and 4 + 3n args, got " ..
     #KEYS .. " keys and " .. #ARGV .. " args")
 end
 
@@ -37,13 +41,14 @@ end
 local now = ARGV[1] == "" and qr_now("") or qr_int(ARGV[1], 0, "now_ms")
 local horizon_end = now + qr_int(ARGV[2], 0, "horizon_ms")
 local settle_ms = qr_int(ARGV[3], 0, "settle_ms")
+local most = qr_int(ARGV[4], 0, "most")
 
 local first = now
 local count = nil
 for i = 1, nwin do
-  local tokens = qr_int(ARGV[3 * i + 1], 1, "tokens of window " .. i)
-  local period = qr_int(ARGV[3 * i + 2], 1, "period_ms of window " .. i)
-  local capacity = qr_int(ARGV[3 * i + 3], 1, "capacity of window " .. i)
+  local tokens = qr_int(ARGV[3 * i + 2], 1, "tokens of window " .. i)
+  local period = qr_int(ARGV[3 * i + 3], 1, "period_ms of window " .. i)
+  local capacity = qr_int(ARGV[3 * i + 4], 1, "capacity of window " .. i)
   local full = capacity * period
   local credit, ts = qr_window(KEYS[i], full, now, tokens)
   local start = math.max(now, ts)
@@ -74,7 +79,10 @@ if settle_ms > 0 and count > 0 then
     count = 0
   else
     count = count - taken
+    if most > 0 and count > most then count = most end
     redis.call("SET", reads_key, string.format("%d", taken + count), "PX", settle_ms)
   end
+elseif most > 0 and count > most then
+  count = most
 end
 return {count, first - now, busy}

@@ -20,11 +20,19 @@
   Several jobs of the same cost can be admitted in one call; they are judged one after the
   other, in the order given, exactly as separate calls at the same moment would judge them.
 
+  Jobs of a gated queue (reserve = 0) were read against an allowance (bucket_allowance.lua),
+  which set them aside in the reads key until admitted. Admitted now (charged, or refused), they
+  leave it: counted in the windows' credit from here on, they must not also be counted as set
+  aside, or each allowance would come out short by the jobs admitted since the key was made,
+  and two workers reading in turns within settle_ms keep the key alive and the bucket at half
+  its rate.
+
   Input:
     KEYS[1..n]   window hashes, as in take_tokens.lua (credit may be negative here)
     KEYS[n+1]    block key, qr:rl:{bucket}:block
     KEYS[n+2]    turns: sorted set, member (job id, or "~<seq>") -> turn ms less the shift
     KEYS[n+3]    line: hash, shift = ms the line was pushed back, seq = last anonymous member
+    KEYS[n+4]    reads: jobs of a gated queue allowed to a reader and not yet admitted
 
     ARGV[1]      cost of each job, in tokens (integer >= 1)
     ARGV[2]      now, ms since epoch; empty string -> Redis TIME (G7, one clock)
@@ -57,14 +65,15 @@
     QRCOSTOVERCAPACITY   cost above a window's capacity; it could never be granted
 ]]
 
-local nwin = #KEYS - 3
+local nwin = #KEYS - 4
 local njobs = tonumber(ARGV[6])
 if nwin < 1 or njobs == nil or njobs < 1 or #ARGV ~= 6 + 2 * njobs + 3 * nwin then
-  return redis.error_reply("QRBADARGS want n window keys + 3 and 6 + 2m + 3n args, got " ..
+  return redis.error_reply("QRBADARGS want n window keys + 4 and 6 + 2m + 3n args, got " ..
     #KEYS .. " keys and " .. #ARGV .. " args")
 end
 
 local block_key, turns_key, line_key = KEYS[nwin + 1], KEYS[nwin + 2], KEYS[nwin + 3]
+local reads_key = KEYS[nwin + 4]
 local cost = qr_int(ARGV[1], 1, "cost")
 -- The Redis clock unless the caller gave a time (tests do).
 local now = ARGV[2] == "" and qr_now("") or qr_int(ARGV[2], 0, "now_ms")
@@ -212,6 +221,19 @@ for j = 1, njobs do
   end
   out[#out + 1] = code
   out[#out + 1] = wait
+end
+
+-- A gated queue's jobs leave the reader's allowance (never below zero: a reclaimed job was
+-- read outside any allowance). DECRBY keeps the key's lifetime.
+if not reserve then
+  local allowed = tonumber(redis.call("GET", reads_key) or "")
+  if allowed ~= nil then
+    if allowed > njobs then
+      redis.call("DECRBY", reads_key, njobs)
+    else
+      redis.call("DEL", reads_key)
+    end
+  end
 end
 
 if dirty then
