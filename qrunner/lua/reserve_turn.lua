@@ -224,12 +224,13 @@ for j = 1, njobs do
 end
 
 -- A gated queue's jobs leave the reader's allowance (never below zero: a reclaimed job was
--- read outside any allowance). DECRBY keeps the key's lifetime.
+-- read outside any allowance). SET with KEEPTTL, not DECRBY: the same effect with the commands
+-- the worker's ACL user already has (docs/redis-acl.md).
 if not reserve then
   local allowed = tonumber(redis.call("GET", reads_key) or "")
   if allowed ~= nil then
     if allowed > njobs then
-      redis.call("DECRBY", reads_key, njobs)
+      redis.call("SET", reads_key, string.format("%d", allowed - njobs), "KEEPTTL")
     else
       redis.call("DEL", reads_key)
     end
