@@ -318,9 +318,10 @@ class TokenBucketGate:
         """The reads of one round of the worker's fetch loop, for ``free`` slots.
 
         Ungated queues are read as usual. A gated queue is read only as far as its bucket has
-        turns within ``read_ahead_s``. When it has none, the queue is held until the bucket's
-        line is down to half the read-ahead, so the next read fetches a batch, not a job at a
-        time; when other workers were just allowed the turns, until their share lapses. After
+        turns within ``read_ahead_s``. When it has none, or its line is still longer than half
+        the read-ahead, the queue is held until the line is down to half the read-ahead, so the
+        next read fetches a batch, not a job at a time; when other workers were just allowed
+        the turns, until their share lapses. After
         a read the queue is held for ``settle_s``, time for the jobs read to take their turns.
         """
         reads: list[tuple[str, int]] = []
@@ -340,7 +341,12 @@ class TokenBucketGate:
                 soonest = held if soonest is None else min(soonest, held)
                 continue
             count, first_ms, busy_ms = await self.limiter.allowance(
-                gate.bucket, gate.spec, self.read_ahead_ms, settle_ms=self.settle_ms, most=free
+                gate.bucket,
+                gate.spec,
+                self.read_ahead_ms,
+                settle_ms=self.settle_ms,
+                most=free,
+                lead_ms=self.read_ahead_ms // 2,
             )
             now = self.clock()
             if count <= 0:

@@ -349,12 +349,15 @@ class RateLimiter:
         *,
         settle_ms: int = 0,
         most: int = 0,
+        lead_ms: int = 0,
         now_ms: int | None = None,
     ) -> tuple[int, int, int]:
         """``(count, first_ms, busy_ms)``: how many one-token jobs a reader may fetch now (at
         most ``most`` when above 0), whose turns would all be within ``horizon_ms``; the ms
         until the first such turn; and, when the count is 0 only because other readers were
-        just allowed those turns, the ms until their share lapses. What a reader is allowed is
+        just allowed those turns, the ms until their share lapses. With ``lead_ms`` above 0 the
+        count is 0 while that first turn is further away than ``lead_ms`` (the line is long
+        enough: read later, in one batch). What a reader is allowed is
         set aside for ``settle_ms`` or until its jobs are admitted (:meth:`reserve_many` with
         ``reserve=False`` takes them out), whichever comes first; the bucket itself is only
         read.
@@ -369,6 +372,7 @@ class RateLimiter:
             max(0, horizon_ms),
             max(0, settle_ms),
             max(0, most),
+            max(0, lead_ms),
             *self._window_args(spec),
         ]
         count, first_ms, busy_ms = await self._allowance(self._redis, bucket_keys, args)

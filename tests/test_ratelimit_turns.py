@@ -92,7 +92,7 @@ async def test_bucket_allowance_counts_as_the_pure_maths_says(redis: Redis) -> N
         if blocked is not None:
             await redis.set(keys.ratelimit_block(bucket), blocked)
         horizon = (index * 37) % 5_000
-        args: list[int | str] = [now_ms, horizon, 0, 0]
+        args: list[int | str] = [now_ms, horizon, 0, 0, 0]
         for lim in limits:
             args += [lim.tokens, lim.period_ms, lim.capacity]
         bucket_keys = [*window_keys, keys.ratelimit_block(bucket), reads_key(bucket)]
@@ -123,6 +123,25 @@ async def test_a_reader_is_set_aside_only_what_it_will_read(redis: Redis) -> Non
     # Then it is allowed 10, and a second reader asking at once the other 30
     second = await limiter.allowance("q", SPEC_20, 1_000, settle_ms=200, now_ms=T0)
     assert (first[0], second[0]) == (10, 30)
+
+
+async def test_a_reader_waits_to_read_a_batch_while_the_line_is_longer_than_the_lead(
+    redis: Redis,
+) -> None:
+    limiter = RateLimiter(redis)
+    # Given a 20/s bucket (burst 20) with 26 jobs charged: the next turn is 350 ms away
+    jobs = [(f"j{i}", 1_000) for i in range(26)]
+    await limiter.reserve_many("q", SPEC_20, jobs, reserve=False, now_ms=T0)
+
+    # Then without a lead a reader may fetch the 4 jobs whose turns fall within 500 ms
+    assert await limiter.allowance("q", SPEC_20, 500, now_ms=T0) == (4, 350, 0)
+    # And with a lead of 250 ms it is told to come back for a batch, and nothing is set aside
+    held = await limiter.allowance("q", SPEC_20, 500, settle_ms=200, lead_ms=250, now_ms=T0)
+    assert held == (0, 350, 0)
+    assert await redis.get(reads_key("q")) is None
+    # 100 ms later the line is 250 ms long: the reader is allowed the batch
+    later = await limiter.allowance("q", SPEC_20, 500, settle_ms=200, lead_ms=250, now_ms=T0 + 100)
+    assert later == (6, 250, 0)
 
 
 async def test_readers_taking_turns_within_the_settle_time_keep_the_full_rate(

@@ -19,7 +19,11 @@
     ARGV[2]      horizon, ms (integer >= 0)
     ARGV[3]      settle_ms: how long an allowance is set aside (0 = nothing set aside)
     ARGV[4]      most: the most jobs the caller will read (0 = no cap)
-    ARGV[5+3i..] for window i = 0..n-1: tokens, period_ms, capacity
+    ARGV[5]      lead_ms: while the first turn a reader could get is further away than this,
+                 the count is 0 and nothing is set aside (0 = off): the line is long enough,
+                 and what could be read now is a job or two at its far end, which is cheaper
+                 read later in one batch
+    ARGV[6+3i..] for window i = 0..n-1: tokens, period_ms, capacity
 
   Output: {count, first_ms, busy_ms}
     count      jobs this caller may read: those joining the line now, one after the other,
@@ -32,8 +36,8 @@
 ]]
 
 local nwin = #KEYS - 2
-if nwin < 1 or #ARGV ~= 4 + 3 * nwin then
-  return redis.error_reply("QRBADARGS want n window keys + 2 and 4 + 3n args, got " ..
+if nwin < 1 or #ARGV ~= 5 + 3 * nwin then
+  return redis.error_reply("QRBADARGS want n window keys + 2 and 5 + 3n args, got " ..
     #KEYS .. " keys and " .. #ARGV .. " args")
 end
 
@@ -42,13 +46,14 @@ local now = ARGV[1] == "" and qr_now("") or qr_int(ARGV[1], 0, "now_ms")
 local horizon_end = now + qr_int(ARGV[2], 0, "horizon_ms")
 local settle_ms = qr_int(ARGV[3], 0, "settle_ms")
 local most = qr_int(ARGV[4], 0, "most")
+local lead_ms = qr_int(ARGV[5], 0, "lead_ms")
 
 local first = now
 local count = nil
 for i = 1, nwin do
-  local tokens = qr_int(ARGV[3 * i + 2], 1, "tokens of window " .. i)
-  local period = qr_int(ARGV[3 * i + 3], 1, "period_ms of window " .. i)
-  local capacity = qr_int(ARGV[3 * i + 4], 1, "capacity of window " .. i)
+  local tokens = qr_int(ARGV[3 * i + 3], 1, "tokens of window " .. i)
+  local period = qr_int(ARGV[3 * i + 4], 1, "period_ms of window " .. i)
+  local capacity = qr_int(ARGV[3 * i + 5], 1, "capacity of window " .. i)
   local full = capacity * period
   local credit, ts = qr_window(KEYS[i], full, now, tokens)
   local start = math.max(now, ts)
@@ -69,6 +74,8 @@ if blocked_until ~= nil and blocked_until > now then
   first = math.max(first, blocked_until)
   if blocked_until > horizon_end then count = 0 end
 end
+
+if lead_ms > 0 and first - now > lead_ms then count = 0 end
 
 local busy = 0
 if settle_ms > 0 and count > 0 then
