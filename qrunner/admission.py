@@ -321,8 +321,8 @@ class TokenBucketGate:
         turns within ``read_ahead_s``. When it has none, or its line is still longer than half
         the read-ahead, the queue is held until the line is down to half the read-ahead, so the
         next read fetches a batch, not a job at a time; when other workers were just allowed
-        the turns, until their share lapses. After
-        a read the queue is held for ``settle_s``, time for the jobs read to take their turns.
+        the turns, until their share lapses. After a read the queue is held for ``settle_s``,
+        time for the jobs read to take their turns.
         """
         reads: list[tuple[str, int]] = []
         wait_queues: list[str] = []

@@ -271,14 +271,14 @@ class Runner:
             arg = task.validate(job.payload)
         except InvalidPayload as exc:
             return DeadLettered(str(exc), job.with_error(error_record(exc, job.attempt, now_ms())))
+        turn_ms = None
         if self.gate is not None and task.rate_limit is not None:
             wait_s, bucket, turn_ms = await self.gate.admit(task, arg, job.id)
             if wait_s > 0:
                 return Deferred(int(wait_s * 1000) + 1, job, "rate limited", bucket)
-            ctx = self.make_context(job, entry.deliveries)
+        ctx = self.make_context(job, entry.deliveries)
+        if turn_ms is not None:
             ctx.turn_ms = turn_ms
-        else:
-            ctx = self.make_context(job, entry.deliveries)
         me = asyncio.current_task()
         tick = None
         if task.timeout_s is not None and me is not None:

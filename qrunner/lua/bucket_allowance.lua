@@ -78,18 +78,19 @@ end
 if lead_ms > 0 and first - now > lead_ms then count = 0 end
 
 local busy = 0
+local reads_key = KEYS[nwin + 2]
+local taken = 0
 if settle_ms > 0 and count > 0 then
-  local reads_key = KEYS[nwin + 2]
-  local taken = tonumber(redis.call("GET", reads_key) or "0")
+  taken = tonumber(redis.call("GET", reads_key) or "0")
   if taken >= count then
     busy = math.max(1, redis.call("PTTL", reads_key))
     count = 0
   else
     count = count - taken
-    if most > 0 and count > most then count = most end
-    redis.call("SET", reads_key, string.format("%d", taken + count), "PX", settle_ms)
   end
-elseif most > 0 and count > most then
-  count = most
+end
+if most > 0 and count > most then count = most end
+if settle_ms > 0 and count > 0 then
+  redis.call("SET", reads_key, string.format("%d", taken + count), "PX", settle_ms)
 end
 return {count, first - now, busy}
