@@ -6,7 +6,9 @@ interpreter (``python -m peers qrunner process N --body noop`` and ``memory N``)
 process, concurrency 100, uvloop, timed between 30 % and 90 % of the backlog done. Before each
 processing step the server's command statistics are reset; after it, the time Redis spent per
 job (``usec`` of every command, scripts counting their inner commands once) says whether the
-worker or the server is the bound. Sizes alternate order between repeats; one private
+worker or the server is the bound; a second table splits one more drain of each size into the
+worker's CPU per job, the share of the drain it ran, and Redis' time per job in the read, in
+the ack script's own Lua and in each command the ack calls. Sizes alternate order between repeats; one private
 redis-server with persistence off, as in ``bin/bench``.
 
 ``--raw`` runs the suite's raw redis-py loop (``peers/raw.py``) on the same backlogs, right
@@ -28,6 +30,7 @@ import platform
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,14 +64,26 @@ async def drain(url: str) -> None:
     await redis_client.aclose()
 
 
+#: Commands the ack script calls (qrunner/lua/ack.lua), each shown in the breakdown by command.
+INNER = ("set", "hdel", "xack", "xpending", "xtrim", "xdel")
+
+
 def server_us_per_job(r: redis.Redis, n: int) -> dict[str, float]:
     """Redis time per job by command. A script's ``usec`` already holds its inner commands', so
-    those (called from a script only) are left out of the total."""
+    those (called from a script only) are left out of the total; ``lua`` is what the scripts
+    spent outside the commands they called (parsing, tables, strings, the calls themselves)."""
     stats: dict[str, Any] = r.info("commandstats")
     by = {k.removeprefix("cmdstat_"): v["usec"] / n for k, v in stats.items()}
     scripts = by.get("evalsha", 0.0) + by.get("eval", 0.0)
     outside = {k: v for k, v in by.items() if k in ("xreadgroup", "xinfo|groups", "xlen")}
-    return {"total": scripts + sum(outside.values()), "scripts": scripts, **outside}
+    inner = {k: by.get(k, 0.0) for k in INNER}
+    return {
+        "total": scripts + sum(outside.values()),
+        "scripts": scripts,
+        "lua": scripts - sum(inner.values()),
+        **inner,
+        **outside,
+    }
 
 
 def process_rate(r: redis.Redis, url: str, peer: str, n: int) -> float:
@@ -134,8 +149,12 @@ def main() -> int:
             r.flushall()
             uvloop.run(fill(srv.url, n))
             r.config_resetstat()
+            wall, cpu = time.perf_counter(), time.process_time()
             uvloop.run(drain(srv.url))
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             server[n] = server_us_per_job(r, n)
+            server[n]["worker"] = cpu / n * 1e6
+            server[n]["busy"] = cpu / wall
         r.close()
     load_after = os.getloadavg()[0]
     base_rate = statistics.median(rates[sizes[0]])
@@ -177,6 +196,25 @@ def main() -> int:
                 f"{statistics.median(pairs):.0%} ({min(pairs):.0%} to {max(pairs):.0%}) |"
             )
         lines.append(row)
+    lines += [
+        "",
+        "Where the time per job goes, from one more drain of each backlog (whole drain, start "
+        "and end included) by a burst worker in this process, command statistics reset once "
+        "the backlog is full: the worker's CPU per job and the share of the drain it was on a "
+        "core; Redis' time per job in the read (`XREADGROUP`), in the ack script's own Lua "
+        "(`lua`: the script minus the commands it called) and in each command the ack calls.",
+        "",
+        "| queued | worker µs/job | worker busy | XREADGROUP | lua | "
+        + " | ".join(c.upper() for c in INNER)
+        + " |",
+        "|---|---|---|---|---|" + "---|" * len(INNER),
+    ]
+    for n in sizes:
+        s = server[n]
+        lines.append(
+            f"| {n:,} | {s['worker']:.2f} | {s['busy']:.0%} | {s.get('xreadgroup', 0.0):.2f} | "
+            f"{s['lua']:.2f} | " + " | ".join(f"{s[c]:.2f}" for c in INNER) + " |"
+        )
     lines.append("")
     text = "\n".join(lines)
     print(text)
