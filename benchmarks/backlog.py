@@ -8,8 +8,8 @@ processing step the server's command statistics are reset; after it, the time Re
 job (``usec`` of every command, scripts counting their inner commands once) says whether the
 worker or the server is the bound; a second table splits one more drain of each size into the
 worker's CPU per job, the share of the drain it ran, and Redis' time per job in the read, in
-the ack script's own Lua and in each command the ack calls. Sizes alternate order between repeats; one private
-redis-server with persistence off, as in ``bin/bench``.
+the ack script's own Lua and in each command the ack calls. Sizes alternate order between
+repeats; one private redis-server with persistence off, as in ``bin/bench``.
 
 ``--raw`` runs the suite's raw redis-py loop (``peers/raw.py``) on the same backlogs, right
 after each qrunner step: its rate at each size says how much of a change across sizes is the
