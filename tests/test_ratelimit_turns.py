@@ -29,7 +29,7 @@ from qrunner.ratelimit import (
 )
 from qrunner.scripts import Script
 from qrunner.tokenbucket import WindowState, allowance, idle_ttl_ms, schedule
-from tests.test_ratelimit import T0, mirror_cases, read_window
+from tests.test_ratelimit import T0, mirror_cases, read_window, redis_ms
 
 SPEC_20 = RateLimitSpec.parse("20/s", burst=20)
 SPEC_10 = RateLimitSpec.parse("10/s")
@@ -604,14 +604,12 @@ async def test_the_gate_says_when_each_run_got_its_token_on_the_redis_clock(redi
     gate = TokenBucketGate(redis, registry, hold_s=0.15)
     task = registry.get("limited")
     await gate.plan_reads(["limited"], 10)
-    sec, usec = await redis.time()
-    before = int(sec) * 1000 + int(usec) // 1000
+    before = await redis_ms(redis)
 
     first = await gate.admit(task, {}, "j0")
     held, refused = await asyncio.gather(gate.admit(task, {}, "j1"), gate.admit(task, {}, "j2"))
 
-    sec, usec = await redis.time()
-    after = int(sec) * 1000 + int(usec) // 1000
+    after = await redis_ms(redis)
     assert first.turn_ms is not None and before <= first.turn_ms <= after
     assert held.wait_s == 0.0 and held.turn_ms == first.turn_ms + 100
     assert refused.wait_s > 0 and refused.turn_ms is None
