@@ -65,7 +65,7 @@ async def drain(url: str) -> None:
 
 
 #: Commands the ack script calls (qrunner/lua/ack.lua), each shown in the breakdown by command.
-INNER = ("set", "hdel", "xack", "xpending", "xtrim", "xdel")
+INNER = ("set", "hset", "exists", "rpush", "lrange", "hdel", "xack", "xpending", "xtrim", "xdel")
 
 
 def server_us_per_job(r: redis.Redis, n: int) -> dict[str, float]:

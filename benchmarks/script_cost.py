@@ -97,7 +97,7 @@ ACK_STEPS = (
     ("ack: parse the batch", "-- Which entries this consumer owns"),
     ("+ ownership check (XPENDING)", "for i = 1, #owned, 500 do"),
     ("+ XACK, live index HDEL", "-- The trim bound"),
-    ("+ trim (XTRIM MINID / XDEL)", "for _, i in ipairs(finished) do\n  local job_id"),
+    ("+ trim (XTRIM MINID / XDEL)", "local head = '1\\t'"),
 )
 
 

@@ -156,6 +156,7 @@ class Consumer:
     _reclaim = Script("reclaim")
     _release = Script("release_consumer")
     _promote = Script("promote")
+    _done_sweep = Script("done_sweep")
     _finish_cancelled = Script("finish_cancelled")
     _ensure_group = Script("ensure_group")
     _group_consumers = Script("group_consumers")
@@ -404,6 +405,15 @@ class Consumer:
                 self.redis, [keys.delayed(queue), keys.stream(queue)], ["", limit]
             )
         return int(moved), int(wait_ms)
+
+    async def sweep_done(self, queue: str, ttl_ms: int, entries: int = 20) -> tuple[int, bool]:
+        """Remove the queue's done records whose TTL has passed, from up to ``entries`` of
+        its log's entries: (records removed, whether expired entries remain)."""
+        async with translated(queue):
+            removed, more = await self._done_sweep(
+                self.redis, [keys.done(queue)], ["", ttl_ms, entries]
+            )
+        return int(removed), bool(more)
 
     async def group_consumers(self, queue: str) -> list[tuple[str, int, int]]:
         """(name, pending entries, ms since it last read or claimed) per consumer of the group."""

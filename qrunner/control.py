@@ -29,9 +29,10 @@ from redis.exceptions import ResponseError
 
 from . import jobstatus, keys
 from .errors import ConfigError, JobNotFound
-from .faults import error_code, raise_if_conflict
+from .faults import raise_if_conflict
 from .job import Job, MalformedJob
 from .names import check_queue_name
+from .scripts import Script
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ AUDIT_LENGTH = 1000
 HISTORY_LENGTH = 25
 JOB_STATES = ("queued", "running", "delayed", "scheduled")
 TERMINAL = jobstatus.ENDED
+
+_mark_cancelled = Script("mark_cancelled")
 
 
 def _text(value: Any) -> str:
@@ -379,14 +382,8 @@ class Control:
         if state in ("queued", "scheduled", "retrying", "delayed"):
             # Nothing runs it yet: the record says so now; the entry is acked as cancelled
             # when a worker takes it.
-            try:
-                await self.redis.hset(keys.job(queue, job_id), "state", "cancelled")
-            except ResponseError as exc:
-                # A string under the job's key is the compact record of a job that succeeded
-                # at its first try (see lua/ack.lua): it finished since its state was read.
-                if error_code(exc) != "WRONGTYPE":
-                    raise
-                return "succeeded"
+            if not await _mark_cancelled(self.redis, [keys.job(queue, job_id)], []):
+                return "succeeded"  # it finished since its state was read
         await self._record("cancel", job_id, f"queue {queue}, was {state}")
         return "cancelled" if state != "running" else "cancelling"
 
@@ -489,7 +486,9 @@ async def find_job(redis: Redis, job_id: str, queues: Sequence[str]) -> str:
     pipe = redis.pipeline(transaction=False)
     for q in queues:
         pipe.exists(keys.job(q, job_id))
-    for q, found in zip(queues, await pipe.execute(), strict=True):
-        if found:
+        pipe.hget(keys.done(q), job_id)
+    found = await pipe.execute()
+    for i, q in enumerate(queues):
+        if found[2 * i] or found[2 * i + 1] is not None:
             return q
     raise JobNotFound(job_id)

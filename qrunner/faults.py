@@ -97,6 +97,8 @@ def queue_key_types(queue: str) -> dict[str, str]:
         keys.stream(queue): "stream",
         keys.delayed(queue): "zset",
         keys.live(queue): "hash",
+        keys.done(queue): "hash",
+        keys.done_log(queue): "list",
         keys.dlq(queue): "stream",
     }
 

@@ -32,8 +32,9 @@ def uniq_prefix(queue: str) -> str:
 
 
 def job(queue: str, job_id: str) -> str:
-    """Status record of one job, with a TTL: a hash, or for a job that succeeded at its first
-    try with nothing else recorded, one compact string (see ``lua/ack.lua``)."""
+    """Status hash of one job, with a TTL. A job that succeeded at its first try with nothing
+    else recorded has none: its compact record is a field of :func:`done` (older versions kept
+    it here as a string, which is still read)."""
     return f"{PREFIX}:{{{queue}}}:job:{job_id}"
 
 
@@ -57,6 +58,19 @@ def live(queue: str) -> str:
     the stream (status records on). A hash with no TTL: fields leave with their entries. The
     entry ids are packed (see :func:`live_entry_id`)."""
     return f"{PREFIX}:{{{queue}}}:live"
+
+
+def done(queue: str) -> str:
+    """The queue's done hash: job id -> the compact status record of a job that succeeded at
+    its first try with nothing else recorded (see ``lua/ack.lua``). No TTL of its own: each
+    record leaves once the status TTL has passed, through :func:`done_log`."""
+    return f"{PREFIX}:{{{queue}}}:done"
+
+
+def done_log(queue: str) -> str:
+    """A list, oldest first, of ``<finished ms>\t<job id>\t<job id>...``: one entry per ack call
+    that wrote done records, read to remove them when their TTL has passed."""
+    return f"{PREFIX}:{{{queue}}}:done:log"
 
 
 def live_entry_id(value: bytes | str) -> str:

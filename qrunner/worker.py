@@ -69,6 +69,10 @@ READ_FIRST_S = 0.001
 #: A queue a loop fails on while it works for the others is logged at most this often.
 QUEUE_FAULT_LOG_S = 60.0
 
+#: The clean-up pass's calls per queue to remove expired done records, each of at most 20 ack
+#: calls' records (see Consumer.sweep_done): a bound on how long one pass holds Redis.
+DONE_SWEEP_CALLS = 10
+
 #: Python 3.12+: start a job's task eagerly, running it up to its first wait at once. A job that
 #: never waits (or waits on something already done) then costs no event-loop round. 3.11 has
 #: no eager tasks and creates them as usual.
@@ -1075,6 +1079,13 @@ class Worker:
             for name in silent:
                 if await self.consumer.release(q, name):
                     log.info("forgot consumer %s of %s: silent for over %d ms", name, q, horizon)
+            # Done records at the end of their TTL: the acks remove them as they go; this
+            # takes those of a queue with nothing more to ack, a bounded amount per call.
+            if self.status_ttl_ms > 0:
+                for _ in range(DONE_SWEEP_CALLS):
+                    _, more = await self.consumer.sweep_done(q, self.status_ttl_ms)
+                    if not more:
+                        break
             return False
 
         await self._each_queue("consumer clean-up", self.queues, forget)

@@ -1,7 +1,8 @@
 """Status records that cost almost nothing: a job due now is written once at enqueue (its stream
 entry and one field of the queue's live index) and once when it ends (a compact status record in
-the same script call as the ack: one string when nothing else was recorded for the job). Its
-state in between is read from where its entry is."""
+the same script call as the ack: a field of the queue's done hash when nothing else was recorded
+for the job, removed once the status TTL has passed). Its state in between is read from where
+its entry is."""
 
 from __future__ import annotations
 
@@ -97,7 +98,8 @@ async def test_running_is_read_from_the_pending_entry_then_the_ack_writes_the_re
     rec = await jobstatus.read(redis, "ops", job_id)
     assert rec["worker"] == worker.name.encode()
     assert int(rec["started_ms"]) <= int(rec["finished_ms"])
-    assert await redis.pttl(keys.job("ops", job_id)) > 0
+    assert await redis.hexists(keys.done("ops"), job_id)  # the compact record, no key of its own
+    assert await _job_keys(redis, "ops") == []
 
 
 async def test_retried_and_dead_jobs_leave_the_index_and_keep_their_task(redis: Redis) -> None:
@@ -112,18 +114,21 @@ async def test_retried_and_dead_jobs_leave_the_index_and_keep_their_task(redis: 
     assert await redis.hlen(keys.live("ops")) == 0
 
 
-async def test_a_first_try_success_leaves_one_compact_string_read_back_in_full(
+async def test_a_first_try_success_leaves_one_done_record_read_back_in_full(
     redis: Redis,
 ) -> None:
     client = Client(redis, core_tasks.registry)
     job_id = await client.enqueue("record", {"n": 5})
     [(entry_id, _)] = await redis.xrange(keys.stream("default"))
     await Worker(redis, core_tasks.registry, queues=["default"], burst=True, settings=FAST).run()
-    key = keys.job("default", job_id)
-    assert await redis.type(key) == b"string"
-    assert 0 < await redis.pttl(key) <= FAST.status_ttl_s * 1000
-    raw = await redis.get(key)
+    assert not await redis.exists(keys.job("default", job_id))
+    raw = await redis.hget(keys.done("default"), job_id)
     assert raw.startswith(b"1\t") and raw.endswith(b'\t{"n":5}')  # version first, result last
+    finished_ms = raw.split(b"\t")[1]
+    # The done log says when the record ends: its finished ms, then the job ids of the ack.
+    assert await redis.lrange(keys.done_log("default"), 0, -1) == [
+        finished_ms + b"\t" + job_id.encode()
+    ]
     done = await client.status(job_id)
     assert (done.state, done.task, done.attempt, done.result) == (
         "succeeded",
@@ -167,7 +172,7 @@ async def test_writes_meant_for_a_hash_keep_a_compact_success_record(redis: Redi
     job_id = await client.enqueue("record", {})
     await Worker(redis, core_tasks.registry, queues=["default"], burst=True, settings=FAST).run()
     key = keys.job("default", job_id)
-    before = await redis.get(key)
+    before = await redis.hget(keys.done("default"), job_id)
     assert before is not None
     wrote = await Script("progress")(redis, [key], ["0.5", "", "", FAST.status_ttl_s * 1000])
     assert wrote == 0
@@ -203,7 +208,8 @@ async def test_writes_meant_for_a_hash_keep_a_compact_success_record(redis: Redi
         [dlq_id, envelope, ttl_ms, "record"],
     )
     assert replayed and await redis.xlen(keys.stream("default")) == 1
-    assert await redis.get(key) == before
+    assert await redis.hget(keys.done("default"), job_id) == before
+    assert not await redis.exists(key)  # none of those writes made a hash beside it
     assert (await client.status(job_id)).state == "succeeded"
 
 
@@ -394,7 +400,8 @@ async def test_a_bulk_of_drawn_ids_looks_up_only_its_first_id(redis: Redis) -> N
     await redis.config_resetstat()
     await client.enqueue_many([("record", {"n": i}) for i in range(100)])
     stats = await redis.info("commandstats")
-    assert stats["cmdstat_exists"]["calls"] == 1 and stats["cmdstat_hget"]["calls"] == 1
+    # The first id's look-up: its status key and marker, the done hash, the live index.
+    assert stats["cmdstat_exists"]["calls"] == 1 and stats["cmdstat_hget"]["calls"] == 2
     assert stats["cmdstat_xadd"]["calls"] == 100
 
 

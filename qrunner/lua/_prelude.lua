@@ -123,10 +123,59 @@ local function qr_hset_given(key, field, value)
   if value ~= nil and value ~= '' then redis.call('HSET', key, field, value) end
 end
 
--- HSET on a job's status record, unless the record is the compact one a job that succeeded at
--- its first try leaves (a string, see ack.lua): that one is kept, nothing is written and false
--- is returned. Any other failure is raised.
-local function qr_record_hset(key, ...)
+-- The queue's done hash, named from the stream key (qr:{q}:stream -> qr:{q}:done): job id ->
+-- the compact record of a job that succeeded at its first try with nothing else recorded (see
+-- ack.lua), "1 <TAB> finished ms <TAB> worker <TAB> attempt <TAB> task <TAB> enqueued ms <TAB>
+-- run ms <TAB> result". Same hash tag, same cluster slot.
+local function qr_done(stream)
+  return string.sub(stream, 1, -7) .. 'done'
+end
+
+-- The done hash of the queue a status key qr:{q}:job:<id> belongs to.
+local function qr_done_of(status_key)
+  return (string.match(status_key, '^(.-):job:') or '') .. ':done'
+end
+
+-- The done hash's log (qr:{q}:done:log), oldest first: one entry per ack call that wrote
+-- records, "finished ms <TAB> job id <TAB> job id ...", which is how records find their end.
+local function qr_done_log(done)
+  return done .. ':log'
+end
+
+-- The compact success record of the job of status key `key` in its queue's done hash, or nil.
+local function qr_done_record(key)
+  local id = qr_key_job_id(key)
+  return id and redis.call('HGET', qr_done_of(key), id) or nil
+end
+
+-- Remove the done records of the log's entries at least `ttl` ms old, up to `entries` entries;
+-- returns how many records went. A record written again since (a newer finished ms) stays.
+local function qr_done_sweep(done, now, ttl, entries)
+  local log, cutoff, removed = qr_done_log(done), now - ttl, 0
+  for _ = 1, entries do
+    local head = redis.call('LRANGE', log, 0, 0)[1]
+    if not head then break end
+    local ms = tonumber(string.match(head, '^(%d+)'))
+    if ms and ms > cutoff then break end
+    redis.call('LPOP', log)
+    local ids = {}
+    for id in string.gmatch(head, '\t([^\t]+)') do ids[#ids + 1] = id end
+    for i = 1, #ids, 500 do
+      local chunk = {unpack(ids, i, math.min(i + 499, #ids))}
+      local recs, gone = redis.call('HMGET', done, unpack(chunk)), {}
+      for k, rec in ipairs(recs) do
+        local finished = rec and tonumber(string.match(rec, '^1\t(%d+)'))
+        if rec and (finished == nil or finished <= cutoff) then gone[#gone + 1] = chunk[k] end
+      end
+      if #gone > 0 then removed = removed + redis.call('HDEL', done, unpack(gone)) end
+    end
+  end
+  return removed
+end
+
+-- HSET on a job's status hash; false (nothing written) when the key holds the compact string
+-- record older versions wrote under it (see qr_record_fields). Any other failure is raised.
+local function qr_hash_hset(key, ...)
   local r = redis.pcall('HSET', key, ...)
   if type(r) == 'table' and r.err then
     if qr_error_code(r.err) == 'WRONGTYPE' then return false end
@@ -135,16 +184,18 @@ local function qr_record_hset(key, ...)
   return true
 end
 
--- A job's status record as HGETALL would return it (field, value, ...). A hash is returned as
--- it is; the compact record of a job that succeeded at its first try (see ack.lua), a string
--- "1 <TAB> finished ms <TAB> worker <TAB> attempt <TAB> task <TAB> enqueued ms <TAB> run ms
--- <TAB> result", is spelled out in the fields a hash would hold.
-local function qr_record_fields(key)
-  local rec = redis.pcall('HGETALL', key)
-  if not rec.err then return rec end
-  if qr_error_code(rec.err) ~= 'WRONGTYPE' then error(rec) end
+-- HSET on a job's status record, unless the job has a compact success record (in the done
+-- hash, or the string of older versions): that one is kept, nothing is written and false is
+-- returned. Any other failure is raised.
+local function qr_record_hset(key, ...)
+  if qr_done_record(key) then return false end
+  return qr_hash_hset(key, ...)
+end
+
+-- A compact success record spelled out in the fields a status hash would hold.
+local function qr_compact_fields(rec)
   local finished, worker, attempt, task, enqueued, run, result = string.match(
-    redis.call('GET', key), '^1\t(%d+)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(%d*)\t(.*)$')
+    rec, '^1\t(%d+)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(%d*)\t(.*)$')
   if not finished then return {} end
   local out = {'state', 'succeeded', 'task', task, 'attempt', attempt, 'enqueued_ms', enqueued,
     'started_ms', string.format('%.0f', tonumber(finished) - (tonumber(run) or 0)),
@@ -154,4 +205,18 @@ local function qr_record_fields(key)
     out[#out + 1] = result
   end
   return out
+end
+
+-- A job's status record as HGETALL would return it (field, value, ...). A hash is returned as
+-- it is; the compact record of a job that succeeded at its first try (in the done hash, or a
+-- string under the status key where older versions wrote it) is spelled out.
+local function qr_record_fields(key)
+  local rec = redis.pcall('HGETALL', key)
+  if not rec.err then
+    if #rec > 0 then return rec end
+    local compact = qr_done_record(key)
+    return compact and qr_compact_fields(compact) or rec
+  end
+  if qr_error_code(rec.err) ~= 'WRONGTYPE' then error(rec) end
+  return qr_compact_fields(redis.call('GET', key))
 end

@@ -22,12 +22,17 @@ the bound back), for small batches, and for a user whose ACL refuses XTRIM.
 The job leaves the queue's live index (qr:{q}:live) here, and its status record is written
 once. Nothing was written for it when it started (a plain XREADGROUP: Consumer._read_one),
 so this is the only status write of a job that succeeds at its first try; it has no record
-yet, and gets the compact one: one string, SET with its TTL in one call, "1 <TAB> finished ms
-<TAB> worker <TAB>" followed by the batch record's own attempt, task, enqueued ms, run ms and
-result, as the client sent them (qr_record_fields spells it out for job_status.lua). A hash with its fields and a
-PEXPIRE, two calls and a dozen arguments, cost Redis about twice as much per job. A job that
-already has a record (it was scheduled or retried, or reported progress) gets its fields
-written into that hash as before, so what the hash held (progress, last error) stays.
+yet, and gets the compact one: a field of the queue's done hash (qr:{q}:done), "1 <TAB>
+finished ms <TAB> worker <TAB>" followed by the batch record's own attempt, task, enqueued ms,
+run ms and result, as the client sent them (qr_record_fields spells it out for
+job_status.lua). The whole batch's records go in one HSET, and one entry of the done log
+(qr:{q}:done:log: the finished ms and the job ids) says when they end; qr_done_sweep removes
+them once the TTL has passed, here (two log entries a call at most) and in the worker's sweep
+(done_sweep.lua). A string key with its own TTL per job, as records were kept before, cost
+Redis a SET per job and grew dearer as the keyspace and its expiry table filled: 0.6 µs a job
+with 10,000 records, 1.5 µs with a million (benchmarks/results/2026-12-05-backlog-split.md).
+A job that already has a record (it was scheduled or retried, or reported progress) gets its
+fields written into that hash as before, so what the hash held (progress, last error) stays.
 
 KEYS[1]   stream   qr:{q}:stream
 ARGV[1]   consumer group
@@ -44,6 +49,34 @@ ARGV[7]   id-marker TTL in ms, used when ARGV[4] is 0: the finished job's id is 
 Returns   array per record: 1 acked, -1 refused (another consumer owns it), -2 gone
 Errors    NOGROUP when the stream or group is missing
 ]]
+-- The success record of a job that has a status record already (it was scheduled, retried or
+-- reported progress): the hash takes the fields, so what it held (progress, last error) stays.
+-- A compact string under the key (older versions wrote them there) is replaced by `rec`.
+local function qr_ack_record(sk, rest, now, consumer, ttl, rec)
+  local attempt, task, enq, run, result = string.match(rest,
+    '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$')
+  if attempt == nil then
+    -- A record short of fields (the client always sends them all): the entries are acked
+    -- already, so the record must still be written rather than the script fail here.
+    attempt, task, enq, run, result = string.match(rest, '^([^\t]*)'), '', '', '', ''
+  end
+  local started = string.format('%.0f', now - (tonumber(run) or 0))
+  local written
+  if result ~= '' then
+    written = qr_hash_hset(sk, 'state', 'succeeded', 'task', task, 'attempt', attempt,
+      'enqueued_ms', enq, 'started_ms', started, 'finished_ms', now, 'worker', consumer,
+      'result', result)
+  else
+    written = qr_hash_hset(sk, 'state', 'succeeded', 'task', task, 'attempt', attempt,
+      'enqueued_ms', enq, 'started_ms', started, 'finished_ms', now, 'worker', consumer)
+  end
+  if written then
+    redis.call('PEXPIRE', sk, ttl)
+  else
+    redis.call('SET', sk, rec, 'PX', ttl)
+  end
+end
+
 local now = qr_now(ARGV[3])
 local stream, group, consumer, ttl, prefix = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[4]), ARGV[5]
 local live = qr_live(stream)
@@ -155,38 +188,35 @@ for i = 1, #deleting, 500 do
   redis.call('XDEL', stream, unpack(deleting, i, math.min(i + 499, #deleting)))
 end
 local head = '1\t' .. string.format('%.0f', now) .. '\t' .. consumer .. '\t'
-for _, i in ipairs(finished) do
-  local job_id = jobs[i]
-  if ttl > 0 then
-    local sk, rec = prefix .. job_id, head .. rests[i]
-    if not redis.call('SET', sk, rec, 'PX', ttl, 'NX') then
-      -- The job has a record already: a hash (scheduled, retried, progress) takes the fields;
-      -- a compact record (the same job id acked twice: see qr_record_hset) is replaced.
-      local attempt, task, enq, run, result = string.match(rests[i],
-        '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$')
-      if attempt == nil then
-        -- A record short of fields (the client always sends them all): the entries are acked
-        -- already, so the record must still be written rather than the script fail here.
-        attempt, task, enq, run, result = string.match(rests[i], '^([^\t]*)'), '', '', '', ''
-      end
-      local started = string.format('%.0f', now - (tonumber(run) or 0))
-      local written
-      if result ~= '' then
-        written = qr_record_hset(sk, 'state', 'succeeded', 'task', task, 'attempt', attempt,
-          'enqueued_ms', enq, 'started_ms', started, 'finished_ms', now, 'worker', consumer,
-          'result', result)
+if ttl > 0 and #finished > 0 then
+  -- One EXISTS over a few hundred status keys says whether any of those jobs has a record
+  -- already (nearly always none); the rest take their compact records in one HSET.
+  local done = qr_done(stream)
+  local logged = {string.format('%.0f', now)}
+  for c = 1, #finished, 500 do
+    local last = math.min(c + 499, #finished)
+    local sks, kv = {}, {}
+    for k = c, last do sks[#sks + 1] = prefix .. jobs[finished[k]] end
+    local recorded = redis.call('EXISTS', unpack(sks)) > 0
+    for k = c, last do
+      local i, sk = finished[k], sks[k - c + 1]
+      if recorded and redis.call('EXISTS', sk) == 1 then
+        qr_ack_record(sk, rests[i], now, consumer, ttl, head .. rests[i])
       else
-        written = qr_record_hset(sk, 'state', 'succeeded', 'task', task, 'attempt', attempt,
-          'enqueued_ms', enq, 'started_ms', started, 'finished_ms', now, 'worker', consumer)
-      end
-      if written then
-        redis.call('PEXPIRE', sk, ttl)
-      else
-        redis.call('SET', sk, rec, 'PX', ttl)
+        kv[#kv + 1] = jobs[i]
+        kv[#kv + 1] = head .. rests[i]
+        logged[#logged + 1] = jobs[i]
       end
     end
-  elseif marker_ttl > 0 then
-    redis.call('SET', marker_prefix .. job_id, 1, 'PX', marker_ttl)
+    if #kv > 0 then redis.call('HSET', done, unpack(kv)) end
+  end
+  if #logged > 1 then redis.call('RPUSH', qr_done_log(done), table.concat(logged, '\t')) end
+  -- Records at the end of their TTL leave at the pace they came: two log entries a call at
+  -- most (the worker's sweep takes the rest of an idle queue's, see done_sweep.lua).
+  qr_done_sweep(done, now, ttl, 2)
+elseif marker_ttl > 0 then
+  for _, i in ipairs(finished) do
+    redis.call('SET', marker_prefix .. jobs[i], 1, 'PX', marker_ttl)
   end
 end
 return out

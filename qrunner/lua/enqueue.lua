@@ -1,7 +1,8 @@
 --[[ enqueue: add one or more jobs to a queue, immediately or delayed, with optional dedup.
 
 Job ids are made by the client before sending, and an id is written at most once: a job whose id
-record already exists, or whose id is in the live index, is skipped. A call sent again after its
+record already exists, whose compact success record is in the done hash (qr:{q}:done, see
+ack.lua) or whose id is in the live index, is skipped. A call sent again after its
 reply was lost (a reset connection, a timeout) therefore never enqueues twice, whichever layer
 sends it again: qrunner's retry, redis-py's own, a cluster client's or a proxy's. The check is
 two reads per job and is never skipped: an earlier version skipped it on the first send of ids
@@ -9,9 +10,10 @@ the client had just drawn, and redis-py, retrying that very call, wrote every jo
 
 A job due now costs one field in the queue's live index (qr:{q}:live, job id -> stream entry
 id) and nothing else: its state is where its entry is (unread: queued; pending: running, see
-job_status.lua), and the worker writes a compact status hash only when the job ends, in the
+job_status.lua), and the worker writes a compact status record only when the job ends, in the
 same call as the ack. The live field is the id record while the job is in the stream; after it,
-the status hash (or, with status records off, a marker kept for the id-marker TTL). A delayed
+the done record or status hash (or, with status records off, a marker kept for the id-marker
+TTL). A delayed
 job's id record is its 'scheduled' status hash (or the marker).
 
 Under memory pressure (maxmemory with noeviction) the first write is refused and nothing is
@@ -33,7 +35,7 @@ Returns        flat array: per job, the job id that holds the slot and 1 (enqueu
 local now = nil  -- read once, when a delayed job or a status record needs it
 local status_ttl = tonumber(ARGV[2])
 local marker_ttl = tonumber(ARGV[3])
-local live = qr_live(KEYS[1])
+local live, done = qr_live(KEYS[1]), qr_done(KEYS[1])
 local out = {}
 local n = (#ARGV - 3) / 6
 for i = 0, n - 1 do
@@ -47,7 +49,8 @@ for i = 0, n - 1 do
   if holder then
     out[#out + 1] = holder
     out[#out + 1] = 0
-  elseif redis.call('EXISTS', id_key) == 1 or qr_is_live(live, KEYS[1], id) then
+  elseif redis.call('EXISTS', id_key) == 1 or redis.call('HGET', done, id)
+      or qr_is_live(live, KEYS[1], id) then
     out[#out + 1] = id
     out[#out + 1] = 2
   else

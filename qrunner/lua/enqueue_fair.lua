@@ -38,7 +38,7 @@ for i = 0, n - 1 do
   if holder then
     out[#out + 1] = holder
     out[#out + 1] = 0
-  elseif redis.call('EXISTS', id_key) == 1 then
+  elseif redis.call('EXISTS', id_key) == 1 or redis.call('HGET', qr_done(KEYS[1]), id) then
     out[#out + 1] = id
     out[#out + 1] = 2
   else

@@ -5,8 +5,8 @@ enqueue.lua, which handles every other case). Each job costs its stream entry an
 the live index, as in enqueue.lua; the arguments are the two values the job needs, so a bulk
 call carries two per job instead of six.
 
-A job whose id is already known (its status record or id marker exists, or the live index holds
-it) is skipped, as in enqueue.lua: a call sent again after its reply was lost writes nothing
+A job whose id is already known (its status record, done record or id marker exists, or the live
+index holds it) is skipped, as in enqueue.lua: a call sent again after its reply was lost writes nothing
 twice, whoever sends it again (qrunner's retry, redis-py's, a cluster client's, a proxy's).
 
 When every id in the call was drawn by the client for this call (80 random bits, never sent in
@@ -21,18 +21,19 @@ Under memory pressure (maxmemory with noeviction) the first refused write return
 with its code; the jobs before it in the call are written, as with enqueue.lua.
 
 KEYS[1]        stream        qr:{q}:stream   (the live index qr:{q}:live, status records
-               qr:{q}:job:<id> and id markers qr:{q}:id:<id> are named from it: same hash tag)
+               qr:{q}:job:<id>, the done hash qr:{q}:done and id markers qr:{q}:id:<id> are
+               named from it: same hash tag)
 ARGV[1]        "1" when every id was drawn by the client for this call, else ""
 ARGV[2i]       job i's id
 ARGV[2i+1]     job i's envelope (JSON)
 Returns        flat array: per job, its id and 1 (enqueued) or 2 (this id was already
                enqueued: nothing written), the shape enqueue.lua returns
 ]]
-local live = qr_live(KEYS[1])
+local live, done = qr_live(KEYS[1]), qr_done(KEYS[1])
 local prefix = string.sub(KEYS[1], 1, -7)  -- qr:{q}:
 local function known(id)
   return redis.call('EXISTS', prefix .. 'job:' .. id, prefix .. 'id:' .. id) > 0
-      or qr_is_live(live, KEYS[1], id)
+      or redis.call('HGET', done, id) or qr_is_live(live, KEYS[1], id)
 end
 local look = ARGV[1] ~= '1' or (#ARGV > 1 and known(ARGV[2]))
 local out = {}
