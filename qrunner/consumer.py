@@ -407,8 +407,9 @@ class Consumer:
         return int(moved), int(wait_ms)
 
     async def sweep_done(self, queue: str, ttl_ms: int, entries: int = 20) -> tuple[int, bool]:
-        """Remove the queue's done records whose TTL has passed, from up to ``entries`` of
-        its log's entries: (records removed, whether expired entries remain)."""
+        """Remove the queue's done records older than ``ttl_ms`` (the result TTL the acks were
+        given), from up to ``entries`` of its log's entries: (records removed, whether expired
+        entries remain)."""
         async with translated(queue):
             removed, more = await self._done_sweep(
                 self.redis, [keys.done(queue)], ["", ttl_ms, entries]

@@ -3,8 +3,9 @@
 A job due now is written once at enqueue (its stream entry, and one field in the queue's live
 index ``qr:{q}:live``: job id -> entry id) and once when it ends (a compact status record, in
 the same script call as the ack: a field of the queue's done hash ``qr:{q}:done`` when nothing
-else was recorded for the job, which ``job_status.lua`` spells out as a hash's fields). Between the two nothing is written: the entry
-still unread means *queued*, pending for a consumer means *running* on that consumer. The
+else was recorded for the job, which ``job_status.lua`` spells out as a hash's fields).
+Between the two nothing is written: the entry still unread means *queued*, pending for a
+consumer means *running* on that consumer. The
 status record also holds what the entry cannot tell (the scheduled time, the last error,
 progress, the result) and is written when a job is delayed, retried, cancelled or ends. This
 module puts the two together.

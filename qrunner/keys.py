@@ -63,7 +63,7 @@ def live(queue: str) -> str:
 def done(queue: str) -> str:
     """The queue's done hash: job id -> the compact status record of a job that succeeded at
     its first try with nothing else recorded (see ``lua/ack.lua``). No TTL of its own: each
-    record leaves once the status TTL has passed, through :func:`done_log`."""
+    record leaves once the result TTL has passed, through :func:`done_log`."""
     return f"{PREFIX}:{{{queue}}}:done"
 
 

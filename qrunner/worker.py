@@ -1081,9 +1081,9 @@ class Worker:
                     log.info("forgot consumer %s of %s: silent for over %d ms", name, q, horizon)
             # Done records at the end of their TTL: the acks remove them as they go; this
             # takes those of a queue with nothing more to ack, a bounded amount per call.
-            if self.status_ttl_ms > 0:
+            if self.result_ttl_ms > 0:
                 for _ in range(DONE_SWEEP_CALLS):
-                    _, more = await self.consumer.sweep_done(q, self.status_ttl_ms)
+                    _, more = await self.consumer.sweep_done(q, self.result_ttl_ms)
                     if not more:
                         break
             return False

@@ -1,5 +1,5 @@
 """The done hash: the compact records of jobs that succeeded at their first try, one field each
-in ``qr:{q}:done``, and how they leave once the status TTL has passed (the done log read by
+in ``qr:{q}:done``, and how they leave once the result TTL has passed (the done log read by
 the ack and by the worker's clean-up pass)."""
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ async def test_an_id_is_known_while_its_record_lasts_and_free_once_it_is_gone(
     assert await client.enqueue("record", {}, job_id="kept-id") == job_id
     assert await redis.xlen(keys.stream("default")) == 0  # known: not written again
     finished = int((await redis.hget(keys.done("default"), job_id)).split(b"\t")[1])
-    ttl_ms = FAST.status_ttl_s * 1000
+    ttl_ms = FAST.result_ttl_s * 1000
     await Script("done_sweep")(redis, [keys.done("default")], [finished + ttl_ms, ttl_ms, 20])
     with pytest.raises(JobNotFound):
         await find_job(redis, job_id, ["default"])
@@ -148,7 +148,7 @@ async def test_the_worker_sweeps_an_idle_queue_once_the_ttl_has_passed(redis: Re
     settings = Settings(
         **{
             **FAST.model_dump(),
-            "status_ttl_s": 1,
+            "result_ttl_s": 1,
             "lease_ms": 500,
             "reclaim_interval_ms": 100,
         }

@@ -1,7 +1,7 @@
 """Status records that cost almost nothing: a job due now is written once at enqueue (its stream
 entry and one field of the queue's live index) and once when it ends (a compact status record in
 the same script call as the ack: a field of the queue's done hash when nothing else was recorded
-for the job, removed once the status TTL has passed). Its state in between is read from where
+for the job, removed once the result TTL has passed). Its state in between is read from where
 its entry is."""
 
 from __future__ import annotations
