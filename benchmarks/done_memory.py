@@ -29,6 +29,7 @@ sys.path.insert(0, str(BENCH))
 import redis  # noqa: E402
 import uvloop  # noqa: E402
 from backlog import drain, fill  # noqa: E402
+from suite.report import emit  # noqa: E402
 from suite.server import RedisServer  # noqa: E402
 
 SIZES = (10_000, 100_000, 1_000_000)
@@ -107,10 +108,7 @@ def main() -> int:
             f"{row['keys']:,} | {row['done_hash_bytes_per_job']:.1f} | "
             f"{row['done_log_bytes_per_job']:.1f} |"
         )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    emit(lines, args.out)
     return 0
 
 
