@@ -170,3 +170,33 @@ async def test_the_worker_sweeps_an_idle_queue_once_the_ttl_has_passed(redis: Re
         await wait_for(swept, what="the done record to be swept")
     with pytest.raises(JobNotFound):
         await client.status(job_id)
+
+
+async def _run_one_job_with(redis: Redis, odd_key: str) -> str:
+    """One job enqueued, then ``odd_key`` replaced by a string, then a burst worker's run."""
+    client = Client(redis, core_tasks.registry)
+    job_id = await client.enqueue("record", {"n": 7})
+    await redis.set(odd_key, "not qrunner's")
+    await Worker(redis, core_tasks.registry, queues=["default"], burst=True, settings=FAST).run()
+    assert await redis.xlen(keys.stream("default")) == 0
+    assert (await redis.xpending(keys.stream("default"), keys.GROUP))["pending"] == 0
+    status = await client.status(job_id)
+    assert (status.state, status.result) == ("succeeded", {"n": 7})
+    return job_id
+
+
+async def test_a_done_hash_of_another_type_leaves_the_records_as_strings(redis: Redis) -> None:
+    job_id = await _run_one_job_with(redis, keys.done("default"))
+    key = keys.job("default", job_id)
+    assert await redis.type(key) == b"string"
+    assert 0 < await redis.pttl(key) <= FAST.result_ttl_s * 1000
+    assert await redis.get(keys.done("default")) == b"not qrunner's"  # left as it was
+
+
+async def test_a_done_log_of_another_type_moves_the_records_to_strings(redis: Redis) -> None:
+    """Without a log entry nothing would ever remove them: they get their own TTL instead."""
+    job_id = await _run_one_job_with(redis, keys.done_log("default"))
+    assert not await redis.hexists(keys.done("default"), job_id)
+    key = keys.job("default", job_id)
+    assert await redis.type(key) == b"string"
+    assert 0 < await redis.pttl(key) <= FAST.result_ttl_s * 1000

@@ -77,6 +77,26 @@ local function qr_ack_record(sk, rest, now, consumer, ttl, rec)
   end
 end
 
+-- HSET field, value, ... into the done hash; false when its key holds another type of value
+-- (something else writes under qr:).
+local function qr_done_write(done, kv)
+  local r = redis.pcall('HSET', done, unpack(kv))
+  if type(r) == 'table' and r.err then
+    if qr_error_code(r.err) == 'WRONGTYPE' then return false end
+    error(r)
+  end
+  return true
+end
+
+-- Compact records (job id, record, ...) as strings under the jobs' status keys with their own
+-- TTL, the form older versions wrote and every reader still knows: where the done hash or its
+-- log cannot take them. The entries are acked already, so the records must still be kept.
+local function qr_done_as_strings(prefix, kv, ttl)
+  for k = 1, #kv, 2 do
+    if kv[k + 1] then redis.call('SET', prefix .. kv[k], kv[k + 1], 'PX', ttl) end
+  end
+end
+
 local now = qr_now(ARGV[3])
 local stream, group, consumer, ttl, prefix = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[4]), ARGV[5]
 local live = qr_live(stream)
@@ -205,15 +225,34 @@ if ttl > 0 and #finished > 0 then
       else
         kv[#kv + 1] = jobs[i]
         kv[#kv + 1] = head .. rests[i]
-        logged[#logged + 1] = jobs[i]
       end
     end
-    if #kv > 0 then redis.call('HSET', done, unpack(kv)) end
+    if #kv > 0 and qr_done_write(done, kv) then
+      for k = 1, #kv, 2 do logged[#logged + 1] = kv[k] end
+    elseif #kv > 0 then
+      qr_done_as_strings(prefix, kv, ttl)
+    end
   end
-  if #logged > 1 then redis.call('RPUSH', qr_done_log(done), table.concat(logged, '\t')) end
+  if #logged > 1 then
+    local r = redis.pcall('RPUSH', qr_done_log(done), table.concat(logged, '\t'))
+    if type(r) == 'table' and r.err then
+      -- No log to end them by: the records move to strings with their own TTL.
+      for c = 2, #logged, 500 do
+        local ids = {unpack(logged, c, math.min(c + 499, #logged))}
+        local recs, kv = redis.call('HMGET', done, unpack(ids)), {}
+        for k, id in ipairs(ids) do
+          kv[#kv + 1] = id
+          kv[#kv + 1] = recs[k]
+        end
+        redis.call('HDEL', done, unpack(ids))
+        qr_done_as_strings(prefix, kv, ttl)
+      end
+    end
+  end
   -- Records at the end of their TTL leave at the pace they came: two log entries a call at
-  -- most (the worker's sweep takes the rest of an idle queue's, see done_sweep.lua).
-  qr_done_sweep(done, now, ttl, 2)
+  -- most (the worker's sweep takes the rest of an idle queue's, see done_sweep.lua). Under
+  -- pcall: a log of another type must not fail the acks above (done_sweep.lua reports it).
+  pcall(function() qr_done_sweep(done, now, ttl, 2) end)
 elseif marker_ttl > 0 then
   for _, i in ipairs(finished) do
     redis.call('SET', marker_prefix .. jobs[i], 1, 'PX', marker_ttl)
