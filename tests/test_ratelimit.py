@@ -23,16 +23,12 @@ from qrunner.errors import ConfigError
 from qrunner.ratelimit import Rate, RateLimiter, RateLimitSpec, parse_rate
 from qrunner.scripts import Script
 from qrunner.tokenbucket import Limit, WindowState, idle_ttl_ms, take_all
+from tests.helpers.clock import redis_ms
 
 pytestmark = pytest.mark.both_topologies
 
 T0 = 1_700_000_000_000
 WORKER = Path(__file__).parent / "helpers" / "ratelimit_worker.py"
-
-
-async def redis_ms(redis: Redis) -> int:
-    seconds, micros = await redis.time()
-    return int(seconds) * 1000 + int(micros) // 1000
 
 
 async def read_window(redis: Redis, key: str) -> WindowState | None:

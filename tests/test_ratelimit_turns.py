@@ -29,7 +29,8 @@ from qrunner.ratelimit import (
 )
 from qrunner.scripts import Script
 from qrunner.tokenbucket import WindowState, allowance, idle_ttl_ms, schedule
-from tests.test_ratelimit import T0, mirror_cases, read_window, redis_ms
+from tests.helpers.clock import redis_ms
+from tests.test_ratelimit import T0, mirror_cases, read_window
 
 SPEC_20 = RateLimitSpec.parse("20/s", burst=20)
 SPEC_10 = RateLimitSpec.parse("10/s")

@@ -20,15 +20,11 @@ from qrunner import Client, keys
 from qrunner.admission import bucket_name
 from qrunner.ratelimit import turns_key
 from tests.helpers import limited_tasks
+from tests.helpers.clock import redis_ms
 from tests.helpers.waiting import wait_for
 from tests.test_crash import start_worker, stderr_of
 
 pytestmark = [pytest.mark.both_topologies, pytest.mark.cluster_once]
-
-
-async def redis_ms(redis: Redis) -> int:
-    sec, usec = await redis.time()
-    return int(sec) * 1000 + int(usec) // 1000
 
 
 async def test_three_workers_share_a_20_per_second_limit(redis: Redis, redis_url: str) -> None:

@@ -21,15 +21,11 @@ from qrunner.errors import ConnectionLost
 from qrunner.runtime import connect_redis
 from qrunner.worker import Worker
 from tests.helpers import core_tasks
+from tests.helpers.clock import redis_ms
 from tests.helpers.waiting import wait_for
 from tests.worker_fixtures import FAST, Recorder, running_worker
 
 pytestmark = pytest.mark.both_topologies
-
-
-async def redis_ms(redis: Redis) -> int:
-    sec, usec = await redis.time()
-    return int(sec) * 1000 + int(usec) // 1000
 
 
 async def test_round_trip_runs_job_and_records_result(redis: Redis) -> None:
