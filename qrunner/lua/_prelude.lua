@@ -173,8 +173,9 @@ local function qr_done_sweep(done, now, ttl, entries)
   return removed
 end
 
--- HSET on a job's status hash; false (nothing written) when the key holds the compact string
--- record older versions wrote under it (see qr_record_fields). Any other failure is raised.
+-- HSET on a hash (a job's status hash, the done hash); false (nothing written) when the key
+-- holds another type of value: under a status key, the compact string record older versions
+-- wrote (see qr_record_fields). Any other failure is raised.
 local function qr_hash_hset(key, ...)
   local r = redis.pcall('HSET', key, ...)
   if type(r) == 'table' and r.err then

@@ -77,17 +77,6 @@ local function qr_ack_record(sk, rest, now, consumer, ttl, rec)
   end
 end
 
--- HSET field, value, ... into the done hash; false when its key holds another type of value
--- (something else writes under qr:).
-local function qr_done_write(done, kv)
-  local r = redis.pcall('HSET', done, unpack(kv))
-  if type(r) == 'table' and r.err then
-    if qr_error_code(r.err) == 'WRONGTYPE' then return false end
-    error(r)
-  end
-  return true
-end
-
 -- Compact records (job id, record, ...) as strings under the jobs' status keys with their own
 -- TTL, the form older versions wrote and every reader still knows: where the done hash or its
 -- log cannot take them. The entries are acked already, so the records must still be kept.
@@ -227,7 +216,8 @@ if ttl > 0 and #finished > 0 then
         kv[#kv + 1] = head .. rests[i]
       end
     end
-    if #kv > 0 and qr_done_write(done, kv) then
+    -- (false: the done hash's key holds another type of value; something else wrote it.)
+    if #kv > 0 and qr_hash_hset(done, unpack(kv)) then
       for k = 1, #kv, 2 do logged[#logged + 1] = kv[k] end
     elseif #kv > 0 then
       qr_done_as_strings(prefix, kv, ttl)
