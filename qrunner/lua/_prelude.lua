@@ -149,14 +149,17 @@ local function qr_done_record(key)
 end
 
 -- Remove the done records of the log's entries at least `ttl` ms old, up to `entries` entries;
--- returns how many records went. A record written again since (a newer finished ms) stays.
+-- returns how many records went, and whether expired entries remain. A record written again
+-- since (a newer finished ms) stays.
 local function qr_done_sweep(done, now, ttl, entries)
-  local log, cutoff, removed = qr_done_log(done), now - ttl, 0
-  for _ = 1, entries do
+  local log, cutoff, removed, taken = qr_done_log(done), now - ttl, 0, 0
+  while true do
     local head = redis.call('LRANGE', log, 0, 0)[1]
-    if not head then break end
+    if not head then return removed, false end
     local ms = tonumber(string.match(head, '^(%d+)'))
-    if ms and ms > cutoff then break end
+    if ms and ms > cutoff then return removed, false end
+    if taken == entries then return removed, true end
+    taken = taken + 1
     redis.call('LPOP', log)
     local ids = {}
     for id in string.gmatch(head, '\t([^\t]+)') do ids[#ids + 1] = id end
@@ -170,7 +173,6 @@ local function qr_done_sweep(done, now, ttl, entries)
       if #gone > 0 then removed = removed + redis.call('HDEL', done, unpack(gone)) end
     end
   end
-  return removed
 end
 
 -- HSET on a hash (a job's status hash, the done hash); false (nothing written) when the key

@@ -14,7 +14,5 @@ Returns   {records removed, 1 when log entries at the end of their TTL remain, e
 local now = qr_now(ARGV[1])
 local ttl = qr_int(ARGV[2], 1, 'ttl')
 local entries = qr_int(ARGV[3], 1, 'entries')
-local removed = qr_done_sweep(KEYS[1], now, ttl, entries)
-local head = redis.call('LRANGE', qr_done_log(KEYS[1]), 0, 0)[1]
-local ms = head and tonumber(string.match(head, '^(%d+)'))
-return {removed, (head and (ms == nil or ms <= now - ttl)) and 1 or 0}
+local removed, more = qr_done_sweep(KEYS[1], now, ttl, entries)
+return {removed, more and 1 or 0}

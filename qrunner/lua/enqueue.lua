@@ -2,10 +2,10 @@
 
 Job ids are made by the client before sending, and an id is written at most once: a job whose id
 record already exists, whose compact success record is in the done hash (qr:{q}:done, see
-ack.lua) or whose id is in the live index, is skipped. A call sent again after its
-reply was lost (a reset connection, a timeout) therefore never enqueues twice, whichever layer
-sends it again: qrunner's retry, redis-py's own, a cluster client's or a proxy's. The check is
-two reads per job and is never skipped: an earlier version skipped it on the first send of ids
+ack.lua) or whose id is in the live index, is skipped. A call sent again after its reply was
+lost (a reset connection, a timeout) therefore never enqueues twice, whichever layer sends it
+again: qrunner's retry, redis-py's own, a cluster client's or a proxy's. The check is
+three reads per job and is never skipped: an earlier version skipped it on the first send of ids
 the client had just drawn, and redis-py, retrying that very call, wrote every job twice.
 
 A job due now costs one field in the queue's live index (qr:{q}:live, job id -> stream entry
@@ -13,8 +13,7 @@ id) and nothing else: its state is where its entry is (unread: queued; pending: 
 job_status.lua), and the worker writes a compact status record only when the job ends, in the
 same call as the ack. The live field is the id record while the job is in the stream; after it,
 the done record or status hash (or, with status records off, a marker kept for the id-marker
-TTL). A delayed
-job's id record is its 'scheduled' status hash (or the marker).
+TTL). A delayed job's id record is its 'scheduled' status hash (or the marker).
 
 Under memory pressure (maxmemory with noeviction) the first write is refused and nothing is
 written; the OOM error reaches the caller with its code.

@@ -5,9 +5,10 @@ enqueue.lua, which handles every other case). Each job costs its stream entry an
 the live index, as in enqueue.lua; the arguments are the two values the job needs, so a bulk
 call carries two per job instead of six.
 
-A job whose id is already known (its status record, done record or id marker exists, or the live
-index holds it) is skipped, as in enqueue.lua: a call sent again after its reply was lost writes nothing
-twice, whoever sends it again (qrunner's retry, redis-py's, a cluster client's, a proxy's).
+A job whose id is already known (its status record, done record or id marker exists, or the
+live index holds it) is skipped, as in enqueue.lua: a call sent again after its reply was lost
+writes nothing twice, whoever sends it again (qrunner's retry, redis-py's, a cluster client's,
+a proxy's).
 
 When every id in the call was drawn by the client for this call (80 random bits, never sent in
 any other call; ARGV[1] = "1"), only the first id is looked up. A send of this call that ran
