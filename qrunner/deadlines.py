@@ -61,14 +61,16 @@ class Deadlines:
             self._steps[timeout_s] = step
         return step
 
-    def add(self, task: asyncio.Task[Any], timeout_s: float) -> float:
-        """Watch ``task``; returns its slot (the loop time it expires at), for :meth:`remove`."""
+    def add(self, task: asyncio.Task[Any], timeout_s: float, elapsed_s: float = 0.0) -> float:
+        """Watch ``task``, due ``timeout_s`` after it started, ``elapsed_s`` ago (a deadline
+        already past fires at the loop's next turn); returns its slot (the loop time it
+        expires at), for :meth:`remove`."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # run again on another loop: the old loop's timers are gone
             self._slots.clear()
             self._loop = loop
         step = self._steps.get(timeout_s) or self.step_for(timeout_s)
-        when = math.ceil((loop.time() + timeout_s) / step) * step
+        when = math.ceil((loop.time() + timeout_s - elapsed_s) / step) * step
         slot = self._slots.get(when)
         if slot is None:
             slot = self._slots[when] = {}

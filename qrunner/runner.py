@@ -11,6 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
@@ -19,6 +20,7 @@ from .consumer import Entry
 from .context import Context
 from .deadlines import Deadlines
 from .errors import InvalidPayload, RateLimited, UnknownTask
+from .firststep import resume
 from .job import MAX_ERROR_HISTORY, Job, MalformedJob
 from .names import shown
 from .outcome import (
@@ -256,6 +258,17 @@ class Runner:
             return DeadLettered(reason, None, body)
         return job
 
+    def _watch(
+        self, timeout_s: float | None, elapsed_s: float
+    ) -> tuple[asyncio.Task[Any] | None, float | None]:
+        """The running task and its deadline's slot, ``timeout_s`` from ``elapsed_s`` ago.
+        Shared timers (qrunner.deadlines) instead of asyncio.timeout() or a timer per job:
+        the same effect at a fraction of the cost on the hot path."""
+        me = asyncio.current_task()
+        if timeout_s is None or me is None:
+            return me, None
+        return me, self._deadlines.add(me, timeout_s, elapsed_s)
+
     async def run(self, entry: Entry, job: Job) -> Outcome:
         try:
             task = self.registry.get(job.task)
@@ -279,17 +292,29 @@ class Runner:
         ctx = self.make_context(job, entry.deliveries)
         if turn_ms is not None:
             ctx.turn_ms = turn_ms
-        me = asyncio.current_task()
+        me = None
         tick = None
-        if task.timeout_s is not None and me is not None:
-            # Shared timers (qrunner.deadlines) instead of asyncio.timeout() or a timer per
-            # job: the same effect at a fraction of the cost on the hot path.
-            tick = self._deadlines.add(me, task.timeout_s)
         try:
             if task.run_in_thread:
+                me, tick = self._watch(task.timeout_s, 0.0)
                 value = await self.threads.run(task, ctx, arg)
             else:
-                value = await task.fn(ctx, arg)
+                # The handler's first step runs here (qrunner.firststep): one that returns
+                # without waiting needs no deadline.
+                began = time.perf_counter()
+                coro = task.fn(ctx, arg)
+                if type(coro) is not CoroutineType:  # an awaitable of another kind
+                    me, tick = self._watch(task.timeout_s, 0.0)
+                    value = await coro
+                else:
+                    try:
+                        yielded = coro.send(None)
+                    except StopIteration as stop:
+                        value = stop.value
+                    else:
+                        # It waits: from here on, under its deadline, counted from its start.
+                        me, tick = self._watch(task.timeout_s, time.perf_counter() - began)
+                        value = await resume(coro, yielded)
         except asyncio.CancelledError:
             if me is None or me not in self._expired:
                 raise
