@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import FrozenInstanceError, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +122,30 @@ def test_a_job_added_at_once_with_nothing_else_to_say_is_a_compact_array() -> No
         Job.decode(raw)
     with pytest.raises(InvalidPayload, match="not JSON-serialisable"):
         encode_envelope("a", "t", {"x": object()}, None, 0)
+
+
+def test_a_decoded_job_is_a_whole_frozen_job_whatever_its_entry_id() -> None:
+    """Job.decode fills a twin class and makes it a Job: the result is a Job like any other
+    (frozen, equal to one built by hand, copied by ``replace``); a subclass of Job decodes to
+    itself. The entry id's time is read from a str or bytes id, and an id without one gives 0."""
+    raw = encode_envelope("2T4SaN2Yr94Urq", "noop", {}, None, 0)
+    job = Job.decode(raw, "1764000000123-7", "emails")
+    assert type(job) is Job
+    assert job == Job("2T4SaN2Yr94Urq", "noop", {}, "emails", enqueued_ms=1_764_000_000_123)
+    with pytest.raises(FrozenInstanceError):
+        job.attempt = 2  # type: ignore[misc]
+    assert replace(job, attempt=3).attempt == 3
+    assert Job.decode(raw, b"1764000000123-7", "emails") == job
+    assert Job.decode(raw, "not-an-id", "emails").enqueued_ms == 0
+    assert Job.decode(raw, None, "emails").enqueued_ms == 0
+
+    @dataclass(frozen=True)
+    class TaggedJob(Job):
+        pass
+
+    tagged = TaggedJob.decode(raw, "1764000000123-7", "emails")
+    assert type(tagged) is TaggedJob
+    assert (tagged.id, tagged.queue, tagged.enqueued_ms) == (job.id, "emails", job.enqueued_ms)
 
 
 def test_an_envelope_of_the_earlier_format_reads_as_before() -> None:
