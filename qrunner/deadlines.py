@@ -6,7 +6,9 @@ rounded up to a slot, and every job whose deadline falls in the same slot shares
 starting a job is a dict look-up and an insertion, finishing it a removal. A slot's timer is
 never cancelled: a slot whose jobs all ended stays, empty, until its moment comes, when the
 timer drops it. (Cancelling it made a job that starts and ends within a slot, as a short job
-does when it runs at once, pay for a timer of its own again.) Slots are made only for
+does when it runs at once, pay for a timer of its own again.) A job whose handler returns
+without ever waiting is never added at all: nothing could have timed it out (the runner steps
+the handler once itself, :mod:`qrunner.firststep`). Slots are made only for
 deadlines ahead, one per step, so there are at most about ``timeout / step`` of them per
 timeout in use, whatever the number of jobs.
 
