@@ -4,9 +4,9 @@ A job's handler is a coroutine. Most of what a worker does around it (the deadli
 enforces ``timeout_s`` above all) matters only once the handler waits on something: until its
 first ``await`` of a pending future it holds the event loop, and nothing can time it out. A
 handler that returns without waiting (a no-op, a job that finds nothing to do) needs none of
-it. So the runner steps the coroutine once itself (:func:`first_step`). When that ends it, the
-job is over; when the handler waits, the runner sets up the deadline and awaits
-:func:`resume`, which carries on from where the first step stopped.
+it. So the runner (``Runner.run``) steps the coroutine once itself, with ``send(None)``. When
+that ends it, the job is over; when the handler waits, the runner sets up the deadline and
+awaits :func:`resume`, which carries on from where the first step stopped.
 
 :func:`resume` forwards to the coroutine everything its task sends or throws in, so the
 handler runs exactly as if it had been awaited from the start: the same task
@@ -20,15 +20,12 @@ import types
 from collections.abc import Coroutine, Generator
 from typing import Any
 
-#: What :func:`first_step` returns for a handler still waiting: the coroutine and what it
-#: yielded (a future, or None for a bare ``asyncio.sleep(0)``), to hand to :func:`resume`.
-Pending = tuple[Coroutine[Any, Any, Any], Any]
-
 
 @types.coroutine
 def resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, Any]:
-    """Await the rest of ``coro``, which yielded ``yielded`` at the end of its first step:
-    ``yield from`` for a coroutine already started."""
+    """Await the rest of ``coro``, which yielded ``yielded`` (a future, or None for a bare
+    ``asyncio.sleep(0)``) at the end of its first step: ``yield from`` for a coroutine already
+    started."""
     while True:
         try:
             sent = yield yielded
