@@ -224,7 +224,15 @@ class Job:
         job_id, task, payload = data
         if not isinstance(payload, dict):
             raise MalformedJob("payload is not a JSON object")
-        if not (_is_name(job_id) and _is_name(task)):
+        # _is_name for both, inline (this runs once per job)
+        if not (
+            type(job_id) is str
+            and type(task) is str
+            and job_id
+            and task
+            and job_id.isprintable()
+            and task.isprintable()
+        ):
             raise MalformedJob(
                 "entry lacks a valid field: 'id' and 'task' must be non-empty printable strings"
             )

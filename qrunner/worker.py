@@ -193,7 +193,6 @@ class Worker:
         self.cancel_ids: set[str] = set()
         self._cancelling: set[tuple[str, str]] = set()
         self.started_ms = int(time.time() * 1000)
-        self._attempt_started: dict[str, int] = {}
         self.presence = Presence(self)
         self._active = 0
         self._slot_free = asyncio.Event()
@@ -721,7 +720,6 @@ class Worker:
                 task_name = job.task
                 now_ms = int(time.time() * 1000)
                 self.running[key] = (task_name, job.id, now_ms)
-                self._attempt_started[job.id] = now_ms
                 wait_ms = now_ms - job.enqueued_ms if job.enqueued_ms else None
                 self.observer.job_started(task_name, entry.queue, wait_ms)
                 # Every log line from here on in this task (the handler's too) names the job.
@@ -760,17 +758,13 @@ class Worker:
                     self._ended_early.append(key)
                 else:
                     self._held.pop(key, None)
-                if job is not None and not cancelled:
-                    self._attempt_started.pop(job.id, None)
         duration = time.perf_counter() - t0
         if cancelled and job is not None:
             await asyncio.shield(self._finish_cancelled(entry, job, started_ms, duration))
             return
         if isinstance(outcome, Succeeded) and job is not None:
             if job.attempt > 1 and self.status_ttl_ms:  # the history's last line, after failures
-                await self._record_attempt(entry.queue, job, "succeeded", None)
-            else:
-                self._attempt_started.pop(job.id, None)
+                await self._record_attempt(entry.queue, job, "succeeded", None, started_ms)
             self.finisher.succeeded(
                 entry.queue,
                 completion(
@@ -789,7 +783,7 @@ class Worker:
                 log.debug("succeeded %s %s in %.3fs", task_name, job.id, duration)
             return
         if outcome is not None:
-            await asyncio.shield(self._apply(entry, job, task_name, outcome, duration))
+            await asyncio.shield(self._apply(entry, job, task_name, outcome, duration, started_ms))
 
     def _not_judged(self, job: Job, exc: Exception) -> None:
         """Logs why a job's outcome could not be judged here: its entry then stays pending and
@@ -824,7 +818,13 @@ class Worker:
         return DeadLettered(f"{outcome.reason}; {text}", outcome.job, outcome.raw)
 
     async def _apply(
-        self, entry: Entry, job: Job | None, task: str, outcome: Outcome, duration: float
+        self,
+        entry: Entry,
+        job: Job | None,
+        task: str,
+        outcome: Outcome,
+        duration: float,
+        started_ms: int | None,
     ) -> None:
         """Write a non-success outcome (retry, deferral, dead letter); shielded by the caller so
         shutdown cannot interrupt it half-way."""
@@ -853,13 +853,16 @@ class Worker:
             self.finisher.processed += 1
             self._log_outcome(task, job_id, outcome, entry, duration)
             if job is not None and self.status_ttl_ms:
-                await self._record_attempt(entry.queue, job, _outcome_name(outcome), outcome)
+                await self._record_attempt(
+                    entry.queue, job, _outcome_name(outcome), outcome, started_ms
+                )
 
     async def _record_attempt(
-        self, queue: str, job: Job, outcome: str, detail: Outcome | None
+        self, queue: str, job: Job, outcome: str, detail: Outcome | None, started_ms: int | None
     ) -> None:
-        """Append the attempt to the job's history (qrunner.control): advisory, so a Redis
-        fault here is logged, never raised."""
+        """Append the attempt to the job's history (qrunner.control), started at ``started_ms``
+        (the worker's clock; None: now): advisory, so a Redis fault here is logged, never
+        raised."""
         error = None
         if isinstance(detail, RetryLater):
             error = mask(str(detail.error))
@@ -869,7 +872,7 @@ class Worker:
             error = detail.reason
         now = int(time.time() * 1000)
         record = attempt_record(
-            job.attempt, self.name, self._attempt_started.pop(job.id, now), now, outcome, error
+            job.attempt, self.name, now if started_ms is None else started_ms, now, outcome, error
         )
         try:
             async with translated(queue):
@@ -912,15 +915,13 @@ class Worker:
         self.cancel_ids.discard(job.id)
         self.observer.job_finished(job.task, entry.queue, "cancelled", duration)
         log.info("cancelled %s %s by operator request", job.task, job.id)
-        if started_ms is not None:
-            self._attempt_started[job.id] = started_ms
         try:
             async with translated():
                 await self.redis.hdel(keys.cancel_requests(), job.id)
         except RedisFault as fault:
             log.debug("could not drop the cancel request of %s: %s", job.id, fault)
         if self.status_ttl_ms:
-            await self._record_attempt(entry.queue, job, "cancelled", None)
+            await self._record_attempt(entry.queue, job, "cancelled", None, started_ms)
 
     async def _control_step(self) -> float:
         await self.presence.step()

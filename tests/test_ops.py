@@ -131,6 +131,7 @@ async def test_running_jobs_are_listed_with_their_worker(
 
 
 async def test_job_history_shows_every_attempt(redis: Redis, redis_url: str) -> None:
+    ops_tasks.flaky_began_ms.clear()
     client = Client(redis, ops_tasks.registry)
     job_id = await client.enqueue("flaky", {})
     w = Worker(redis, ops_tasks.registry, settings=FAST, burst=True)
@@ -141,6 +142,12 @@ async def test_job_history_shows_every_attempt(redis: Redis, redis_url: str) -> 
     assert attempts == [(1, "retried", w.name), (2, "succeeded", w.name)]
     assert "first attempt fails" in detail["attempts"][0]["error"]
     assert all(a["started_ms"] <= a["ended_ms"] for a in detail["attempts"])
+    # Each attempt's record starts when the worker took the job up, before its handler began
+    # (not when the record was written): the first run took 20 ms before it failed.
+    began = ops_tasks.flaky_began_ms
+    assert len(began) == 2
+    for a, handler_ms in zip(detail["attempts"], began, strict=True):
+        assert handler_ms - 1000 <= a["started_ms"] <= handler_ms <= a["ended_ms"]
     human = cli("job", job_id, redis_url=redis_url)
     assert "retried" in human.stdout and "succeeded" in human.stdout
 

@@ -4,6 +4,7 @@ once then succeeds, one that always fails, one rate-limited, and a probe."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from qrunner import Context, Registry
@@ -12,6 +13,8 @@ registry = Registry(queue_order=["ops", "probe"])
 #: Tests set these to watch handlers (same process only).
 events: dict[str, asyncio.Event] = {}
 seen: list[str] = []
+#: When each run of ``flaky`` began (ms since epoch, this process' clock).
+flaky_began_ms: list[int] = []
 
 
 @registry.task(queue="ops")
@@ -29,7 +32,9 @@ async def hold(ctx: Context[Any], payload: dict[str, Any]) -> str:
 
 @registry.task(queue="ops", max_retries=2, backoff_base_s=0.01, backoff_cap_s=0.02, jitter=False)
 async def flaky(ctx: Context[Any], payload: dict[str, Any]) -> str:
+    flaky_began_ms.append(int(time.time() * 1000))
     if ctx.attempt == 1:
+        await asyncio.sleep(0.02)  # the run takes time: its record must start before the end
         raise ConnectionError("first attempt fails")
     return "ok"
 
