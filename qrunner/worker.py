@@ -35,7 +35,7 @@ from redis.asyncio import Redis
 
 from . import autopipe, fairness, gctune, keys
 from .consumer import Consumer, Entry, Finish, completion
-from .context import Context
+from .context import Context, worker_context
 from .control import HISTORY_LENGTH, attempt_record
 from .errors import ConnectionLost, KeyConflict, QrunnerError, RedisFault, StreamMissing
 from .events import Observer
@@ -258,15 +258,13 @@ class Worker:
 
     def _context(self, job: Job, deliveries: int) -> Context[Any]:
         # Positional, and the bound method made once: this runs for every job.
-        return Context(
+        return worker_context(
             job,
             self.handler_redis,
             self.client,
             self.state,
             self.settings,
             deliveries,
-            {},
-            None,
             self._reporter_opener,
         )
 

@@ -148,6 +148,21 @@ def test_a_decoded_job_is_a_whole_frozen_job_whatever_its_entry_id() -> None:
     assert (tagged.id, tagged.queue, tagged.enqueued_ms) == (job.id, "emails", job.enqueued_ms)
 
 
+def test_the_workers_context_is_the_context_a_constructor_makes() -> None:
+    """worker_context fills a Context's slots directly: the result equals the one Context()
+    builds from the same values, with a fresh ``extra`` of its own each time."""
+    from qrunner.context import worker_context
+
+    job = Job("2T4SaN2Yr94Urq", "noop", {}, "emails")
+    opener = print
+    args: tuple[Any, ...] = (job, "redis", "client", {"pool": 1}, "settings", 3)
+    fast = worker_context(*args, opener)  # type: ignore[arg-type]
+    assert type(fast) is Context
+    assert fast == Context(*args, {}, None, opener)  # type: ignore[arg-type]
+    assert (fast.job_id, fast.attempt, fast.reporter, fast.turn_ms) == (job.id, 1, None, None)
+    assert worker_context(*args, opener).extra is not fast.extra  # type: ignore[arg-type]
+
+
 def test_an_envelope_of_the_earlier_format_reads_as_before() -> None:
     raw = b'{"id":"a","task":"t","payload":{"x":1},"queue":"q","attempt":1,"enqueued_ms":99}'
     job = Job.decode(raw, b"1764000000123-0")
