@@ -150,7 +150,8 @@ def test_a_decoded_job_is_a_whole_frozen_job_whatever_its_entry_id() -> None:
 
 def test_the_workers_context_is_the_context_a_constructor_makes() -> None:
     """worker_context fills a Context's slots directly: the result equals the one Context()
-    builds from the same values, with a fresh ``extra`` of its own each time."""
+    builds from the same values and its own defaults for the rest, with a fresh ``extra`` of
+    its own each time."""
     from qrunner.context import worker_context
 
     job = Job("2T4SaN2Yr94Urq", "noop", {}, "emails")
@@ -158,7 +159,7 @@ def test_the_workers_context_is_the_context_a_constructor_makes() -> None:
     args: tuple[Any, ...] = (job, "redis", "client", {"pool": 1}, "settings", 3)
     fast = worker_context(*args, opener)  # type: ignore[arg-type]
     assert type(fast) is Context
-    assert fast == Context(*args, {}, None, opener)  # type: ignore[arg-type]
+    assert fast == Context(*args, open_reporter=opener)  # type: ignore[arg-type]
     assert (fast.job_id, fast.attempt, fast.reporter, fast.turn_ms) == (job.id, 1, None, None)
     assert worker_context(*args, opener).extra is not fast.extra  # type: ignore[arg-type]
 
